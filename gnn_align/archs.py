@@ -1,0 +1,194 @@
+"""The architecture families gnn_align works with, defined once (tests, zoos, losses use these).
+
+Widths and depths are constructor arguments; nothing here bakes in a weight shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+                "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU}
+
+
+def _act(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; choose from {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+def _conv(dim: int):
+    if dim not in (1, 2):
+        raise ValueError(f"dim must be 1 or 2, got {dim}")
+    return (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
+
+
+class MLP(nn.Sequential):
+    """``Linear -> [LayerNorm] -> act`` per hidden layer, then a Linear head.
+
+    Args:
+        in_features: input size.
+        hidden: widths of the hidden layers (may be empty).
+        out_features: output size.
+        activation: one of relu, gelu, silu, tanh, sigmoid, leaky_relu.
+        layernorm: put a LayerNorm after every hidden Linear.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
+                 activation: str = "relu", layernorm: bool = False):
+        layers: list = []
+        d = in_features
+        for h in hidden:
+            layers.append(nn.Linear(d, h))
+            if layernorm:
+                layers.append(nn.LayerNorm(h))
+            layers.append(_act(activation))
+            d = h
+        layers.append(nn.Linear(d, out_features))
+        super().__init__(*layers)
+
+
+class CNN(nn.Sequential):
+    """1-D or 2-D convolutions (``conv -> act``), then global average pooling or flatten, then Linear.
+
+    Args:
+        in_channels: input channels.
+        channels: output channels of each conv layer.
+        num_classes: output size.
+        dim: 1 (inputs ``(N, C, L)``) or 2 (``(N, C, H, W)``).
+        kernel_size: odd kernel size (padding keeps the spatial size unless ``stride`` > 1).
+        stride: stride of every conv.
+        head: ``"gap"`` (global average pooling) or ``"flatten"`` (needs ``input_size``).
+        input_size: spatial size of the input (L, or H = W), for the flatten head.
+    """
+
+    def __init__(self, in_channels: int, channels: Sequence[int], num_classes: int, dim: int = 2,
+                 kernel_size: int = 3, stride: int = 1, head: str = "gap", input_size: int | None = None,
+                 activation: str = "relu"):
+        conv, _ = _conv(dim)
+        layers: list = []
+        c, size = in_channels, input_size
+        for ch in channels:
+            layers += [conv(c, ch, kernel_size, stride=stride, padding=kernel_size // 2), _act(activation)]
+            c = ch
+            if size is not None:
+                size = (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+        if head == "gap":
+            pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
+            layers += [pool, nn.Flatten(), nn.Linear(c, num_classes)]
+        elif head == "flatten":
+            if size is None:
+                raise ValueError("head='flatten' needs input_size")
+            layers += [nn.Flatten(), nn.Linear(c * size ** dim, num_classes)]
+        else:
+            raise ValueError(f"head must be 'gap' or 'flatten', got {head!r}")
+        super().__init__(*layers)
+
+
+class ResidualMLP(nn.Module):
+    """``h = Linear(x)``; ``num_blocks`` times ``h = h + Linear(act(Linear(act(h))))``; Linear head.
+
+    All blocks share one residual stream, so their outputs form one permutation group.
+    """
+
+    def __init__(self, in_features: int, width: int, num_blocks: int, out_features: int,
+                 hidden: int | None = None, activation: str = "relu"):
+        super().__init__()
+        hidden = width if hidden is None else hidden
+        self.stem = nn.Linear(in_features, width)
+        self.blocks = nn.ModuleList(nn.Sequential(_act(activation), nn.Linear(width, hidden),
+                                                  _act(activation), nn.Linear(hidden, width))
+                                    for _ in range(num_blocks))
+        self.act = _act(activation)
+        self.head = nn.Linear(width, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(self.act(h))
+
+
+class BasicBlock(nn.Module):
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the shortcut is the identity, or a
+    1x1 conv + BatchNorm (projection) when channels or stride change."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, dim: int = 2):
+        super().__init__()
+        conv, bn = _conv(dim)
+        self.conv1, self.bn1 = conv(c_in, c_out, 3, stride=stride, padding=1, bias=False), bn(c_out)
+        self.conv2, self.bn2 = conv(c_out, c_out, 3, padding=1, bias=False), bn(c_out)
+        self.relu = nn.ReLU()
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(conv(c_in, c_out, 1, stride=stride, bias=False), bn(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Residual CNN with BatchNorm: stem ``conv-bn-relu``, one :class:`BasicBlock` per entry of
+    ``channels`` (stride 2 where the width changes), global average pooling, Linear head."""
+
+    def __init__(self, in_channels: int, stem_channels: int, channels: Sequence[int], num_classes: int,
+                 dim: int = 2):
+        super().__init__()
+        conv, bn = _conv(dim)
+        self.stem = nn.Sequential(conv(in_channels, stem_channels, 3, padding=1, bias=False),
+                                  bn(stem_channels), nn.ReLU())
+        blocks, c = [], stem_channels
+        for ch in channels:
+            blocks.append(BasicBlock(c, ch, stride=1 if ch == c else 2, dim=dim))
+            c = ch
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+class Sine(nn.Module):
+    """``sin(w0 * x)``, the SIREN activation."""
+
+    def __init__(self, w0: float = 30.0):
+        super().__init__()
+        self.w0 = float(w0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * x)
+
+    def extra_repr(self) -> str:
+        return f"w0={self.w0}"
+
+
+class SIREN(nn.Sequential):
+    """Sinusoidal representation network (Sitzmann et al., 2020): ``Linear -> Sine`` per hidden
+    layer, linear output, with SIREN's initialisation (first layer U(-1/n, 1/n), others
+    U(-sqrt(6/n)/w0, sqrt(6/n)/w0))."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, w0: float = 30.0):
+        layers: list = []
+        d = in_features
+        for h in hidden:
+            layers += [nn.Linear(d, h), Sine(w0)]
+            d = h
+        layers.append(nn.Linear(d, out_features))
+        super().__init__(*layers)
+        self.w0 = float(w0)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        linears = [m for m in self if isinstance(m, nn.Linear)]
+        for i, m in enumerate(linears):
+            n = m.in_features
+            bound = 1.0 / n if i == 0 else math.sqrt(6.0 / n) / self.w0
+            m.weight.uniform_(-bound, bound, generator=generator)
+            m.bias.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n), generator=generator)

@@ -1,0 +1,196 @@
+"""Networks as graphs: neurons are nodes, weights are edges.
+
+Graph contract (:class:`NetGraph`):
+
+* **Nodes**: one per neuron or channel, node set by node set in the order of the spec's
+  :class:`~gnn_align.spec.NetStructure` (input first). ``x[:, c]`` holds the node's
+  :data:`~gnn_align.spec.NODE_FEATURES` (bias, normalisation weight/bias, running mean/var; zeros
+  where absent). ``node_type`` is 0 input, 1 hidden, 2 output; ``node_depth`` counts weight layers
+  from the input. ``perm_group`` is the node's group id (index into ``group_names``; -1 for fixed
+  neurons) and ``perm_pos`` its position in its node set (for fixed neurons: their fixed index).
+* **Edges**: forward direction only (inputs to outputs). Layer by layer, edge ``o * n_in + i`` of a
+  layer runs from input neuron ``i`` to output neuron ``o`` and carries ``weight.reshape(out, n_in, k)
+  [o, i]`` (a kernel, or the ``k`` entries of a flattened feature map) centre-padded to ``edge_dim``
+  columns, so :func:`from_graph` is slicing and reshaping and the round trip is exact.
+  ``edge_type`` is 0 for weights and 1 for **residual skips**: a residual addition ``y = x + f(x)``
+  appears as identity edges ``x_i -> f(x)_i`` (value 1 in the centre column), and layers that read
+  ``y`` read the node set of ``f(x)``. Both node sets share one group and positions.
+* ``extra`` holds, as float64, the tensors with no place in the graph (BatchNorm's
+  ``num_batches_tracked``).
+
+Batching: ``perm_group`` and ``perm_pos`` are per-graph and are *not* shifted by
+``Batch.from_data_list``; use :func:`global_group` for ids that are unique across a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch_geometric.data import Data
+
+from .errors import StateDictError
+from .spec import NODE_FEATURES, PermutationSpec
+
+EDGE_WEIGHT, EDGE_SKIP = 0, 1
+
+
+class NetGraph(Data):
+    """A network's computation graph (a :class:`torch_geometric.data.Data`; see module docstring)."""
+
+    def __inc__(self, key, value, *args, **kwargs):
+        if key in ("perm_group", "perm_pos"):
+            return 0
+        return super().__inc__(key, value, *args, **kwargs)
+
+
+def _structure(spec: PermutationSpec):
+    if spec.structure is None:
+        raise StateDictError("this PermutationSpec has no graph structure; derive it with "
+                             "gnn_align.spec_from_module(module, example_input)")
+    return spec.structure
+
+
+def _offsets(structure) -> list:
+    offs, n = [], 0
+    for ns in structure.nodesets:
+        offs.append(n)
+        n += ns.size
+    return offs + [n]
+
+
+def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
+             edge_dim: int | None = None) -> NetGraph:
+    """Draw a network as a :class:`NetGraph`.
+
+    Args:
+        state_dict: the network's tensors (validated against ``spec``: keys, shapes, finite).
+        spec: a spec with structure, from :func:`spec_from_module`.
+        edge_dim: edge feature width (default: the longest kernel of this network); pass a common
+            value to batch networks with different kernel sizes.
+
+    Returns:
+        A :class:`NetGraph` in the dtype of the state dict's floating tensors.
+
+    Shapes:
+        ``x``: (N, 5), ``edge_index``: (2, E), ``edge_attr``: (E, edge_dim), ``edge_type``,
+        ``node_type``, ``node_depth``, ``perm_group``, ``perm_pos``: (N,) or (E,) long.
+    """
+    st = _structure(spec)
+    spec.validate(state_dict)
+    floats = {k: t for k, t in state_dict.items() if t.is_floating_point()}
+    dtype = next(iter(floats.values())).dtype if floats else torch.get_default_dtype()
+    for k, t in floats.items():
+        if t.dtype != dtype:
+            raise StateDictError(f"key '{k}' has dtype {t.dtype}, other tensors have {dtype}")
+    longest = max([ly.edge_len for ly in st.layers] + [1])
+    d = longest if edge_dim is None else int(edge_dim)
+    if d < longest:
+        raise StateDictError(f"edge_dim={d} is shorter than the longest kernel ({longest} values)")
+    offs = _offsets(st)
+    n = offs[-1]
+    gid = {g: i for i, g in enumerate(spec.group_sizes)}
+    x = torch.zeros(n, len(NODE_FEATURES), dtype=dtype)
+    node_type, depth, group, pos = (torch.empty(n, dtype=torch.long) for _ in range(4))
+    for s, ns in enumerate(st.nodesets):
+        sl = slice(offs[s], offs[s + 1])
+        for c, key in enumerate(ns.features):
+            if key is not None:
+                x[sl, c] = state_dict[key]
+        node_type[sl], depth[sl] = ns.kind_id, ns.depth
+        group[sl] = -1 if ns.group is None else gid[ns.group]
+        pos[sl] = torch.arange(ns.size)
+    src, dst, attr, etype = [], [], [], []
+    for ly in st.layers:
+        n_out, n_in, k = ly.shape[0], st.nodesets[ly.src].size, ly.edge_len
+        w = state_dict[ly.weight].reshape(n_out * n_in, k)
+        a = torch.zeros(n_out * n_in, d, dtype=dtype)
+        a[:, (d - k) // 2:(d - k) // 2 + k] = w
+        src.append(offs[ly.src] + torch.arange(n_in).repeat(n_out))
+        dst.append(offs[ly.dst] + torch.arange(n_out).repeat_interleave(n_in))
+        attr.append(a)
+        etype.append(torch.full((n_out * n_in,), EDGE_WEIGHT))
+    for s_from, s_to in st.skips:
+        m = st.nodesets[s_from].size
+        a = torch.zeros(m, d, dtype=dtype)
+        a[:, (d - 1) // 2] = 1
+        src.append(offs[s_from] + torch.arange(m))
+        dst.append(offs[s_to] + torch.arange(m))
+        attr.append(a)
+        etype.append(torch.full((m,), EDGE_SKIP))
+    extra = [state_dict[k].reshape(-1).to(torch.float64) for k, _, _ in st.extras]
+    return NetGraph(
+        x=x, edge_index=torch.stack([torch.cat(src), torch.cat(dst)]) if src else
+        torch.empty(2, 0, dtype=torch.long), edge_attr=torch.cat(attr) if attr else
+        torch.empty(0, d, dtype=dtype), edge_type=torch.cat(etype) if etype else
+        torch.empty(0, dtype=torch.long), node_type=node_type, node_depth=depth,
+        perm_group=group, perm_pos=pos, num_groups=len(gid), group_names=list(gid),
+        extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64), num_nodes=n)
+
+
+def from_graph(graph: NetGraph, spec: PermutationSpec) -> dict:
+    """The exact inverse of :func:`to_graph`: the state dict (same keys, shapes, dtypes)."""
+    st = _structure(spec)
+    offs = _offsets(st)
+    n_edges = sum(ly.shape[0] * st.nodesets[ly.src].size for ly in st.layers) + \
+        sum(st.nodesets[s].size for s, _ in st.skips)
+    if graph.num_nodes != offs[-1] or graph.edge_index.size(1) != n_edges:
+        raise StateDictError(f"graph with {graph.num_nodes} nodes and {graph.edge_index.size(1)} edges "
+                             f"does not fit the spec ({offs[-1]} nodes, {n_edges} edges)")
+    d = graph.edge_attr.size(1)
+    out, e = {}, 0
+    for ly in st.layers:
+        m, k = ly.shape[0] * st.nodesets[ly.src].size, ly.edge_len
+        out[ly.weight] = graph.edge_attr[e:e + m, (d - k) // 2:(d - k) // 2 + k].reshape(ly.shape).clone()
+        e += m
+    for s, ns in enumerate(st.nodesets):
+        for c, key in enumerate(ns.features):
+            if key is not None:
+                out[key] = graph.x[offs[s]:offs[s + 1], c].clone()
+    i = 0
+    for key, shape, dtype in st.extras:
+        m = 1
+        for sz in shape:
+            m *= sz
+        out[key] = graph.extra[i:i + m].reshape(shape).to(dtype)
+        i += m
+    return out
+
+
+def relabel(graph: NetGraph, perm: Mapping[str, torch.Tensor]) -> NetGraph:
+    """Relabel the nodes of a graph by a permutation, without touching any weight tensor.
+
+    Node at position ``i`` of a node set in group ``g`` receives the features of the node at
+    position ``perm[g][i]`` of the same set; each edge receives the features of the edge between the
+    nodes its endpoints came from. ``to_graph(apply_permutation(theta, perm, spec), spec)`` equals
+    ``relabel(to_graph(theta, spec), perm)``; a test pins this.
+    """
+    n = graph.num_nodes
+    src_of = torch.arange(n)
+    for gi, g in enumerate(graph.group_names):
+        if g not in perm:
+            continue
+        mask = graph.perm_group == gi
+        p = graph.perm_pos[mask]
+        src_of[mask] = src_of[mask] - p + perm[g][p]
+    ei, etype = graph.edge_index, graph.edge_type
+    keys = (ei[0] * n + ei[1]) * 2 + etype
+    order = torch.argsort(keys)
+    query = (src_of[ei[0]] * n + src_of[ei[1]]) * 2 + etype
+    old = order[torch.searchsorted(keys[order], query)]
+    out = graph.clone()
+    out.x = graph.x[src_of]
+    out.edge_attr = graph.edge_attr[old]
+    return out
+
+
+def global_group(batch) -> torch.Tensor:
+    """Group ids unique across a batch of graphs (fixed neurons stay -1).
+
+    Shapes:
+        batch.perm_group, batch.batch: (N,); returns (N,) long.
+    """
+    num = torch.as_tensor(batch.num_groups).reshape(-1)
+    start = torch.cumsum(num, 0) - num
+    b = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(batch.perm_group)
+    return torch.where(batch.perm_group >= 0, batch.perm_group + start[b], batch.perm_group)

@@ -1,0 +1,103 @@
+"""The group action: the one place where weights are permuted.
+
+A permutation is a dict from group name to a 1-D LongTensor. **Direction convention** (stated here
+and nowhere else): ``perm[g][i] = j`` means that neuron ``j`` of the network being permuted (B) moves
+to slot ``i``, so that it sits opposite neuron ``i`` of the reference network (A). On every tensor
+axis that group ``g`` acts on::
+
+    apply_permutation(theta, perm, spec)[key].select(axis, i) == theta[key].select(axis, perm[g][i])
+
+(for an axis with ``block = b``, entry ``i * b + r`` receives entry ``perm[g][i] * b + r``).
+Composition follows: applying ``p`` and then ``q`` equals applying ``compose_permutations(p, q)``,
+whose entries are ``p[g][q[g]]``; ``invert_permutation(p)`` undoes ``p``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .errors import PermutationError, StateDictError
+from .spec import PermutationSpec
+
+Permutation = dict  # dict[str, torch.LongTensor]
+
+
+def _check(perm: Mapping[str, torch.Tensor], spec: PermutationSpec | None = None) -> None:
+    for g, p in perm.items():
+        if not isinstance(p, torch.Tensor) or p.dtype != torch.long or p.dim() != 1:
+            raise PermutationError(f"permutation of group '{g}' must be a 1-D LongTensor")
+        if spec is not None:
+            if g not in spec.group_sizes:
+                raise PermutationError(f"unknown permutation group '{g}'")
+            if p.numel() != spec.group_sizes[g]:
+                raise PermutationError(f"permutation of group '{g}' has {p.numel()} entries, "
+                                       f"the group has {spec.group_sizes[g]} neurons")
+        if not torch.equal(torch.sort(p).values, torch.arange(p.numel(), device=p.device)):
+            raise PermutationError(f"entries of group '{g}' are not a permutation of 0..{p.numel() - 1}")
+
+
+def _axis_index(p: torch.Tensor, block: int) -> torch.Tensor:
+    if block == 1:
+        return p
+    return (p[:, None] * block + torch.arange(block, device=p.device)).reshape(-1)
+
+
+def apply_permutation(state_dict: Mapping[str, torch.Tensor], perm: Mapping[str, torch.Tensor],
+                      spec: PermutationSpec) -> dict:
+    """Permute the neurons of a network: ``new[key].select(axis, i) = old[key].select(axis, perm[g][i])``.
+
+    Args:
+        state_dict: the network's tensors; its keys must be exactly the spec's.
+        perm: group name -> LongTensor permutation (see the module docstring for the direction).
+            Groups left out are not permuted.
+        spec: the network's :class:`PermutationSpec`.
+
+    Returns:
+        A new dict with the same keys, shapes and dtypes. Inputs are not modified.
+
+    Raises:
+        PermutationError: unknown group, wrong size, or not a permutation.
+        StateDictError: keys that do not match the spec.
+    """
+    _check(perm, spec)
+    missing = [k for k in spec.axes if k not in state_dict]
+    unknown = [k for k in state_dict if k not in spec.axes]
+    if missing or unknown:
+        k = (missing or unknown)[0]
+        raise StateDictError(f"key '{k}' " + ("missing from the state dict" if missing else
+                                              "is not in the spec"))
+    out = {}
+    for key, t in state_dict.items():
+        for axis, a in enumerate(spec.axes[key]):
+            if a is not None and a.group in perm:
+                t = t.index_select(axis, _axis_index(perm[a.group].to(t.device), a.block))
+        out[key] = t if t is not state_dict[key] else t.clone()
+    return out
+
+
+def identity_permutation(spec: PermutationSpec) -> Permutation:
+    """The identity element: ``arange(size)`` for every group."""
+    return {g: torch.arange(n) for g, n in spec.group_sizes.items()}
+
+
+def random_permutation(spec: PermutationSpec, generator: torch.Generator | None = None) -> Permutation:
+    """A uniformly random element of the group, drawn from ``generator`` (group by group, in order)."""
+    return {g: torch.randperm(n, generator=generator) for g, n in spec.group_sizes.items()}
+
+
+def invert_permutation(perm: Mapping[str, torch.Tensor]) -> Permutation:
+    """The inverse: applying ``perm`` and then ``invert_permutation(perm)`` gives back the network."""
+    _check(perm)
+    return {g: torch.argsort(p) for g, p in perm.items()}
+
+
+def compose_permutations(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> Permutation:
+    """The permutation equal to applying ``first`` and then ``second`` (``first[g][second[g]]``)."""
+    _check(first)
+    _check(second)
+    if set(first) != set(second):
+        raise PermutationError(f"cannot compose permutations of different groups: "
+                               f"{sorted(set(first) ^ set(second))}")
+    return {g: first[g][second[g]] for g in first}

@@ -1,0 +1,58 @@
+"""Test helpers shipped with the package, so users can check their own architectures.
+
+Each helper is itself tested on a case that must fail (see ``tests/test_testing.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from .permute import apply_permutation
+from .spec import PermutationSpec
+
+
+@torch.no_grad()
+def output_change(module: nn.Module, state_dict: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> float:
+    """max |module(inputs) - module_with(state_dict)(inputs)|, both in eval mode; ``module`` unchanged."""
+    other = copy.deepcopy(module).eval()
+    other.load_state_dict(dict(state_dict))
+    was = module.training
+    module.eval()
+    try:
+        return float((module(inputs) - other(inputs)).abs().max())
+    finally:
+        module.train(was)
+
+
+def assert_function_preserved(module: nn.Module, spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
+                              inputs: torch.Tensor, atol: float | None = None) -> float:
+    """Assert that permuting ``module``'s neurons by ``perm`` leaves its outputs unchanged.
+
+    Args:
+        atol: tolerance on max |Δ|; default 1e-10 in float64, 1e-4 otherwise.
+
+    Returns:
+        The measured max |Δ|.
+    """
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    delta = output_change(module, apply_permutation(state, perm, spec), inputs)
+    tol = atol if atol is not None else (1e-10 if inputs.dtype == torch.float64 else 1e-4)
+    if not delta <= tol:
+        raise AssertionError(f"permuting the network changed its output: max |delta| = {delta:.3e} > {tol:.1e}")
+    return delta
+
+
+def one_sided_spec(spec: PermutationSpec, group: str) -> PermutationSpec:
+    """A spec in which ``group`` acts on only the first tensor axis it acts on in ``spec``.
+
+    Permuting with it breaks the coupling between a layer's outputs and its consumers' inputs:
+    the negative control that a function-preservation test must fail.
+    """
+    key, axis, _ = spec.acts_on(group)[0]
+    axes = {k: tuple(a if (k == key and d == axis) else None for d, a in enumerate(v))
+            for k, v in spec.axes.items()}
+    return PermutationSpec(spec.group_sizes, axes)

@@ -1,0 +1,59 @@
+"""Shared fixtures: one tiny network per architecture family, in float64."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from gnn_align.archs import CNN, MLP, ResNet, ResidualMLP, SIREN
+
+
+def _randomize_norms(module: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Give every BatchNorm non-trivial affine parameters and running statistics."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen))
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                m.num_batches_tracked.fill_(7)
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen))
+    return module
+
+
+# name -> (factory, input shape without batch)
+FAMILIES = {
+    "mlp": (lambda: MLP(5, [4, 6], 3), (5,)),
+    "mlp_layernorm": (lambda: MLP(5, [4, 6], 3, layernorm=True, activation="gelu"), (5,)),
+    "cnn2d_gap": (lambda: CNN(2, [3, 4], 3, dim=2), (2, 6, 6)),
+    "cnn1d_flatten": (lambda: CNN(1, [3, 4], 3, dim=1, kernel_size=5, head="flatten", input_size=8), (1, 8)),
+    "residual_mlp": (lambda: ResidualMLP(5, 4, 2, 3, hidden=6), (5,)),
+    "resnet2d_bn": (lambda: ResNet(2, 3, [3, 5], 3, dim=2), (2, 8, 8)),
+    "resnet1d_bn": (lambda: ResNet(1, 3, [3, 4], 3, dim=1), (1, 8)),
+    "siren": (lambda: SIREN(1, [4, 5], 1, w0=3.0), (1,)),
+}
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def make_family(name: str, seed: int = 0):
+    """(module in eval mode, example input of batch 7), deterministic in ``seed``."""
+    factory, shape = FAMILIES[name]
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    module = _randomize_norms(factory(), gen).eval()
+    return module, torch.randn((7,) + shape, generator=gen)
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    module, x = make_family(request.param)
+    return request.param, module, x

@@ -1,0 +1,135 @@
+"""Networks as graphs: exact round trip, the commutative diagram with the group action, batching."""
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from gnn_align import (NetGraph, StateDictError, apply_permutation, from_graph, global_group,
+                       random_permutation, relabel, spec_from_module, to_graph)
+from gnn_align.graph import EDGE_SKIP
+
+from .conftest import make_family
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_exact_round_trip(family, dtype):
+    name, module, x = family
+    spec = spec_from_module(module, x)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in _state(module).items()}
+    graph = to_graph(state, spec)
+    assert isinstance(graph, NetGraph) and graph.x.dtype == dtype
+    back = from_graph(graph, spec)
+    assert set(back) == set(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v), k
+
+
+def test_round_trip_with_wider_edge_dim(family):
+    name, module, x = family
+    spec = spec_from_module(module, x)
+    state = _state(module)
+    graph = to_graph(state, spec, edge_dim=31)
+    assert graph.edge_attr.shape[1] == 31
+    assert all(torch.equal(v, state[k]) for k, v in from_graph(graph, spec).items())
+    with pytest.raises(StateDictError, match="edge_dim=0 is shorter"):
+        to_graph(state, spec, edge_dim=0)
+
+
+def test_graph_sizes_and_node_features(family):
+    name, module, x = family
+    spec = spec_from_module(module, x)
+    st = spec.structure
+    graph = to_graph(_state(module), spec)
+    assert graph.num_nodes == sum(ns.size for ns in st.nodesets)
+    n_weight_edges = sum(ly.shape[0] * st.nodesets[ly.src].size for ly in st.layers)
+    n_skips = sum(st.nodesets[a].size for a, _ in st.skips)
+    assert graph.edge_index.shape[1] == n_weight_edges + n_skips
+    assert int((graph.edge_type == EDGE_SKIP).sum()) == n_skips
+    assert (graph.node_type == 0).sum() == st.nodesets[0].size
+    fixed = graph.perm_group < 0
+    assert torch.equal(fixed, graph.node_type != 1) or name.startswith("res")
+    # positions of the input/output neurons are their fixed indices
+    assert torch.equal(graph.perm_pos[graph.node_type == 0], torch.arange(st.nodesets[0].size))
+    # every hidden neuron of a group appears once per node set of that group
+    for gi, g in enumerate(graph.group_names):
+        sets = [ns for ns in st.nodesets if ns.group == g]
+        counts = torch.bincount(graph.perm_pos[graph.perm_group == gi], minlength=spec.group_sizes[g])
+        assert torch.all(counts == len(sets))
+    # edges go forward: depth never decreases along an edge
+    src, dst = graph.edge_index
+    assert torch.all(graph.node_depth[dst] >= graph.node_depth[src])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_graph_of_permuted_weights_is_relabelled_graph(family, seed):
+    name, module, x = family
+    spec = spec_from_module(module, x)
+    state = _state(module)
+    perm = random_permutation(spec, torch.Generator().manual_seed(seed))
+    lhs = to_graph(apply_permutation(state, perm, spec), spec)
+    rhs = relabel(to_graph(state, spec), perm)
+    for key in ("x", "edge_index", "edge_attr", "edge_type", "node_type", "node_depth", "perm_group",
+                "perm_pos", "extra"):
+        assert torch.equal(lhs[key], rhs[key]), key
+    # negative control: a different permutation gives a different graph
+    other = {g: torch.roll(p, 1) for g, p in perm.items()}
+    assert not torch.equal(relabel(to_graph(state, spec), other).edge_attr, lhs.edge_attr)
+
+
+def test_batching_mixed_architectures_keeps_groups_and_positions():
+    names = ["mlp", "resnet2d_bn", "cnn1d_flatten"]
+    graphs, specs = [], []
+    for name in names:
+        module, x = make_family(name)
+        spec = spec_from_module(module, x)
+        specs.append(spec)
+        graphs.append(to_graph(_state(module), spec, edge_dim=9))
+    batch = Batch.from_data_list(graphs)
+    assert batch.num_graphs == 3
+    for i, g in enumerate(graphs):
+        sub = batch.get_example(i)
+        for key in ("perm_group", "perm_pos", "edge_index", "edge_attr", "x"):
+            assert torch.equal(sub[key], g[key]), (names[i], key)
+        assert sub.group_names == g.group_names
+        assert all(torch.equal(from_graph(sub, specs[i])[k], v) for k, v in from_graph(g, specs[i]).items())
+        nodes = batch.batch == i
+        assert torch.equal(batch.perm_group[nodes], g.perm_group)
+        assert torch.equal(batch.perm_pos[nodes], g.perm_pos)
+    glob = global_group(batch)
+    total = sum(g.num_groups for g in graphs)
+    assert torch.equal(torch.unique(glob[glob >= 0]), torch.arange(total))
+    offsets = [0, graphs[0].num_groups, graphs[0].num_groups + graphs[1].num_groups]
+    for i, g in enumerate(graphs):
+        nodes = batch.batch == i
+        expect = torch.where(g.perm_group >= 0, g.perm_group + offsets[i], g.perm_group)
+        assert torch.equal(glob[nodes], expect)
+
+
+def test_bad_state_dicts_raise_naming_the_key():
+    module, x = make_family("cnn2d_gap")
+    spec = spec_from_module(module, x)
+    state = _state(module)
+    bad = dict(state, **{"2.weight": state["2.weight"].clone()})
+    bad["2.weight"][0, 0, 0, 0] = float("inf")
+    with pytest.raises(StateDictError, match="'2.weight' contains NaN or Inf"):
+        to_graph(bad, spec)
+    with pytest.raises(StateDictError, match=r"'2.weight' has shape \(4, 3, 3\), expected \(4, 3, 3, 3\)"):
+        to_graph(dict(state, **{"2.weight": torch.zeros(4, 3, 3)}), spec)
+    mixed = dict(state, **{"2.bias": state["2.bias"].float()})
+    with pytest.raises(StateDictError, match="'2.bias' has dtype torch.float32"):
+        to_graph(mixed, spec)
+    other, ox = make_family("mlp")
+    with pytest.raises(StateDictError, match="does not fit the spec"):
+        from_graph(to_graph(_state(other), spec_from_module(other, ox)), spec)
+
+
+def test_hand_written_spec_without_structure_is_refused_by_to_graph():
+    from gnn_align import PermutationSpec
+
+    spec = PermutationSpec({"h": 2}, {"w": ("h", None)})
+    with pytest.raises(StateDictError, match="no graph structure"):
+        to_graph({"w": torch.ones(2, 3)}, spec)
