@@ -60,19 +60,22 @@ class CNN(nn.Sequential):
         channels: output channels of each conv layer.
         num_classes: output size.
         dim: 1 (inputs ``(N, C, L)``) or 2 (``(N, C, H, W)``).
-        kernel_size: odd kernel size (padding keeps the spatial size unless ``stride`` > 1).
-        stride: stride of every conv.
+        kernel_size: odd kernel size (padding keeps the spatial size unless a stride is > 1).
+        stride: stride of every conv, or one stride per conv layer.
         head: ``"gap"`` (global average pooling) or ``"flatten"`` (needs ``input_size``).
         input_size: spatial size of the input (L, or H = W), for the flatten head.
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int], num_classes: int, dim: int = 2,
-                 kernel_size: int = 3, stride: int = 1, head: str = "gap", input_size: int | None = None,
-                 activation: str = "relu"):
+                 kernel_size: int = 3, stride: int | Sequence[int] = 1, head: str = "gap",
+                 input_size: int | None = None, activation: str = "relu"):
         conv, _ = _conv(dim)
         layers: list = []
         c, size = in_channels, input_size
-        for ch in channels:
+        strides = [stride] * len(channels) if isinstance(stride, int) else list(stride)
+        if len(strides) != len(channels):
+            raise ValueError(f"got {len(strides)} strides for {len(channels)} conv layers")
+        for ch, stride in zip(channels, strides):
             layers += [conv(c, ch, kernel_size, stride=stride, padding=kernel_size // 2), _act(activation)]
             c = ch
             if size is not None:
@@ -192,3 +195,48 @@ class SIREN(nn.Sequential):
             bound = 1.0 / n if i == 0 else math.sqrt(6.0 / n) / self.w0
             m.weight.uniform_(-bound, bound, generator=generator)
             m.bias.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n), generator=generator)
+
+
+FAMILIES = {"mlp": MLP, "cnn": CNN, "residual_mlp": ResidualMLP, "resnet": ResNet, "siren": SIREN}
+
+
+def build_arch(config: dict) -> nn.Module:
+    """Instantiate an architecture from a plain config ``{"family": name, **constructor kwargs}``.
+
+    Raises:
+        ValueError: naming an unknown family or a bad keyword.
+    """
+    config = dict(config)
+    family = config.pop("family", None)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown architecture family {family!r}; choose from {sorted(FAMILIES)}")
+    try:
+        return FAMILIES[family](**config)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for architecture family '{family}': {e}") from None
+
+
+@torch.no_grad()
+def reset_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-initialise every parameter of ``module`` from ``generator`` (PyTorch's default schemes:
+    Kaiming-uniform weights and fan-in-uniform biases for Linear/Conv; ones/zeros for norms; SIREN's
+    own scheme for :class:`SIREN`), and reset BatchNorm running statistics. Deterministic in the
+    generator's state, independent of the global RNG."""
+    if isinstance(module, SIREN):
+        module.reset_parameters(generator)
+        return module
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+            if m.bias is not None:
+                fan_in = m.weight[0].numel()
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                m.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+            if getattr(m, "weight", None) is not None:
+                m.weight.fill_(1.0)
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+    return module

@@ -1,0 +1,105 @@
+"""Zoo recipes: named, versioned configs. Bump a recipe's ``version`` whenever its content changes.
+
+A recipe lists *members* (one architecture trained on one task, ``count`` networks each, with the
+training hyper-parameters) plus the network-level split fractions. Members marked ``heldout`` are
+architectures kept for testing generalisation only: all their networks are in split ``heldout``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def _mlp(d_in: int, width: int, depth: int, d_out: int = 10, layernorm: bool = False) -> dict:
+    arch = {"family": "mlp", "in_features": d_in, "hidden": [width] * depth, "out_features": d_out}
+    if layernorm:
+        arch["layernorm"] = True
+    return arch
+
+
+def _member(name, arch, task, count, train, activation="relu", heldout=False) -> dict:
+    return {"name": name, "arch": arch, "task": task, "count": count, "activation": activation,
+            "heldout": heldout, "train": train}
+
+
+DIGITS_MLP_TRAIN = {"epochs": 20, "lr": 5e-3, "batch_size": 64}
+MNIST1D_MLP_TRAIN = {"epochs": 20, "lr": 3e-3, "batch_size": 128}
+DIGITS_CNN = {"family": "cnn", "in_channels": 1, "channels": [8, 16, 16], "num_classes": 10, "dim": 2,
+              "stride": [1, 2, 1]}
+DIGITS_CNN_TRAIN = {"epochs": 30, "lr": 3e-2, "batch_size": 64}
+MNIST1D_CNN = {"family": "cnn", "in_channels": 1, "channels": [16, 16, 16], "num_classes": 10, "dim": 1,
+               "kernel_size": 5, "stride": 2, "head": "flatten", "input_size": 40}
+MNIST1D_CNN_TRAIN = {"epochs": 30, "lr": 1e-2, "batch_size": 128}
+DIGITS_RESNET = {"family": "resnet", "in_channels": 1, "stem_channels": 8, "channels": [8, 16],
+                 "num_classes": 10, "dim": 2}
+DIGITS_RESNET_TRAIN = {"epochs": 12, "lr": 1e-2, "batch_size": 64}
+SIREN = {"family": "siren", "in_features": 1, "hidden": [32, 32], "out_features": 1, "w0": 3.0}
+SIREN_TRAIN = {"epochs": 400, "lr": 3e-3, "batch_size": 128}
+
+
+def _mixed_members() -> list:
+    m = []
+    for w, d in [(16, 1), (32, 2), (64, 3), (128, 2), (32, 4), (64, 1), (128, 4), (16, 3)]:
+        m.append(_member(f"digits-mlp-w{w}-d{d}", _mlp(64, w, d), "digits", 64, DIGITS_MLP_TRAIN))
+    for w, d in [(16, 2), (32, 3), (64, 2), (128, 1)]:
+        m.append(_member(f"mnist1d-mlp-w{w}-d{d}", _mlp(40, w, d), "mnist1d", 64, MNIST1D_MLP_TRAIN))
+    m.append(_member("digits-mlp-ln-w64-d2", _mlp(64, 64, 2, layernorm=True), "digits", 48, DIGITS_MLP_TRAIN))
+    m.append(_member("mnist1d-mlp-ln-w32-d3", _mlp(40, 32, 3, layernorm=True), "mnist1d", 48,
+                     MNIST1D_MLP_TRAIN))
+    m.append(_member("digits-cnn-8-16-16", DIGITS_CNN, "digits-2d", 48, DIGITS_CNN_TRAIN))
+    m.append(_member("digits-cnn-16-16", dict(DIGITS_CNN, channels=[16, 16], stride=[1, 2]), "digits-2d", 48,
+                     DIGITS_CNN_TRAIN))
+    m.append(_member("mnist1d-cnn-16-16-16", MNIST1D_CNN, "mnist1d-1d", 48, MNIST1D_CNN_TRAIN))
+    m.append(_member("mnist1d-cnn-8-16", dict(MNIST1D_CNN, channels=[8, 16]), "mnist1d-1d", 48,
+                     MNIST1D_CNN_TRAIN))
+    m.append(_member("digits-resnet-8-16", DIGITS_RESNET, "digits-2d", 48, DIGITS_RESNET_TRAIN))
+    m.append(_member("digits-resmlp-w32-b2", {"family": "residual_mlp", "in_features": 64, "width": 32,
+                                              "num_blocks": 2, "out_features": 10}, "digits", 48,
+                     DIGITS_MLP_TRAIN))
+    # held-out architectures: widths and depths that no training member uses
+    for w, d in [(48, 2), (96, 3), (64, 5)]:
+        m.append(_member(f"digits-mlp-w{w}-d{d}", _mlp(64, w, d), "digits", 64, DIGITS_MLP_TRAIN, heldout=True))
+    m.append(_member("mnist1d-mlp-w96-d2", _mlp(40, 96, 2), "mnist1d", 64, MNIST1D_MLP_TRAIN, heldout=True))
+    return m
+
+
+RECIPES = {
+    "digits-mlp": {"version": 1, "members": [
+        _member("digits-mlp", _mlp(64, 64, 3), "digits", 2000, DIGITS_MLP_TRAIN)]},
+    "mnist1d-mlp": {"version": 1, "members": [
+        _member("mnist1d-mlp", _mlp(40, 128, 3), "mnist1d", 2000, MNIST1D_MLP_TRAIN)]},
+    "digits-cnn": {"version": 1, "members": [
+        _member("digits-cnn", DIGITS_CNN, "digits-2d", 1000, DIGITS_CNN_TRAIN)]},
+    "mnist1d-cnn": {"version": 1, "members": [
+        _member("mnist1d-cnn", MNIST1D_CNN, "mnist1d-1d", 1000, MNIST1D_CNN_TRAIN)]},
+    "digits-resnet": {"version": 1, "members": [
+        _member("digits-resnet", DIGITS_RESNET, "digits-2d", 1000, DIGITS_RESNET_TRAIN)]},
+    "sine-inr": {"version": 1, "views": 4, "members": [
+        _member("sine-inr", SIREN, "sine", 1000, SIREN_TRAIN, activation="sine")]},
+    "mixed": {"version": 1, "members": _mixed_members()},
+    "digits-mlp-shift": {"version": 1, "splits": {"test": 1.0}, "members": [
+        _member("digits-mlp-shift", _mlp(64, 64, 3), "digits-shift", 1000, DIGITS_MLP_TRAIN)]},
+}
+
+
+def get_recipe(name: str, tiny: bool = False) -> dict:
+    """The full recipe ``name`` (with defaults filled in), or its tiny version for tests.
+
+    The tiny version keeps every architecture and task but trains 4 networks per member (8 views
+    of 2 signals for INRs) for one epoch, in shards of 2, so it builds in seconds.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown zoo recipe '{name}'; choose from {', '.join(RECIPES)}")
+    r = copy.deepcopy(RECIPES[name])
+    r.setdefault("splits", dict(SPLITS))
+    r.setdefault("shard_size", 250)
+    r.setdefault("seed", 0)
+    r["name"] = name
+    if tiny:
+        r["name"], r["shard_size"] = f"{name}-tiny", 2
+        for m in r["members"]:
+            m["count"] = 8 if name == "sine-inr" else 4
+            m["train"] = dict(m["train"], epochs=1 if name != "sine-inr" else 5)
+    return r
