@@ -113,7 +113,7 @@ def build(recipe: dict, root: str | Path = DEFAULT_ROOT, max_shards: int | None 
     data_cache: dict = {}
     trained = 0
     bar = tqdm(shards, desc=f"zoo {recipe['name']}", disable=not progress, unit="shard")
-    for k, sh in enumerate(bar):
+    for sh in bar:
         side = out / sh["file"].replace(".safetensors", ".json")
         if side.is_file() and (out / sh["file"]).is_file():
             done = read_json(side)
@@ -137,7 +137,7 @@ def build(recipe: dict, root: str | Path = DEFAULT_ROOT, max_shards: int | None 
         for r in recs:
             networks[r["id"]] = r
         trained += 1
-    for m, entry in zip(recipe["members"], members):
+    for m, entry in zip(recipe["members"], members, strict=True):
         entry["loss"] = "mse" if m["task"] == "sine" else "ce"
         entry["input_shape"] = [1] if m["task"] == "sine" else list(load_task(m["task"]).x_train.shape[1:])
     manifest = {"name": recipe["name"], "version": recipe["version"], "recipe": recipe, "members": members,
@@ -161,7 +161,7 @@ def plot_histogram(manifest: dict, path: Path) -> None:
     members = manifest["members"]
     for mi, m in enumerate(members):
         vals = [n[key] for n in manifest["networks"] if n["member"] == mi]
-        ax.hist(vals, bins=30, alpha=0.6 if len(members) < 6 else 0.35, label=m["name"] if len(members) < 8 else None)
+        ax.hist(vals, bins=min(30, len(set(vals))), alpha=0.6 if len(members) < 6 else 0.35, label=m["name"] if len(members) < 8 else None)
     ax.set_xlabel(key.replace("_", " "))
     ax.set_ylabel("networks")
     ax.set_title(f"zoo {manifest['name']} v{manifest['version']}: {len(manifest['networks'])} networks")

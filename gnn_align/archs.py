@@ -75,7 +75,7 @@ class CNN(nn.Sequential):
         strides = [stride] * len(channels) if isinstance(stride, int) else list(stride)
         if len(strides) != len(channels):
             raise ValueError(f"got {len(strides)} strides for {len(channels)} conv layers")
-        for ch, stride in zip(channels, strides):
+        for ch, stride in zip(channels, strides, strict=True):
             layers += [conv(c, ch, kernel_size, stride=stride, padding=kernel_size // 2), _act(activation)]
             c = ch
             if size is not None:

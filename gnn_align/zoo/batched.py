@@ -129,7 +129,7 @@ def train_networks(arch: dict, x_train: torch.Tensor, y_train: torch.Tensor, see
         ``(stacked_state, history)``: trained states (M, ...) per key, and the mean training loss of
         every epoch (list of floats).
     """
-    n, m = x_train.shape[0], len(seeds)
+    n = x_train.shape[0]
     if n < batch_size:
         raise ValueError(f"training set of {n} samples is smaller than batch_size={batch_size}")
     fwd = StackedForward(arch)

@@ -1,0 +1,131 @@
+"""Pairs of networks for training and evaluating aligners.
+
+* :func:`independent_pairs`: two independently trained networks of one architecture (no known
+  alignment; for unsupervised objectives and evaluation).
+* :func:`planted_pair`: a network and a randomly permuted, augmented copy of it, with the planted
+  permutation as the ground truth (Deep-Align's supervised pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from ..permute import apply_permutation, random_permutation
+from .augment import augment
+from .batched import stable_seed
+from .dataset import ModelZoo
+from .storage import ZooError
+
+
+def independent_pairs(zoo: ModelZoo, num_pairs: int, generator: torch.Generator | None = None) -> list:
+    """``num_pairs`` ordered pairs ``(i, j)``, ``i != j``, of positions in ``zoo`` of one member.
+
+    Uniform over all such pairs of this view: first a member, with probability proportional to its
+    number of pairs ``n (n - 1)``, then a uniform pair of distinct networks of it. Deterministic in
+    the generator's state.
+
+    Raises:
+        ZooError: naming the zoo, when no member has two networks in this view.
+    """
+    groups = [zoo.indices_of(m) for m in range(len(zoo.members))]
+    counts = torch.tensor([len(g) * (len(g) - 1) for g in groups], dtype=torch.float64)
+    if counts.sum() == 0:
+        raise ZooError(f"zoo '{zoo.name}' ({zoo.root}, split={zoo.split}): no member has two networks "
+                       "to pair")
+    if num_pairs <= 0:
+        return []
+    members = torch.multinomial(counts, num_pairs, replacement=True, generator=generator)
+    u = torch.rand(num_pairs, 2, generator=generator, dtype=torch.float64)
+    pairs = []
+    for k, m in enumerate(members.tolist()):
+        pos = groups[m]
+        n = len(pos)
+        i = min(int(u[k, 0] * n), n - 1)
+        j = min(int(u[k, 1] * (n - 1)), n - 2)
+        j += j >= i
+        pairs.append((pos[i], pos[j]))
+    return pairs
+
+
+@dataclass
+class PlantedPair:
+    """A network ``a``, its augmented copy ``a_augmented`` and ``b``, that copy permuted by ``perm``.
+
+    ``b == apply_permutation(a_augmented, perm, spec)`` exactly, hence
+    ``apply_permutation(b, invert_permutation(perm), spec)`` gives back ``a_augmented``. In the
+    direction convention of :mod:`gnn_align.permute` (the permutation moves the network being
+    aligned onto the reference): ``perm`` aligns ``a`` (up to the augmentation) to reference ``b``, and
+    ``invert_permutation(perm)`` is the ground truth for aligning ``b`` to reference ``a``.
+    ``member`` indexes ``zoo.members``; ``network_id`` is the manifest id of ``a``.
+    """
+
+    a: dict
+    b: dict
+    perm: dict
+    a_augmented: dict
+    member: int
+    network_id: int
+
+
+def planted_pair(zoo: ModelZoo, idx: int, generator: torch.Generator,
+                 augment_kwargs: dict | None = None) -> PlantedPair:
+    """The planted pair of the ``idx``-th network of ``zoo``.
+
+    Draws, in this order from ``generator``: ``perm = random_permutation(spec, generator)``, then
+    ``a_augmented = augment(a, spec, generator, **augment_kwargs)`` with rescaling only when the
+    member's ``activation`` is ``"relu"`` (``rescale=None`` otherwise, whatever ``augment_kwargs``
+    says); finally ``b = apply_permutation(a_augmented, perm, spec)``.
+    """
+    m = zoo.member_of(idx)
+    spec = zoo.spec(m)
+    a = zoo.state_dict(idx)
+    perm = random_permutation(spec, generator)
+    kwargs = dict(augment_kwargs or {})
+    if zoo.members[m].get("activation") != "relu":
+        kwargs["rescale"] = None
+    a_aug = augment(a, spec, generator, **kwargs)
+    b = apply_permutation(a_aug, perm, spec)
+    return PlantedPair(a=a, b=b, perm=perm, a_augmented=a_aug, member=m,
+                       network_id=int(zoo.record(idx)["id"]))
+
+
+class PlantedPairs(torch.utils.data.Dataset):
+    """Planted pairs of a list of networks of a zoo, reproducible per ``seed`` and epoch.
+
+    Item ``k`` is :func:`planted_pair` of position ``indices[k]`` with a generator seeded by
+    ``stable_seed(seed, epoch, network_id)``: independent of iteration order and of DataLoader
+    workers. Call :meth:`set_epoch` to draw fresh permutations and augmentations. With a
+    :class:`torch.utils.data.DataLoader`, pass ``collate_fn=list`` (items are dataclasses).
+
+    Args:
+        zoo: the zoo view.
+        indices: positions in ``zoo`` (default: all).
+        seed: base seed.
+        augment_kwargs: passed to :func:`planted_pair`.
+    """
+
+    def __init__(self, zoo: ModelZoo, indices: Sequence[int] | None = None, seed: int = 0,
+                 augment_kwargs: dict | None = None):
+        self.zoo = zoo
+        self.indices = list(range(len(zoo))) if indices is None else [int(i) for i in indices]
+        self.seed = int(seed)
+        self.epoch = 0
+        self.augment_kwargs = augment_kwargs
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> PlantedPair:
+        i = self.indices[k]
+        gen = torch.Generator().manual_seed(stable_seed(self.seed, self.epoch, self.zoo.record(i)["id"]))
+        return planted_pair(self.zoo, i, gen, self.augment_kwargs)
+
+    def __iter__(self) -> Iterator[PlantedPair]:
+        for k in range(len(self)):
+            yield self[k]
