@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -68,6 +69,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import dumps, run_benchmark, to_markdown, write_results
+    from .errors import GNNAlignError
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        res = run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
+                            num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json)
+    except (GNNAlignError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = write_results(res, args.out or Path("results") / f"bench-{args.zoo}")
+    print(dumps(res) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gnn-align", description="Learn to align neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of networks, inputs and permutations")
     demo.add_argument("--json", action="store_true", help="print the results as JSON only")
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="benchmark alignment methods on test pairs of a built zoo",
+                           description="Draw fixed, seeded pairs of networks of one architecture from a "
+                           "zoo's test split, align each pair with every method, and report the loss "
+                           "barrier and AUC of the interpolation curve (Deep-Align's and Git Re-Basin's "
+                           "definitions), the accuracy barrier and the median seconds per pair. Writes "
+                           "results.json, results.md and curves.png (atomically) to --out.")
+    bench.add_argument("--zoo", required=True, help="zoo name (a folder under --root; build it with "
+                       "`python -m datasets build NAME`)")
+    bench.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
+    bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, sinkhorn")
+    bench.add_argument("--pairs", type=int, default=100, help="number of test pairs (default 100)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the pairs and of the methods")
+    bench.add_argument("--lambdas", type=int, default=25, help="points on the interpolation curve")
+    bench.add_argument("--reset-bn", action="store_true", help="reset BatchNorm statistics of every "
+                       "interpolated network on 512 training inputs before evaluating it")
+    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bench.add_argument("--out", default=None, help="output folder (default results/bench-ZOO)")
+    bench.add_argument("--json", action="store_true", help="print the summary as JSON")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -77,6 +77,36 @@ def apply_permutation(state_dict: Mapping[str, torch.Tensor], perm: Mapping[str,
     return out
 
 
+def apply_permutation_matrix(state_dict: Mapping[str, torch.Tensor], mats: Mapping[str, torch.Tensor],
+                             spec: PermutationSpec) -> dict:
+    """The group action extended linearly to (soft) permutation matrices, for differentiable alignment.
+
+    On every axis acted on by group ``g``: ``new.select(axis, i) = sum_j mats[g][i, j] *
+    old.select(axis, j)``. With ``mats[g]`` the one-hot matrix of ``perm[g]`` (``P[i, perm[g][i]] = 1``)
+    this equals :func:`apply_permutation` (a test pins it); with a doubly stochastic matrix it is the
+    soft alignment used by Sinkhorn re-basin and the learned aligner's losses. Differentiable in both
+    the matrices and the tensors. Groups left out are not permuted.
+
+    Shapes:
+        ``mats[g]``: (n_g, n_g) for a group of n_g neurons.
+    """
+    for g, m in mats.items():
+        n = spec.group_sizes.get(g)
+        if n is None or tuple(m.shape) != (n, n):
+            raise PermutationError(f"matrix of group '{g}' must be ({n}, {n}), got {tuple(m.shape)}"
+                                   if n is not None else f"unknown permutation group '{g}'")
+    out = {}
+    for key, t in state_dict.items():
+        for axis, a in enumerate(spec.axes[key]):
+            if a is not None and a.group in mats:
+                moved = t.movedim(axis, 0)
+                rest = moved.shape[1:]
+                flat = moved.reshape(spec.group_sizes[a.group], -1)  # neuron i owns rows i*block..
+                t = (mats[a.group].to(t.dtype) @ flat).reshape(moved.shape[0], *rest).movedim(0, axis)
+        out[key] = t
+    return out
+
+
 def identity_permutation(spec: PermutationSpec) -> Permutation:
     """The identity element: ``arange(size)`` for every group."""
     return {g: torch.arange(n) for g, n in spec.group_sizes.items()}

@@ -173,6 +173,18 @@ class PermutationSpec:
         return [(k, d, a.block) for k, spec in self.axes.items() for d, a in enumerate(spec)
                 if a is not None and a.group == group]
 
+    def learnable_keys(self) -> list:
+        """Keys of the weights, biases and normalisation weights/biases: what alignment objectives
+        and augmentations act on. Running statistics and tensors with no place in the graph
+        (``num_batches_tracked``) are left out when the spec has a structure; without one, all keys."""
+        if self.structure is None:
+            return list(self.axes)
+        st = self.structure
+        keys = [ly.weight for ly in st.layers]
+        for ns in st.nodesets:
+            keys += [k for k in ns.features[:3] if k is not None]
+        return keys
+
     def validate(self, state_dict: Mapping[str, torch.Tensor] | None = None,
                  check_finite: bool = True) -> None:
         """Check the spec against itself and, if given, against a state dict.

@@ -98,3 +98,22 @@ def test_mismatched_keys_are_refused():
 def test_spec_refuses_unknown_group():
     with pytest.raises(StateDictError, match="key 'w' uses unknown permutation group 'nope'"):
         PermutationSpec({"h": 3}, {"w": ("nope",)})
+
+
+def test_permutation_matrix_action_equals_index_action():
+    from gnn_align.permute import apply_permutation_matrix
+
+    gen = torch.Generator().manual_seed(0)
+    theta = _theta(gen)
+    p = random_permutation(BIG, gen)
+    mats = {g: torch.eye(len(v))[v] for g, v in p.items()}  # P[i, p[i]] = 1
+    hard = apply_permutation(theta, p, BIG)
+    soft = apply_permutation_matrix(theta, mats, BIG)
+    assert all(torch.equal(hard[k], soft[k]) for k in theta)
+    # linear in the matrix of one group: averaging two permutation matrices averages the actions
+    q = random_permutation(BIG, gen)["a"]
+    avg = apply_permutation_matrix(theta, {"a": 0.5 * (mats["a"] + torch.eye(6)[q])}, BIG)
+    one, other = apply_permutation(theta, {"a": p["a"]}, BIG), apply_permutation(theta, {"a": q}, BIG)
+    assert all(torch.allclose(avg[k], 0.5 * (one[k] + other[k]), atol=1e-12) for k in theta)
+    with pytest.raises(PermutationError, match="group 'a' must be"):
+        apply_permutation_matrix(theta, {"a": torch.eye(3)}, BIG)

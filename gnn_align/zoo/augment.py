@@ -27,24 +27,12 @@ import torch
 from ..errors import StateDictError
 from ..spec import PermutationSpec
 
-#: node-feature columns that are parameters (bias, norm weight, norm bias); 3, 4 are running stats
-_PARAM_COLUMNS = (0, 1, 2)
-
 
 def _structure(spec: PermutationSpec):
     if spec.structure is None:
         raise StateDictError("augment needs a PermutationSpec with graph structure; derive it with "
                              "gnn_align.spec_from_module(module, example_input)")
     return spec.structure
-
-
-def augmentable_keys(spec: PermutationSpec) -> list:
-    """Keys of the tensors :func:`augment` may change: layer weights, biases, norm weights/biases."""
-    st = _structure(spec)
-    keys = [ly.weight for ly in st.layers]
-    for ns in st.nodesets:
-        keys += [ns.features[c] for c in _PARAM_COLUMNS if ns.features[c] is not None]
-    return keys
 
 
 def rescalable_nodesets(spec: PermutationSpec) -> list:
@@ -116,7 +104,7 @@ def augment(state: Mapping[str, torch.Tensor], spec: PermutationSpec, generator:
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     out = {k: v.clone() for k, v in state.items()}
-    keys = [k for k in augmentable_keys(spec) if out[k].is_floating_point()]
+    keys = [k for k in spec.learnable_keys() if out[k].is_floating_point()]
 
     if rescale is not None:
         lo, hi = float(rescale[0]), float(rescale[1])

@@ -1,0 +1,81 @@
+"""Sinkhorn re-basin (Peña et al., CVPR 2023): learn soft permutations by gradient descent on the
+task loss of the interpolated network.
+
+Each group ``g`` has a logit matrix ``L_g``. A step draws ``lambda ~ U(0, 1)`` and a data batch and
+forms the soft permutation ``S_g = sinkhorn(L_g)`` (log domain). The loss is the task loss of
+``(1 - lambda) theta_A + lambda (S . theta_B)``, with ``S . theta_B`` computed by
+:func:`gnn_align.permute.apply_permutation_matrix`. With ``straight_through=True`` the forward pass
+uses the hard permutation ``H_g = hungarian(L_g)`` instead, as ``H_g + S_g - stop_grad(S_g)``, so the
+gradient still flows through the soft one. The result is the Hungarian decode of the final logits.
+
+Measured on 4 digits-mlp test pairs (150 steps, Deep-Align barrier): soft forward 0.044 (batch 512)
+/ 0.056 (batch 128); straight-through 0.37 — hence the soft default.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from ..ot import hungarian, perm_to_matrix, sinkhorn
+from ..permute import apply_permutation_matrix, identity_permutation
+from ..spec import PermutationSpec
+from ..zoo.batched import task_loss
+from .weight_matching import MatchResult
+
+
+def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: PermutationSpec,
+                     x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce", steps: int = 150,
+                     batch_size: int = 256, lr: float = 0.1, tau: float = 1.0, n_iters: int = 20,
+                     init: Mapping | None = None, init_scale: float = 1.0, straight_through: bool = False,
+                     generator: torch.Generator | None = None) -> MatchResult:
+    """Align B to A with Sinkhorn re-basin.
+
+    Args:
+        module: the architecture (evaluated with ``functional_call`` in eval mode).
+        x, y: training data the task loss is measured on (batches drawn from ``generator``).
+        steps: gradient steps (Adam, learning rate ``lr``).
+        tau, n_iters: Sinkhorn temperature and iterations.
+        init: initial permutation (default identity); the logits start at ``init_scale`` times its
+            one-hot matrix.
+        straight_through: forward with the hard decode (straight-through estimator) instead of the
+            soft permutation.
+
+    Returns:
+        :class:`MatchResult` with the hard permutation of the final logits (Hungarian).
+    """
+    start = dict(init or identity_permutation(spec))
+    dtype = next(v for v in state_a.values() if v.is_floating_point()).dtype
+    logits = {g: (init_scale * perm_to_matrix(start[g], dtype=dtype)).requires_grad_()
+              for g in spec.group_sizes}
+    opt = torch.optim.Adam(logits.values(), lr=lr)
+    floats = [k for k, v in state_a.items() if v.is_floating_point()]
+    was = module.training
+    module.eval()
+    try:
+        for _ in range(steps):
+            lam = float(torch.rand((), generator=generator))
+            idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
+            mats = {}
+            for g, lg in logits.items():
+                soft = sinkhorn(lg, n_iters=n_iters, tau=tau)
+                mats[g] = soft
+                if straight_through:
+                    # Hungarian on the logits equals Hungarian on log(sinkhorn(logits)) (they differ
+                    # by row and column constants only), and is exact where the soft matrix is not
+                    mats[g] = perm_to_matrix(hungarian(lg.detach()), dtype=dtype) + soft - soft.detach()
+            pb = apply_permutation_matrix(state_b, mats, spec)
+            mixed = {k: (1 - lam) * state_a[k] + lam * pb[k] if k in floats else state_a[k] for k in state_a}
+            out = functional_call(module, mixed, (x[idx],))
+            value = task_loss(out[None], y[idx][None], loss).sum()
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+    finally:
+        module.train(was)
+    with torch.no_grad():
+        perm = {g: hungarian(lg) for g, lg in logits.items()}
+    return MatchResult(perm, iterations=steps)

@@ -1,0 +1,162 @@
+"""The benchmark harness: align fixed, seeded test pairs of a zoo with several methods and score them.
+
+For every pair (A, B) of networks drawn from the zoo's *test* split (same architecture) and every
+method, the harness times the alignment (wall clock, one process), permutes B with the single
+group action, evaluates the interpolation curve on the task's test data and computes the barrier
+and AUC (both definitions, named), the accuracy barrier and the losses. Results are written
+atomically as JSON, as a Markdown table and as a PNG of the mean curves (± std).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .archs import build_arch
+from .baselines import activation_matching, sinkhorn_rebasin, weight_matching
+from .metrics import curve_metrics, interpolation_curve
+from .permute import apply_permutation, identity_permutation
+from .tasks import load_task
+from .zoo.dataset import ModelZoo
+from .zoo.pairs import independent_pairs
+from .zoo.storage import ZooError, atomic_write, write_json
+
+
+@dataclass
+class PairContext:
+    """What a method may use to align B to A. ``x_train``/``y_train``: the task's training split."""
+
+    module: torch.nn.Module
+    spec: object
+    state_a: dict
+    state_b: dict
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    loss: str
+    generator: torch.Generator
+
+
+def _am_batches(ctx: PairContext, n: int = 512, batch: int = 128) -> list:
+    return [ctx.x_train[s:s + batch] for s in range(0, min(n, ctx.x_train.shape[0]), batch)]
+
+
+#: method name -> (function of a PairContext returning a permutation, data it uses)
+METHODS: dict = {
+    "naive": (lambda c: identity_permutation(c.spec), "none"),
+    "wm": (lambda c: weight_matching(c.state_a, c.state_b, c.spec, generator=c.generator).perm, "none"),
+    "am": (lambda c: activation_matching(c.module, c.state_a, c.state_b, c.spec, _am_batches(c)).perm,
+           "train split, first 512 inputs"),
+    "sinkhorn": (lambda c: sinkhorn_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train,
+                                            loss=c.loss, steps=150, generator=c.generator).perm,
+                 "train split, 150 steps of batches of 256"),
+}
+
+METRICS = ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier", "loss_mid")
+
+
+def register_method(name: str, fn: Callable, data: str = "none") -> None:
+    """Add an alignment method (``fn(PairContext) -> permutation``) to the benchmark."""
+    METHODS[name] = (fn, data)
+
+
+def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed: int = 0,
+                  num_lambdas: int = 25, reset_bn: bool = False, progress: bool = True) -> dict:
+    """Benchmark ``methods`` on ``num_pairs`` test pairs of the zoo at ``zoo_dir``; returns the results."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    zoo = ModelZoo(str(zoo_dir), split="test", log=False)
+    if any(m.get("task") not in ("digits", "digits-2d", "digits-shift", "digits-shift-2d", "mnist1d", "mnist1d-1d")
+           for m in zoo.members):
+        raise ZooError(f"{zoo_dir}: the benchmark supports classification zoos only")
+    pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
+    rows = {m: [] for m in methods}
+    modules, tasks = {}, {}
+    for i, j in tqdm(pairs, desc="benchmark pairs", disable=not progress):
+        member = zoo.member_of(i)
+        info = zoo.members[member]
+        if member not in modules:
+            modules[member] = build_arch(info["arch"]).eval()
+        if info["task"] not in tasks:
+            tasks[info["task"]] = load_task(info["task"])
+        task, module, spec = tasks[info["task"]], modules[member], zoo.spec(member)
+        a, b = zoo.state_dict(i), zoo.state_dict(j)
+        bn = [task.x_train[s:s + 128] for s in range(0, 512, 128)] if reset_bn else None
+        for name in methods:
+            ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss,
+                              torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + j))
+            t0 = time.perf_counter()
+            perm = METHODS[name][0](ctx)
+            seconds = time.perf_counter() - t0
+            curve = interpolation_curve(module, a, apply_permutation(b, perm, spec), task.x_test, task.y_test,
+                                        loss=task.loss, num_lambdas=num_lambdas, reset_bn=bn)
+            rows[name].append(dict(curve_metrics(curve), seconds=seconds, pair=[zoo.network_ids[i],
+                                   zoo.network_ids[j]], curve=curve["loss"]))
+    return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": "test",
+            "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
+            "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], METHODS[m][1])
+                                                                   for m in methods}}
+
+
+def _summary(rows: list, data: str) -> dict:
+    out = {"data": data, "median_seconds": statistics.median(r["seconds"] for r in rows)}
+    for k in METRICS:
+        vals = [r[k] for r in rows if k in r]
+        if vals:
+            out[k] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals)}
+    curves = torch.tensor([r["curve"] for r in rows], dtype=torch.float64)
+    out["curve_mean"], out["curve_std"] = curves.mean(0).tolist(), curves.std(0, unbiased=False).tolist()
+    out["per_pair"] = [{k: v for k, v in r.items() if k != "curve"} for r in rows]
+    return out
+
+
+def to_markdown(res: dict) -> str:
+    head = ["method"] + [f"{k} (mean ± std)" for k in METRICS] + ["median s/pair", "data used"]
+    lines = [f"**{res['zoo']}** v{res['zoo_version']}: {res['pairs']} test pairs (seed {res['seed']}), "
+             f"{res['num_lambdas']} λ, test cross-entropy; torch threads {res['torch_threads']}"
+             + ("; BatchNorm statistics reset on 512 training inputs per interpolated network"
+                if res["bn_reset"] else ""), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in res["methods"].items():
+        cells = [name] + [f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" if k in s else "–" for k in METRICS]
+        lines.append("| " + " | ".join(cells + [f"{s['median_seconds'] * 1000:.1f} ms", s["data"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(res: dict, out_dir: str | Path) -> list:
+    """Write ``results.json``, ``results.md`` and ``curves.png`` atomically; returns the paths."""
+    out = Path(out_dir)
+    write_json(out / "results.json", res)
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(to_markdown(res)))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lams = torch.linspace(0, 1, res["num_lambdas"])
+    for name, s in res["methods"].items():
+        mean, std = torch.tensor(s["curve_mean"]), torch.tensor(s["curve_std"])
+        ax.plot(lams, mean, label=name)
+        ax.fill_between(lams, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("λ  (0: A, 1: aligned B)")
+    ax.set_ylabel("test loss")
+    ax.set_title(f"{res['zoo']}: {res['pairs']} test pairs")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(out / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return [out / "results.json", out / "results.md", out / "curves.png"]
+
+
+def dumps(res: dict) -> str:
+    return json.dumps({k: v for k, v in res.items() if k != "methods"} | {
+        "methods": {m: {k: v for k, v in s.items() if k not in ("per_pair", "curve_mean", "curve_std")}
+                    for m, s in res["methods"].items()}}, indent=1)

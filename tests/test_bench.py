@@ -1,0 +1,49 @@
+"""The benchmark harness end to end on a tiny zoo."""
+
+import json
+
+import pytest
+
+from datasets.build import build
+from datasets.recipes import get_recipe
+from gnn_align.bench import run_benchmark, to_markdown, write_results
+from gnn_align.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    recipe = get_recipe("digits-cnn", tiny=True)
+    recipe["splits"] = {"test": 1.0}  # every network a test network, so there are pairs to draw
+    return build(recipe, tmp_path_factory.mktemp("zoos"), progress=False)
+
+
+def test_benchmark_runs_every_method_and_writes_results(tiny_zoo, tmp_path):
+    res = run_benchmark(tiny_zoo, ["naive", "wm", "am", "sinkhorn"], num_pairs=3, progress=False)
+    assert res["pairs"] == 3 and res["split"] == "test" and res["torch_threads"] >= 1
+    for s in res["methods"].values():
+        assert len(s["per_pair"]) == 3 and len(s["curve_mean"]) == 25
+        for key in ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier"):
+            assert s[key]["mean"] >= 0.0
+        assert s["median_seconds"] >= 0.0
+    assert res["methods"]["am"]["data"].startswith("train split")
+    # the same seed draws the same pairs; aligning can only be judged on the same pairs
+    again = run_benchmark(tiny_zoo, ["naive"], num_pairs=3, progress=False)
+    assert [p["pair"] for p in again["methods"]["naive"]["per_pair"]] == \
+        [p["pair"] for p in res["methods"]["naive"]["per_pair"]]
+    paths = write_results(res, tmp_path / "out")
+    assert [p.name for p in paths] == ["results.json", "results.md", "curves.png"]
+    assert json.loads(paths[0].read_text())["zoo"] == res["zoo"]
+    md = to_markdown(res)
+    assert all(f"| {m} |" in md for m in res["methods"])
+
+
+def test_bench_cli_reports_unknown_methods_and_zoos(tiny_zoo, tmp_path, capsys):
+    root = str(tiny_zoo.parent)
+    assert main(["bench", "--zoo", tiny_zoo.name, "--root", root, "--methods", "naive,magic"]) == 2
+    assert "unknown method(s) ['magic']" in capsys.readouterr().err
+    assert main(["bench", "--zoo", "nope", "--root", root]) == 2
+    assert "zoo folder not found" in capsys.readouterr().err
+    out = tmp_path / "cli"
+    assert main(["bench", "--zoo", tiny_zoo.name, "--root", root, "--methods", "naive,wm", "--pairs", "2",
+                 "--out", str(out), "--reset-bn"]) == 0
+    assert "BatchNorm statistics reset" in (out / "results.md").read_text()
