@@ -56,3 +56,25 @@ def one_sided_spec(spec: PermutationSpec, group: str) -> PermutationSpec:
     axes = {k: tuple(a if (k == key and d == axis) else None for d, a in enumerate(v))
             for k, v in spec.axes.items()}
     return PermutationSpec(spec.group_sizes, axes)
+
+
+def move_nodes(graph, node_perm: torch.Tensor):
+    """The graph whose node ``n`` carries the features and incident edges of node ``node_perm[n]``
+    while keeping node ``n``'s labels (type, depth, group, position).
+
+    For nodes of one group this is :func:`gnn_align.relabel` (a symmetry: an equivariant encoder's
+    output moves with the nodes); for input or output neurons, or nodes of different layers, it is
+    a change of the network that an encoder must *not* treat as a relabelling.
+    """
+    where = torch.argsort(node_perm)  # old node -> its new index
+    out = graph.clone()
+    out.x = graph.x[node_perm]
+    out.edge_index = where[graph.edge_index]
+    return out
+
+
+@torch.no_grad()
+def equivariance_error(encoder: nn.Module, graph, node_perm: torch.Tensor) -> float:
+    """max |encoder(move_nodes(graph, p)) - encoder(graph)[p]|: 0 when the encoder treats the move
+    as a relabelling (the output follows the nodes)."""
+    return float((encoder(move_nodes(graph, node_perm)) - encoder(graph)[node_perm]).abs().max())

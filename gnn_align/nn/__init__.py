@@ -1,0 +1,7 @@
+"""Neural network components of the learned aligner."""
+
+from .conv import NetConv
+from .encoder import NetEncoder, sinusoidal
+from .head import MatchingHead, pool_groups
+
+__all__ = ["MatchingHead", "NetConv", "NetEncoder", "pool_groups", "sinusoidal"]

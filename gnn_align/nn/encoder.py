@@ -1,0 +1,83 @@
+"""The network encoder: featurises a batch of :class:`~gnn_align.NetGraph` and runs message passing."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+from ..graph import EDGE_SKIP
+from ..spec import NODE_FEATURES, NODE_HIDDEN
+from .conv import NetConv
+
+
+def sinusoidal(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
+    """Sinusoidal encoding of integer positions. Shapes: (N,) -> (N, dim)."""
+    k = torch.arange(dim // 2, device=pos.device, dtype=torch.get_default_dtype())
+    freq = torch.exp(-math.log(base) * 2 * k / dim)
+    ang = pos.to(freq.dtype)[:, None] * freq[None, :]
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
+class NetEncoder(nn.Module):
+    r"""Embeds every neuron of a batch of network graphs.
+
+    Node inputs: the node's parameters (bias, normalisation weight/bias and statistics), its type
+    (input/hidden/output), sinusoidal encodings of its depth from the input and from the output
+    (so one encoder reads networks of any depth), and — for input and output neurons only — a
+    sinusoidal encoding of their fixed index. Hidden neurons get no identity, so the encoder is
+    equivariant to permutations inside every group and to nothing more. Edge inputs: the weight
+    (or kernel, padded to ``edge_dim``) and the edge type (weight / residual skip).
+
+    Args:
+        hidden: width of node and edge states.
+        num_layers: rounds of :class:`NetConv` message passing.
+        edge_dim: edge feature width the graphs are built with (``to_graph(..., edge_dim=)``).
+        pos_dim: width of each sinusoidal encoding.
+
+    Shapes:
+        - **input:** a :class:`torch_geometric.data.Batch` of NetGraphs (or one NetGraph)
+        - **output:** node embeddings :math:`(N, \text{hidden})`
+    """
+
+    def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, pos_dim: int = 16):
+        super().__init__()
+        self.hidden, self.edge_dim, self.pos_dim = hidden, edge_dim, pos_dim
+        self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * pos_dim, hidden)
+        self.edge_in = nn.Linear(edge_dim + 2, hidden)
+        self.convs = nn.ModuleList(NetConv(hidden) for _ in range(num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.node_in.reset_parameters()
+        self.edge_in.reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def node_features(self, g) -> Tensor:
+        batch = g.batch if getattr(g, "batch", None) is not None else torch.zeros_like(g.node_depth)
+        max_depth = scatter(g.node_depth, batch, reduce="max")[batch]
+        fixed = (g.node_type != NODE_HIDDEN).unsqueeze(-1)
+        dtype = self.node_in.weight.dtype
+        return torch.cat([
+            g.x.to(dtype),
+            nn.functional.one_hot(g.node_type, 3).to(dtype),
+            sinusoidal(g.node_depth, self.pos_dim).to(dtype),
+            sinusoidal(max_depth - g.node_depth, self.pos_dim).to(dtype),
+            torch.where(fixed, sinusoidal(g.perm_pos, self.pos_dim).to(dtype), 0.0),
+        ], dim=-1)
+
+    def forward(self, g) -> Tensor:
+        if g.edge_attr.shape[1] != self.edge_dim:
+            raise ValueError(f"graphs have edge_dim={g.edge_attr.shape[1]}, the encoder expects "
+                             f"{self.edge_dim}; build them with to_graph(..., edge_dim={self.edge_dim})")
+        dtype = self.node_in.weight.dtype
+        h = self.node_in(self.node_features(g))
+        e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
+            (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))
+        for conv in self.convs:
+            h, e = conv(h, g.edge_index, e)
+        return h

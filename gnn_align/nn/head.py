@@ -1,0 +1,57 @@
+"""Per-group matching scores between the neurons of two networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+from ..graph import global_group
+
+
+def pool_groups(h: Tensor, g) -> tuple:
+    """Average node embeddings over the node sets of each permutation group, position by position.
+
+    A residual stream's group spans several node sets whose neurons move together; its neuron ``i``
+    is represented by the mean embedding of position ``i`` over all those node sets.
+
+    Returns:
+        ``(emb, mask)``: ``emb`` (G, n_max, H) per global group (in batch order) and position,
+        ``mask`` (G, n_max) marking the real positions of each group.
+    """
+    gg = global_group(g)
+    keep = gg >= 0
+    gg, pos, h = gg[keep], g.perm_pos[keep], h[keep]
+    num = int(torch.as_tensor(g.num_groups).sum())
+    sizes = scatter(pos + 1, gg, dim_size=num, reduce="max")
+    n_max = int(sizes.max()) if num else 0
+    emb = scatter(h, gg * n_max + pos, dim=0, dim_size=num * n_max, reduce="mean")
+    mask = torch.arange(n_max, device=h.device)[None, :] < sizes[:, None]
+    return emb.view(num, n_max, -1), mask
+
+
+class MatchingHead(nn.Module):
+    r"""Scores :math:`Q_{ij} = s^2 \cos(f^A_i, f^B_j)` between A's and B's neurons of one group
+    (Deep-Align's head, one learned scale :math:`s`). Symmetric: swapping A and B transposes Q.
+
+    Shapes:
+        - **input:** emb_a, emb_b :math:`(G, n, H)`, mask_a, mask_b :math:`(G, n)`
+        - **output:** scores :math:`(G, n, n)`, mask :math:`(G, n, n)` (padded entries masked)
+    """
+
+    def __init__(self, init_scale: float = 1.0):
+        super().__init__()
+        self.init_scale = init_scale
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.scale.fill_(self.init_scale)
+
+    def forward(self, emb_a: Tensor, emb_b: Tensor, mask_a: Tensor, mask_b: Tensor) -> tuple:
+        a = nn.functional.normalize(emb_a, dim=-1)
+        b = nn.functional.normalize(emb_b, dim=-1)
+        mask = mask_a[:, :, None] & mask_b[:, None, :]
+        scores = self.scale ** 2 * torch.einsum("gih,gjh->gij", a, b)
+        return scores.masked_fill(~mask, 0.0), mask

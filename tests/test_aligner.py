@@ -1,0 +1,149 @@
+"""The learned aligner's symmetries, with random untrained encoders in float64, and a tiny overfit."""
+
+import pytest
+import torch
+
+from gnn_align import (apply_permutation, compose_permutations, invert_permutation, random_permutation,
+                       relabel, spec_from_module, to_graph)
+from gnn_align.aligner import GNNAligner, planted_cross_entropy
+from gnn_align.nn import NetEncoder
+from gnn_align.testing import equivariance_error, move_nodes
+
+from .conftest import make_family
+
+FAMS = ["mlp", "resnet2d_bn", "cnn1d_flatten", "residual_mlp"]
+
+
+def _setup(name, seed=0):
+    module, x = make_family(name, seed)
+    spec = spec_from_module(module, x)
+    return spec, {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _encoder():
+    torch.manual_seed(0)
+    return NetEncoder(hidden=16, num_layers=3, edge_dim=9).double().eval()
+
+
+def _src_of(graph, perm):
+    """Node mapping of relabel(graph, perm): new node n holds old node src_of[n]."""
+    src = torch.arange(graph.num_nodes)
+    for gi, g in enumerate(graph.group_names):
+        m = graph.perm_group == gi
+        p = graph.perm_pos[m]
+        src[m] = src[m] - p + perm[g][p]
+    return src
+
+
+@pytest.mark.parametrize("name", FAMS)
+def test_encoder_is_equivariant_to_within_group_relabelling(name):
+    spec, a = _setup(name)
+    graph = to_graph(a, spec, edge_dim=9)
+    enc = _encoder()
+    perm = random_permutation(spec, torch.Generator().manual_seed(1))
+    src = _src_of(graph, perm)
+    # relabel (exact edge order) and move_nodes (same graph, other edge order) agree
+    moved = move_nodes(graph, src)
+    assert torch.equal(enc(relabel(graph, perm)), enc(relabel(graph, perm)))
+    assert torch.allclose(enc(relabel(graph, perm)), enc(moved), atol=1e-12)
+    assert equivariance_error(enc, graph, src) < 1e-12
+    # and the permuted *weights* give the same embeddings, moved (the commutative diagram)
+    h_perm = enc(to_graph(apply_permutation(a, perm, spec), spec, edge_dim=9))
+    assert torch.allclose(h_perm, enc(graph)[src], atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn2d_gap"])
+def test_encoder_is_not_equivariant_to_swapping_inputs_outputs_or_layers(name):
+    spec, a = _setup(name)
+    graph = to_graph(a, spec, edge_dim=9)
+    enc = _encoder()
+    types, depth = graph.node_type, graph.node_depth
+
+    def swap(u, v):
+        p = torch.arange(graph.num_nodes)
+        p[u], p[v] = v, u
+        return p
+
+    inputs = torch.nonzero(types == 0).flatten()
+    outputs = torch.nonzero(types == 2).flatten()
+    hidden = torch.nonzero(types == 1).flatten()
+    first, second = hidden[depth[hidden] == 1][0], hidden[depth[hidden] == 2][0]
+    for p in (swap(inputs[0], inputs[1]), swap(outputs[0], outputs[1]), swap(first, second)):
+        assert equivariance_error(enc, graph, p) > 1e-6
+    # positive control of the same helper: two hidden neurons of one layer
+    same = hidden[depth[hidden] == 1]
+    assert equivariance_error(enc, graph, swap(same[0], same[1])) < 1e-12
+
+
+def test_encoder_outputs_differ_between_networks():
+    spec, a = _setup("mlp", 0)
+    _, b = _setup("mlp", 1)
+    enc = _encoder()
+    assert (enc(to_graph(a, spec, edge_dim=9)) - enc(to_graph(b, spec, edge_dim=9))).abs().max() > 1e-3
+
+
+def _aligner():
+    torch.manual_seed(0)
+    return GNNAligner(hidden=16, num_layers=3, edge_dim=9).double().eval()
+
+
+def _same(p, q):
+    return set(p) == set(q) and all(torch.equal(p[g], q[g]) for g in p)
+
+
+@pytest.mark.parametrize("name", FAMS)
+def test_align_recovers_planted_permutation(name):
+    spec, a = _setup(name)
+    pi = random_permutation(spec, torch.Generator().manual_seed(2))
+    b = apply_permutation(a, pi, spec)
+    pred = _aligner().align(a, b, spec)
+    assert _same(pred, invert_permutation(pi))  # apply_permutation(b, pred) == a
+    aligned = apply_permutation(b, pred, spec)
+    assert all(torch.equal(aligned[k], a[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d_bn"])
+def test_align_is_equivariant_and_swap_inverts(name):
+    spec, a = _setup(name, 0)
+    _, b = _setup(name, 1)
+    al = _aligner()
+    p = al.align(a, b, spec)
+    gen = torch.Generator().manual_seed(3)
+    pi, sigma = random_permutation(spec, gen), random_permutation(spec, gen)
+    q = al.align(apply_permutation(a, pi, spec), apply_permutation(b, sigma, spec), spec)
+    assert _same(q, compose_permutations(invert_permutation(sigma), compose_permutations(p, pi)))
+    assert _same(al.align(b, a, spec), invert_permutation(p))
+    # a batch of pairs in one forward equals one pair at a time
+    graphs = [to_graph(s, spec, edge_dim=9) for s in (a, b)]
+    batched = al.predict([graphs[0], graphs[1]], [graphs[1], graphs[0]])
+    assert _same(batched[0], p) and _same(batched[1], invert_permutation(p))
+
+
+def test_tiny_training_run_overfits_planted_pairs():
+    torch.manual_seed(0)
+    spec, a = _setup("mlp")
+    gen = torch.Generator().manual_seed(0)
+    pairs = []
+    for _ in range(4):
+        noisy = {k: v + 0.6 * v.std() * torch.randn(v.shape, generator=gen) for k, v in a.items()}
+        pi = random_permutation(spec, gen)
+        pairs.append((to_graph(a, spec), to_graph(apply_permutation(noisy, pi, spec), spec), invert_permutation(pi)))
+    al = GNNAligner(hidden=32, num_layers=3, edge_dim=1).double()
+    opt = torch.optim.Adam(al.parameters(), lr=3e-3)
+
+    def accuracy():
+        preds = al.predict([p[0] for p in pairs], [p[1] for p in pairs])
+        hits = sum(int((pr[g] == t[g]).sum()) for pr, (_, _, t) in zip(preds, pairs, strict=True) for g in t)
+        return hits / sum(len(t[g]) for _, _, t in pairs for g in t)
+
+    before = accuracy()
+    for _ in range(150):
+        scores, mask, groups = al.scores([p[0] for p in pairs], [p[1] for p in pairs])
+        targets = torch.zeros(mask.shape[:2], dtype=torch.long)
+        for row, (k, g) in enumerate(groups):
+            targets[row, :len(pairs[k][2][g])] = pairs[k][2][g]
+        loss = planted_cross_entropy(scores, mask, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before < 0.7 and accuracy() >= 0.9
