@@ -129,7 +129,7 @@ def test_tiny_training_run_overfits_planted_pairs():
         pi = random_permutation(spec, gen)
         pairs.append((to_graph(a, spec), to_graph(apply_permutation(noisy, pi, spec), spec), invert_permutation(pi)))
     al = GNNAligner(hidden=32, num_layers=3, edge_dim=1).double()
-    opt = torch.optim.Adam(al.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(al.parameters(), lr=1e-2)
 
     def accuracy():
         preds = al.predict([p[0] for p in pairs], [p[1] for p in pairs])

@@ -18,34 +18,39 @@ class NetConv(MessagePassing):
 
     Edges carry states too (a weight is an edge), and information flows both along the direction
     of computation (from a neuron's inputs) and against it (from its outputs), with separate
-    message functions, so a neuron's embedding depends on what feeds it and on what it feeds:
+    message functions. Messages are *bilinear* in the edge state and the sender's state, the way a
+    weight multiplies an activation, which keeps the cost per edge at O(hidden) (networks have
+    far more weights than neurons):
 
     .. math::
-        e'_{ij} &= e_{ij} + \phi_e([h_i, h_j, e_{ij}]) \\
-        h'_j &= h_j + \phi_h\Big(\Big[h_j,\ \tfrac{1}{|N^-(j)|}\sum_{i \in N^-(j)} \phi_f([h_i, e'_{ij}]),\
-              \tfrac{1}{|N^+(j)|}\sum_{k \in N^+(j)} \phi_b([h_k, e'_{jk}])\Big]\Big)
+        e'_{ij} &= e_{ij} + \phi_e([P h_i, Q h_j, e_{ij}]) \\
+        h'_j &= \mathrm{LN}\Big(h_j + \phi_h\Big(\Big[h_j,\
+              \operatorname{mean}_{i \in N^-(j)} (F e'_{ij}) \odot (A h_i),\
+              \operatorname{mean}_{k \in N^+(j)} (B e'_{jk}) \odot (C h_k)\Big]\Big)\Big)
 
-    where :math:`N^-(j)` are the inputs of neuron :math:`j` and :math:`N^+(j)` its outputs. Mean
-    aggregation keeps the scale independent of layer width. Every function is shared by all nodes
-    and edges, so the layer is equivariant to any relabelling of the graph's nodes.
+    where :math:`N^-(j)` are the inputs of neuron :math:`j` and :math:`N^+(j)` its outputs. Every
+    function is shared by all nodes and edges, so the layer is equivariant to any relabelling of
+    the graph's nodes; mean aggregation keeps the scale independent of layer width.
 
     Args:
-        hidden: width of node and edge states.
+        hidden: width of node states.
+        edge_hidden: width of edge states.
 
     Shapes:
         - **input:** node states :math:`(N, H)`, edge_index :math:`(2, E)` (forward edges only),
-          edge states :math:`(E, H)`
-        - **output:** node states :math:`(N, H)`, edge states :math:`(E, H)`
+          edge states :math:`(E, H_e)`
+        - **output:** node states :math:`(N, H)`, edge states :math:`(E, H_e)`
     """
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, edge_hidden: int = 16):
         super().__init__(aggr="mean")
-        self.hidden = hidden
-        self.edge_mlp = mlp(3 * hidden, hidden, hidden)
-        self.fwd_mlp = mlp(2 * hidden, hidden, hidden)
-        self.bwd_mlp = mlp(2 * hidden, hidden, hidden)
+        self.hidden, self.edge_hidden = hidden, edge_hidden
+        self.proj_src, self.proj_dst = nn.Linear(hidden, edge_hidden), nn.Linear(hidden, edge_hidden)
+        self.edge_mlp = mlp(3 * edge_hidden, edge_hidden, edge_hidden)
+        self.gate_fwd, self.gate_bwd = nn.Linear(edge_hidden, hidden), nn.Linear(edge_hidden, hidden)
+        self.lin_fwd, self.lin_bwd = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         self.node_mlp = mlp(3 * hidden, hidden, hidden)
-        self.norm_h, self.norm_e = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.norm = nn.LayerNorm(hidden)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -56,14 +61,13 @@ class NetConv(MessagePassing):
 
     def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple:
         src, dst = edge_index
-        e = e + self.edge_mlp(torch.cat([h[src], h[dst], e], dim=-1))
-        fwd = self.propagate(edge_index, x=h, e=e, mlp_id=0)
-        bwd = self.propagate(edge_index.flip(0), x=h, e=e, mlp_id=1)
-        h = h + self.node_mlp(torch.cat([h, fwd, bwd], dim=-1))
-        return self.norm_h(h), self.norm_e(e)
+        e = e + self.edge_mlp(torch.cat([self.proj_src(h)[src], self.proj_dst(h)[dst], e], dim=-1))
+        fwd = self.propagate(edge_index, x=self.lin_fwd(h), gate=self.gate_fwd(e))
+        bwd = self.propagate(edge_index.flip(0), x=self.lin_bwd(h), gate=self.gate_bwd(e))
+        return self.norm(h + self.node_mlp(torch.cat([h, fwd, bwd], dim=-1))), e
 
-    def message(self, x_j: Tensor, e: Tensor, mlp_id: int) -> Tensor:
-        return (self.fwd_mlp if mlp_id == 0 else self.bwd_mlp)(torch.cat([x_j, e], dim=-1))
+    def message(self, x_j: Tensor, gate: Tensor) -> Tensor:
+        return gate * x_j
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(hidden={self.hidden})"
+        return f"{self.__class__.__name__}(hidden={self.hidden}, edge_hidden={self.edge_hidden})"

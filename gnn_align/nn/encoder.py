@@ -37,18 +37,20 @@ class NetEncoder(nn.Module):
         num_layers: rounds of :class:`NetConv` message passing.
         edge_dim: edge feature width the graphs are built with (``to_graph(..., edge_dim=)``).
         pos_dim: width of each sinusoidal encoding.
+        edge_hidden: width of edge states.
 
     Shapes:
         - **input:** a :class:`torch_geometric.data.Batch` of NetGraphs (or one NetGraph)
         - **output:** node embeddings :math:`(N, \text{hidden})`
     """
 
-    def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, pos_dim: int = 16):
+    def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, pos_dim: int = 16,
+                 edge_hidden: int = 16):
         super().__init__()
         self.hidden, self.edge_dim, self.pos_dim = hidden, edge_dim, pos_dim
         self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * pos_dim, hidden)
-        self.edge_in = nn.Linear(edge_dim + 2, hidden)
-        self.convs = nn.ModuleList(NetConv(hidden) for _ in range(num_layers))
+        self.edge_in = nn.Linear(edge_dim + 2, edge_hidden)
+        self.convs = nn.ModuleList(NetConv(hidden, edge_hidden) for _ in range(num_layers))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
