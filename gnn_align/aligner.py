@@ -6,7 +6,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from torch import Tensor
 from torch_geometric.data import Batch
 
 from .graph import NetGraph, to_graph
@@ -27,12 +26,13 @@ class GNNAligner(nn.Module):
         hidden: width of the encoder states.
         num_layers: message-passing rounds.
         edge_dim: edge feature width of the graphs it reads.
+        edge_hidden: width of the encoder's edge states.
     """
 
-    def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1):
+    def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, edge_hidden: int = 16):
         super().__init__()
-        self.config = {"hidden": hidden, "num_layers": num_layers, "edge_dim": edge_dim}
-        self.encoder = NetEncoder(hidden, num_layers, edge_dim)
+        self.config = {"hidden": hidden, "num_layers": num_layers, "edge_dim": edge_dim, "edge_hidden": edge_hidden}
+        self.encoder = NetEncoder(hidden, num_layers, edge_dim, edge_hidden=edge_hidden)
         self.head = MatchingHead()
 
     def reset_parameters(self) -> None:
@@ -85,13 +85,3 @@ class GNNAligner(nn.Module):
         d = self.config["edge_dim"]
         return self.predict([to_graph(state_a, spec, edge_dim=d)], [to_graph(state_b, spec, edge_dim=d)])[0]
 
-
-def planted_cross_entropy(scores: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy of every real row of the scores against the true partner column.
-
-    Shapes:
-        scores, mask: (G, n, n); targets: (G, n) long (entries beyond a group's size are ignored).
-    """
-    logits = scores.masked_fill(~mask, float("-inf"))
-    rows = mask.any(-1)
-    return nn.functional.cross_entropy(logits[rows], targets[rows])

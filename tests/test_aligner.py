@@ -5,7 +5,8 @@ import torch
 
 from gnn_align import (apply_permutation, compose_permutations, invert_permutation, random_permutation,
                        relabel, spec_from_module, to_graph)
-from gnn_align.aligner import GNNAligner, planted_cross_entropy
+from gnn_align.aligner import GNNAligner
+from gnn_align.losses import planted_cross_entropy
 from gnn_align.nn import NetEncoder
 from gnn_align.testing import equivariance_error, move_nodes
 

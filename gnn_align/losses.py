@@ -1,0 +1,66 @@
+"""Training losses of the learned aligner.
+
+* planted cross-entropy: each neuron of A against its known partner in B (planted pairs);
+* weight distance: ``sum_k mean((theta_A[k] - (S . theta_B)[k])^2)`` after soft alignment ``S``;
+* task loss of the interpolated network ``(1 - lam) theta_A + lam (S . theta_B)`` on a data batch,
+  evaluated with ``torch.func.functional_call`` on the architecture.
+
+Soft alignments act through :func:`gnn_align.permute.apply_permutation_matrix`, the group action
+extended to matrices.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch.nn as nn
+from torch import Tensor
+from torch.func import functional_call
+
+from .permute import apply_permutation_matrix
+from .spec import PermutationSpec
+from .zoo.batched import task_loss
+
+
+def planted_cross_entropy(scores: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy of every real row of the scores against the true partner column.
+
+    Shapes:
+        scores, mask: (G, n, n); targets: (G, n) long (entries beyond a group's size are ignored).
+    """
+    logits = scores.masked_fill(~mask, float("-inf"))
+    rows = mask.any(-1)
+    return nn.functional.cross_entropy(logits[rows], targets[rows])
+
+
+def pair_matrices(soft: Tensor, mask: Tensor, groups: Sequence, num_pairs: int) -> list:
+    """Split batched group matrices into one ``{group: (n, n) matrix}`` dict per pair.
+
+    Shapes:
+        soft, mask: (G, n_max, n_max) as returned by :meth:`GNNAligner.soft`.
+    """
+    out: list = [{} for _ in range(num_pairs)]
+    for (k, name), s, m in zip(groups, soft, mask, strict=True):
+        n = int(m[:, 0].sum())
+        out[k][name] = s[:n, :n]
+    return out
+
+
+def weight_distance(state_a: Mapping, state_b: Mapping, mats: Mapping, spec: PermutationSpec) -> Tensor:
+    """Sum over the learnable tensors of the mean squared difference between A and soft-aligned B."""
+    pb = apply_permutation_matrix(state_b, mats, spec)
+    return sum(((state_a[k] - pb[k]) ** 2).mean() for k in spec.learnable_keys())
+
+
+def interpolation_task_loss(module: nn.Module, state_a: Mapping, state_b: Mapping, mats: Mapping,
+                            spec: PermutationSpec, x: Tensor, y: Tensor, lam: float, loss: str = "ce") -> Tensor:
+    """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (eval mode)."""
+    pb = apply_permutation_matrix(state_b, mats, spec)
+    mixed = {k: (1 - lam) * v + lam * pb[k] if v.is_floating_point() else v for k, v in state_a.items()}
+    was = module.training
+    module.eval()
+    try:
+        out = functional_call(module, mixed, (x,))
+    finally:
+        module.train(was)
+    return task_loss(out[None], y[None], loss)[0]

@@ -1,0 +1,221 @@
+"""Train a GNNAligner on a model zoo: ``python train.py --help``.
+
+Self-supervised: planted pairs (A, pi . augment(A)) with known pi (cross-entropy of each neuron
+against its partner), plus independent pairs scored by the weight distance after soft alignment and
+the task loss of the interpolated network. Writes to ``--out``: ``config.json`` (the resolved
+config), ``aligner.safetensors`` (the best weights by validation barrier), ``checkpoint.pt``
+(weights, optimiser and RNG state, for ``--resume``; loaded with ``weights_only=True``) and
+``metrics.jsonl`` (one line per epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from gnn_align import to_graph
+from gnn_align.aligner import GNNAligner
+from gnn_align.archs import build_arch
+from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
+from gnn_align.metrics import curve_metrics, interpolation_curve, matching_accuracy
+from gnn_align.permute import apply_permutation, invert_permutation
+from gnn_align.tasks import load_task
+from gnn_align.zoo import ModelZoo, independent_pairs, planted_pair
+from gnn_align.zoo.storage import atomic_write, write_json
+
+
+@dataclass
+class Config:
+    """Every setting of a training run (the command line is generated from these fields)."""
+
+    zoo: str = "digits-mlp"  # zoo to train on (built with `python -m datasets build` if missing)
+    zoo_root: str = "data/zoos"  # folder of built zoos
+    out: str = "runs/digits-mlp"  # run folder
+    hidden: int = 64  # encoder width
+    layers: int = 3  # message-passing rounds
+    edge_hidden: int = 16  # edge state width
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    planted_per_step: int = 4  # planted pairs per step
+    unlabelled_per_step: int = 2  # independent pairs per step (weight-distance + task losses)
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    clip: float = 1.0  # gradient-norm clip
+    w_planted: float = 1.0
+    w_l2: float = 1.0
+    w_task: float = 1.0
+    task_batch: int = 32  # inputs per task-loss evaluation
+    sinkhorn_iters: int = 20
+    tau: float = 1.0
+    val_planted: int = 16  # planted validation pairs (matching accuracy)
+    val_pairs: int = 16  # independent validation pairs (barrier at hard permutations)
+    seed: int = 0
+    threads: int = 0  # torch threads (0: torch's default)
+    resume: bool = False  # continue from OUT/checkpoint.pt
+
+
+def parse_config(argv: list | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(Config):
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=f.default)
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def ensure_zoo(cfg: Config) -> Path:
+    root = Path(cfg.zoo_root) / cfg.zoo
+    if not (root / "manifest.json").is_file():
+        from datasets.build import build
+        from datasets.recipes import get_recipe
+
+        print(f"zoo {cfg.zoo} not found under {cfg.zoo_root}: building it")
+        build(get_recipe(cfg.zoo), cfg.zoo_root)
+    return root
+
+
+class Trainer:
+    """Holds the zoos, the aligner and the optimiser of one run."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        root = ensure_zoo(cfg)
+        self.train_zoo = ModelZoo(str(root), split="train", log=False)
+        self.val_zoo = ModelZoo(str(root), split="val", log=False)
+        self.edge_dim = max(ly.edge_len for m in range(len(self.train_zoo.members))
+                            for ly in self.train_zoo.spec(m).structure.layers)
+        with torch.random.fork_rng():  # initialise from the run's seed without touching the global RNG
+            torch.manual_seed(cfg.seed)
+            self.aligner = GNNAligner(cfg.hidden, cfg.layers, self.edge_dim, edge_hidden=cfg.edge_hidden)
+        self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     amsgrad=True)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.modules = [build_arch(m["arch"]).eval() for m in self.train_zoo.members]
+        self.tasks = {m["task"]: load_task(m["task"]) for m in self.train_zoo.members}
+        vgen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.val_planted = [planted_pair(self.val_zoo, int(i), vgen)
+                            for i in torch.randint(0, len(self.val_zoo), (cfg.val_planted,), generator=vgen)]
+        self.val_pairs = independent_pairs(self.val_zoo, cfg.val_pairs, vgen)
+
+    def graph(self, state, zoo, member):
+        return to_graph(state, zoo.spec(member), edge_dim=self.edge_dim)
+
+    def step(self) -> dict:
+        cfg, zoo, gen = self.cfg, self.train_zoo, self.gen
+        idx = torch.randint(0, len(zoo), (cfg.planted_per_step,), generator=gen).tolist()
+        planted = [planted_pair(zoo, i, gen) for i in idx]
+        pairs = independent_pairs(zoo, cfg.unlabelled_per_step, gen) if cfg.unlabelled_per_step else []
+        states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i)) for i, j in pairs]
+        ga = [self.graph(p.a, zoo, p.member) for p in planted] + [self.graph(a, zoo, m) for a, _, m in states]
+        gb = [self.graph(p.b, zoo, p.member) for p in planted] + [self.graph(b, zoo, m) for _, b, m in states]
+        soft, scores, mask, groups = self.aligner.soft(ga, gb, cfg.sinkhorn_iters, cfg.tau)
+        losses = {}
+        rows = [r for r, (k, _) in enumerate(groups) if k < len(planted)]
+        if rows:
+            targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
+            for t, r in enumerate(rows):
+                k, g = groups[r]
+                inv = invert_permutation(planted[k].perm)[g]
+                targets[t, :len(inv)] = inv
+            losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets)
+        if states:
+            mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):]
+            l2, task = 0.0, 0.0
+            for (a, b, member), m in zip(states, mats, strict=True):
+                spec, t = zoo.spec(member), self.tasks[zoo.members[member]["task"]]
+                l2 = l2 + weight_distance(a, b, m, spec)
+                sel = torch.randint(0, t.x_train.shape[0], (cfg.task_batch,), generator=gen)
+                lam = float(torch.rand((), generator=gen))
+                task = task + interpolation_task_loss(self.modules[member], a, b, m, spec, t.x_train[sel],
+                                                      t.y_train[sel], lam, t.loss)
+            losses["l2"], losses["task"] = l2 / len(states), task / len(states)
+        total = sum(getattr(cfg, f"w_{k}") * v for k, v in losses.items())
+        self.opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.aligner.parameters(), cfg.clip)
+        self.opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        al, zoo = self.aligner.eval(), self.val_zoo
+        preds = al.predict([self.graph(p.a, zoo, p.member) for p in self.val_planted],
+                           [self.graph(p.b, zoo, p.member) for p in self.val_planted])
+        acc = sum(matching_accuracy(pr, invert_permutation(p.perm)) for pr, p in zip(preds, self.val_planted,
+                                                                                        strict=True))
+        barriers = []
+        for i, j in self.val_pairs:
+            a, b, member = zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i)
+            spec, t = zoo.spec(member), self.tasks[zoo.members[member]["task"]]
+            perm = al.predict([self.graph(a, zoo, member)], [self.graph(b, zoo, member)])[0]
+            curve = interpolation_curve(self.modules[member], a, apply_permutation(b, perm, spec), t.x_test,
+                                        t.y_test, t.loss)
+            barriers.append(curve_metrics(curve)["barrier_deepalign"])
+        al.train()
+        return {"val_planted_acc": acc / len(self.val_planted), "val_barrier": sum(barriers) / len(barriers)}
+
+
+def save_checkpoint(path: Path, trainer: Trainer, epoch: int, best: float) -> None:
+    state = {"model": trainer.aligner.state_dict(), "opt": trainer.opt.state_dict(), "epoch": epoch,
+             "best": best, "rng": trainer.gen.get_state()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def main(cfg: Config) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg)
+    write_json(out / "config.json", dataclasses.asdict(cfg) | {"edge_dim": trainer.edge_dim,
+                                                               "aligner": trainer.aligner.config})
+    start, best = 0, float("inf")
+    if cfg.resume and (out / "checkpoint.pt").is_file():
+        ck = torch.load(out / "checkpoint.pt", weights_only=True)
+        trainer.aligner.load_state_dict(ck["model"])
+        trainer.opt.load_state_dict(ck["opt"])
+        trainer.gen.set_state(ck["rng"])
+        start, best = ck["epoch"], ck["best"]
+    for epoch in range(start, cfg.epochs):
+        t0, sums = time.perf_counter(), {}
+        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for s in bar:
+            for k, v in trainer.step().items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / (s + 1):.3f}" for k, v in sums.items()})
+        record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 2),
+                  **{f"train_{k}": v / cfg.steps_per_epoch for k, v in sums.items()}, **trainer.validate()}
+        if record["val_barrier"] < best:
+            best = record["val_barrier"]
+            tensors = {k: v.detach().contiguous() for k, v in trainer.aligner.state_dict().items()}
+            atomic_write(out / "aligner.safetensors", lambda tmp, t=tensors: save_file(t, tmp))
+        record["best_val_barrier"] = best
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        save_checkpoint(out / "checkpoint.pt", trainer, epoch + 1, best)
+        print(json.dumps(record))
+    return out
+
+
+def load_aligner(run_dir: str | Path) -> GNNAligner:
+    """The best aligner of a finished run (weights from safetensors, architecture from config.json)."""
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    al = GNNAligner(**cfg["aligner"])
+    al.load_state_dict(load_file(str(Path(run_dir) / "aligner.safetensors")))
+    return al.eval()
+
+
+if __name__ == "__main__":
+    main(parse_config())
