@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from gnn_align import to_graph
 from gnn_align.aligner import GNNAligner
 from gnn_align.archs import build_arch
+from gnn_align.bench import register_aligner, run_benchmark, to_markdown, write_results
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
 from gnn_align.metrics import curve_metrics, interpolation_curve, matching_accuracy
 from gnn_align.permute import apply_permutation, invert_permutation
@@ -58,6 +59,7 @@ class Config:
     tau: float = 1.0
     val_planted: int = 16  # planted validation pairs (matching accuracy)
     val_pairs: int = 16  # independent validation pairs (barrier at hard permutations)
+    bench_pairs: int = 200  # test pairs of the final benchmark (0: skip it)
     seed: int = 0
     threads: int = 0  # torch threads (0: torch's default)
     resume: bool = False  # continue from OUT/checkpoint.pt
@@ -206,6 +208,11 @@ def main(cfg: Config) -> Path:
             os.fsync(f.fileno())
         save_checkpoint(out / "checkpoint.pt", trainer, epoch + 1, best)
         print(json.dumps(record))
+    if cfg.bench_pairs:
+        names = ["naive", "wm", "am", "sinkhorn"] + register_aligner(load_aligner(out))
+        res = run_benchmark(Path(cfg.zoo_root) / cfg.zoo, names, num_pairs=cfg.bench_pairs, seed=cfg.seed)
+        write_results(res, out / "bench")
+        print(to_markdown(res))
     return out
 
 

@@ -66,6 +66,22 @@ def register_method(name: str, fn: Callable, data: str = "none") -> None:
     METHODS[name] = (fn, data)
 
 
+def register_aligner(aligner) -> list:
+    """Register a trained :class:`~gnn_align.aligner.GNNAligner` as methods ``gnn`` (its prediction),
+    ``gnn+wm`` and ``gnn+sinkhorn`` (the prediction as the optimiser's starting permutation; the
+    time includes the prediction). Returns the method names."""
+    def gnn(c: PairContext) -> dict:
+        return aligner.align(c.state_a, c.state_b, c.spec)
+
+    register_method("gnn", gnn, "none")
+    register_method("gnn+wm", lambda c: weight_matching(c.state_a, c.state_b, c.spec, init=gnn(c),
+                                                        generator=c.generator).perm, "none")
+    register_method("gnn+sinkhorn", lambda c: sinkhorn_rebasin(
+        c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss, steps=150, init=gnn(c),
+        init_scale=5.0, generator=c.generator).perm, "train split, 150 steps of batches of 256")
+    return ["gnn", "gnn+wm", "gnn+sinkhorn"]
+
+
 def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed: int = 0,
                   num_lambdas: int = 25, reset_bn: bool = False, progress: bool = True) -> dict:
     """Benchmark ``methods`` on ``num_pairs`` test pairs of the zoo at ``zoo_dir``; returns the results."""

@@ -47,3 +47,18 @@ def test_bench_cli_reports_unknown_methods_and_zoos(tiny_zoo, tmp_path, capsys):
     assert main(["bench", "--zoo", tiny_zoo.name, "--root", root, "--methods", "naive,wm", "--pairs", "2",
                  "--out", str(out), "--reset-bn"]) == 0
     assert "BatchNorm statistics reset" in (out / "results.md").read_text()
+
+
+def test_learned_aligner_methods_join_the_same_table(tiny_zoo):
+    import torch
+
+    from gnn_align.aligner import GNNAligner
+    from gnn_align.bench import register_aligner
+
+    torch.manual_seed(0)
+    names = register_aligner(GNNAligner(hidden=8, num_layers=1, edge_dim=9, edge_hidden=4).eval())
+    res = run_benchmark(tiny_zoo, ["naive", "wm"] + names, num_pairs=2, progress=False)
+    assert list(res["methods"]) == ["naive", "wm", "gnn", "gnn+wm", "gnn+sinkhorn"]
+    pairs = [p["pair"] for p in res["methods"]["naive"]["per_pair"]]
+    for s in res["methods"].values():  # every method is scored on the same pairs
+        assert [p["pair"] for p in s["per_pair"]] == pairs
