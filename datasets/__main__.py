@@ -24,8 +24,9 @@ def card(root: Path) -> str:
     splits: dict = {}
     for n in nets:
         splits[n["split"]] = splits.get(n["split"], 0) + 1
+    order = ["train", "val", "test", "heldout"]
     lines = [f"zoo {man['name']} (version {man['version']}) at {root}",
-             f"networks: {len(nets)}   splits: " + ", ".join(f"{k} {v}" for k, v in splits.items()),
+             f"networks: {len(nets)}   splits: " + ", ".join(f"{k} {splits[k]}" for k in order if k in splits),
              f"build time: {man['build_seconds']:.0f} s of training (summed over shards)", ""]
     key = "test_acc" if all("test_acc" in n for n in nets) else "test_loss"
     lines.append(f"{'member':<26} {'task':<16} {'n':>5}  {key} mean ± std [min, median, max]   architecture")
@@ -33,8 +34,9 @@ def card(root: Path) -> str:
         v = [n[key] for n in nets if n["member"] == mi]
         sd = statistics.pstdev(v) if len(v) > 1 else 0.0
         tag = " (held out)" if m["heldout"] else ""
-        lines.append(f"{m['name']:<26} {m['task']:<16} {len(v):>5}  {statistics.mean(v):.4f} ± {sd:.4f} "
-                     f"[{min(v):.4f}, {statistics.median(v):.4f}, {max(v):.4f}]   {_arch_str(m['arch'])}{tag}")
+        f = ".4f" if key == "test_acc" else ".3e"
+        lines.append(f"{m['name']:<26} {m['task']:<16} {len(v):>5}  {statistics.mean(v):{f}} ± {sd:{f}} "
+                     f"[{min(v):{f}}, {statistics.median(v):{f}}, {max(v):{f}}]   {_arch_str(m['arch'])}{tag}")
     return "\n".join(lines)
 
 
