@@ -74,7 +74,7 @@ def plan(recipe: dict) -> tuple:
     return members, networks, shards
 
 
-def _train_shard(recipe: dict, member: dict, data: dict, recs: list, progress: bool) -> tuple:
+def _train_shard(member: dict, data: dict, recs: list, progress: bool) -> tuple:
     seeds = [r["seed"] for r in recs]
     y_train, y_test = data["y_train"], data["y_test"]
     if data["per_network"]:
@@ -128,7 +128,7 @@ def build(recipe: dict, root: str | Path = DEFAULT_ROOT, max_shards: int | None 
         if sh["member"] not in data_cache:
             data_cache = {sh["member"]: _member_data(recipe, m)}
         t0 = time.perf_counter()
-        state, recs, history = _train_shard(recipe, m, data_cache[sh["member"]],
+        state, recs, history = _train_shard(m, data_cache[sh["member"]],
                                             [networks[i] for i in sh["ids"]], progress)
         digest = write_shard(out / sh["file"], state, {"zoo": recipe["name"], "version": recipe["version"],
                                                        "member": m["name"], "ids": sh["ids"]})

@@ -23,7 +23,7 @@ from .archs import build_arch
 from .baselines import activation_matching, sinkhorn_rebasin, weight_matching
 from .metrics import curve_metrics, interpolation_curve
 from .permute import apply_permutation, identity_permutation
-from .tasks import load_task
+from .tasks import TASK_NAMES, load_task
 from .zoo.dataset import ModelZoo
 from .zoo.pairs import independent_pairs
 from .zoo.storage import ZooError, atomic_write, write_json
@@ -89,8 +89,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     zoo = ModelZoo(str(zoo_dir), split="test", log=False)
-    if any(m.get("task") not in ("digits", "digits-2d", "digits-shift", "digits-shift-2d", "mnist1d", "mnist1d-1d")
-           for m in zoo.members):
+    if any(m.get("task") not in TASK_NAMES for m in zoo.members):
         raise ZooError(f"{zoo_dir}: the benchmark supports classification zoos only")
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
     rows = {m: [] for m in methods}

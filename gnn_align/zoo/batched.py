@@ -14,7 +14,6 @@ import zlib
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
@@ -162,9 +161,3 @@ def train_networks(arch: dict, x_train: torch.Tensor, y_train: torch.Tensor, see
     order = list(build_arch(arch).state_dict())
     return {k: state[k].contiguous() for k in order}, history
 
-
-def module_with_state(arch: dict, state: dict) -> nn.Module:
-    """An ``arch`` module (eval mode) holding ``state``."""
-    module = build_arch(arch)
-    module.load_state_dict(state)
-    return module.eval()
