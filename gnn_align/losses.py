@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call
 
+from .metrics import interpolate
 from .permute import apply_permutation_matrix
 from .spec import PermutationSpec
 from .zoo.batched import task_loss
@@ -55,8 +56,7 @@ def weight_distance(state_a: Mapping, state_b: Mapping, mats: Mapping, spec: Per
 def interpolation_task_loss(module: nn.Module, state_a: Mapping, state_b: Mapping, mats: Mapping,
                             spec: PermutationSpec, x: Tensor, y: Tensor, lam: float, loss: str = "ce") -> Tensor:
     """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (eval mode)."""
-    pb = apply_permutation_matrix(state_b, mats, spec)
-    mixed = {k: (1 - lam) * v + lam * pb[k] if v.is_floating_point() else v for k, v in state_a.items()}
+    mixed = interpolate(state_a, apply_permutation_matrix(state_b, mats, spec), lam)
     was = module.training
     module.eval()
     try:

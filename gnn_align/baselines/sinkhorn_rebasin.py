@@ -18,12 +18,11 @@ from typing import Mapping
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 from ..ot import hungarian, perm_to_matrix, sinkhorn
-from ..permute import apply_permutation_matrix, identity_permutation
+from ..losses import interpolation_task_loss
+from ..permute import identity_permutation
 from ..spec import PermutationSpec
-from ..zoo.batched import task_loss
 from .weight_matching import MatchResult
 
 
@@ -35,7 +34,8 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
     """Align B to A with Sinkhorn re-basin.
 
     Args:
-        module: the architecture (evaluated with ``functional_call`` in eval mode).
+        module: the architecture (evaluated with ``functional_call`` in eval mode; see
+            :func:`gnn_align.losses.interpolation_task_loss`).
         x, y: training data the task loss is measured on (batches drawn from ``generator``).
         steps: gradient steps (Adam, learning rate ``lr``).
         tau, n_iters: Sinkhorn temperature and iterations.
@@ -52,30 +52,21 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
     logits = {g: (init_scale * perm_to_matrix(start[g], dtype=dtype)).requires_grad_()
               for g in spec.group_sizes}
     opt = torch.optim.Adam(logits.values(), lr=lr)
-    floats = [k for k, v in state_a.items() if v.is_floating_point()]
-    was = module.training
-    module.eval()
-    try:
-        for _ in range(steps):
-            lam = float(torch.rand((), generator=generator))
-            idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
-            mats = {}
-            for g, lg in logits.items():
-                soft = sinkhorn(lg, n_iters=n_iters, tau=tau)
-                mats[g] = soft
-                if straight_through:
-                    # Hungarian on the logits equals Hungarian on log(sinkhorn(logits)) (they differ
-                    # by row and column constants only), and is exact where the soft matrix is not
-                    mats[g] = perm_to_matrix(hungarian(lg.detach()), dtype=dtype) + soft - soft.detach()
-            pb = apply_permutation_matrix(state_b, mats, spec)
-            mixed = {k: (1 - lam) * state_a[k] + lam * pb[k] if k in floats else state_a[k] for k in state_a}
-            out = functional_call(module, mixed, (x[idx],))
-            value = task_loss(out[None], y[idx][None], loss).sum()
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-    finally:
-        module.train(was)
+    for _ in range(steps):
+        lam = float(torch.rand((), generator=generator))
+        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
+        mats = {}
+        for g, lg in logits.items():
+            soft = sinkhorn(lg, n_iters=n_iters, tau=tau)
+            mats[g] = soft
+            if straight_through:
+                # Hungarian on the logits equals Hungarian on log(sinkhorn(logits)) (they differ
+                # by row and column constants only), and is exact where the soft matrix is not
+                mats[g] = perm_to_matrix(hungarian(lg.detach()), dtype=dtype) + soft - soft.detach()
+        value = interpolation_task_loss(module, state_a, state_b, mats, spec, x[idx], y[idx], lam, loss)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
     with torch.no_grad():
         perm = {g: hungarian(lg) for g, lg in logits.items()}
     return MatchResult(perm, iterations=steps)
