@@ -47,15 +47,25 @@ def _am_batches(ctx: PairContext, n: int = 512, batch: int = 128) -> list:
     return [ctx.x_train[s:s + batch] for s in range(0, min(n, ctx.x_train.shape[0]), batch)]
 
 
+def _wm(c: PairContext, init: dict | None = None) -> dict:
+    return weight_matching(c.state_a, c.state_b, c.spec, init=init, generator=c.generator).perm
+
+
+_SINKHORN_DATA = "train split, 150 steps of batches of 256"
+
+
+def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0) -> dict:
+    return sinkhorn_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss,
+                            steps=150, init=init, init_scale=init_scale, generator=c.generator).perm
+
+
 #: method name -> (function of a PairContext returning a permutation, data it uses)
 METHODS: dict = {
     "naive": (lambda c: identity_permutation(c.spec), "none"),
-    "wm": (lambda c: weight_matching(c.state_a, c.state_b, c.spec, generator=c.generator).perm, "none"),
+    "wm": (_wm, "none"),
     "am": (lambda c: activation_matching(c.module, c.state_a, c.state_b, c.spec, _am_batches(c)).perm,
            "train split, first 512 inputs"),
-    "sinkhorn": (lambda c: sinkhorn_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train,
-                                            loss=c.loss, steps=150, generator=c.generator).perm,
-                 "train split, 150 steps of batches of 256"),
+    "sinkhorn": (_sinkhorn, _SINKHORN_DATA),
 }
 
 METRICS = ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier", "loss_mid")
@@ -74,11 +84,8 @@ def register_aligner(aligner) -> list:
         return aligner.align(c.state_a, c.state_b, c.spec)
 
     register_method("gnn", gnn, "none")
-    register_method("gnn+wm", lambda c: weight_matching(c.state_a, c.state_b, c.spec, init=gnn(c),
-                                                        generator=c.generator).perm, "none")
-    register_method("gnn+sinkhorn", lambda c: sinkhorn_rebasin(
-        c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss, steps=150, init=gnn(c),
-        init_scale=5.0, generator=c.generator).perm, "train split, 150 steps of batches of 256")
+    register_method("gnn+wm", lambda c: _wm(c, init=gnn(c)), "none")
+    register_method("gnn+sinkhorn", lambda c: _sinkhorn(c, init=gnn(c), init_scale=5.0), _SINKHORN_DATA)
     return ["gnn", "gnn+wm", "gnn+sinkhorn"]
 
 
