@@ -45,6 +45,7 @@ class Config:
     layers: int = 3  # message-passing rounds
     edge_hidden: int = 16  # edge state width
     head_scale: float = 1.0  # initial scale s of the scores s² cos(f_A, f_B)
+    probes: int = 0  # probe channels (network run on learned virtual inputs/outputs; 0: none)
     epochs: int = 10
     steps_per_epoch: int = 100
     planted_per_step: int = 4  # planted pairs per step
@@ -100,7 +101,7 @@ class Trainer:
         with torch.random.fork_rng():  # initialise from the run's seed without touching the global RNG
             torch.manual_seed(cfg.seed)
             self.aligner = GNNAligner(cfg.hidden, cfg.layers, self.edge_dim, edge_hidden=cfg.edge_hidden,
-                                      head_scale=cfg.head_scale)
+                                      head_scale=cfg.head_scale, probes=cfg.probes)
         self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      amsgrad=True)
         self.gen = torch.Generator().manual_seed(cfg.seed)

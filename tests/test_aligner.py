@@ -7,7 +7,7 @@ from gnn_align import (apply_permutation, compose_permutations, invert_permutati
                        relabel, spec_from_module, to_graph)
 from gnn_align.aligner import GNNAligner
 from gnn_align.losses import planted_cross_entropy
-from gnn_align.nn import NetEncoder
+from gnn_align.nn import NetEncoder, ProbePass
 from gnn_align.testing import equivariance_error, move_nodes
 
 from .conftest import make_family
@@ -21,9 +21,9 @@ def _setup(name, seed=0):
     return spec, {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _encoder():
+def _encoder(probes=0):
     torch.manual_seed(0)
-    return NetEncoder(hidden=16, num_layers=3, edge_dim=9).double().eval()
+    return NetEncoder(hidden=16, num_layers=3, edge_dim=9, probes=probes).double().eval()
 
 
 def _src_of(graph, perm):
@@ -36,11 +36,12 @@ def _src_of(graph, perm):
     return src
 
 
+@pytest.mark.parametrize("probes", [0, 8])
 @pytest.mark.parametrize("name", FAMS)
-def test_encoder_is_equivariant_to_within_group_relabelling(name):
+def test_encoder_is_equivariant_to_within_group_relabelling(name, probes):
     spec, a = _setup(name)
     graph = to_graph(a, spec, edge_dim=9)
-    enc = _encoder()
+    enc = _encoder(probes)
     perm = random_permutation(spec, torch.Generator().manual_seed(1))
     src = _src_of(graph, perm)
     # relabel (exact edge order) and move_nodes (same graph, other edge order) agree
@@ -53,11 +54,12 @@ def test_encoder_is_equivariant_to_within_group_relabelling(name):
     assert torch.allclose(h_perm, enc(graph)[src], atol=1e-12)
 
 
+@pytest.mark.parametrize("probes", [0, 8])
 @pytest.mark.parametrize("name", ["mlp", "cnn2d_gap"])
-def test_encoder_is_not_equivariant_to_swapping_inputs_outputs_or_layers(name):
+def test_encoder_is_not_equivariant_to_swapping_inputs_outputs_or_layers(name, probes):
     spec, a = _setup(name)
     graph = to_graph(a, spec, edge_dim=9)
-    enc = _encoder()
+    enc = _encoder(probes)
     types, depth = graph.node_type, graph.node_depth
 
     def swap(u, v):
@@ -83,31 +85,33 @@ def test_encoder_outputs_differ_between_networks():
     assert (enc(to_graph(a, spec, edge_dim=9)) - enc(to_graph(b, spec, edge_dim=9))).abs().max() > 1e-3
 
 
-def _aligner():
+def _aligner(probes=0):
     torch.manual_seed(0)
-    return GNNAligner(hidden=16, num_layers=3, edge_dim=9).double().eval()
+    return GNNAligner(hidden=16, num_layers=3, edge_dim=9, probes=probes).double().eval()
 
 
 def _same(p, q):
     return set(p) == set(q) and all(torch.equal(p[g], q[g]) for g in p)
 
 
+@pytest.mark.parametrize("probes", [0, 8])
 @pytest.mark.parametrize("name", FAMS)
-def test_align_recovers_planted_permutation(name):
+def test_align_recovers_planted_permutation(name, probes):
     spec, a = _setup(name)
     pi = random_permutation(spec, torch.Generator().manual_seed(2))
     b = apply_permutation(a, pi, spec)
-    pred = _aligner().align(a, b, spec)
+    pred = _aligner(probes).align(a, b, spec)
     assert _same(pred, invert_permutation(pi))  # apply_permutation(b, pred) == a
     aligned = apply_permutation(b, pred, spec)
     assert all(torch.equal(aligned[k], a[k]) for k in a)
 
 
+@pytest.mark.parametrize("probes", [0, 8])
 @pytest.mark.parametrize("name", ["mlp", "resnet2d_bn"])
-def test_align_is_equivariant_and_swap_inverts(name):
+def test_align_is_equivariant_and_swap_inverts(name, probes):
     spec, a = _setup(name, 0)
     _, b = _setup(name, 1)
-    al = _aligner()
+    al = _aligner(probes)
     p = al.align(a, b, spec)
     gen = torch.Generator().manual_seed(3)
     pi, sigma = random_permutation(spec, gen), random_permutation(spec, gen)
@@ -148,3 +152,38 @@ def test_tiny_training_run_overfits_planted_pairs():
         loss.backward()
         opt.step()
     assert before < 0.7 and accuracy() >= 0.9
+
+
+def test_probe_pass_is_the_network_run_on_its_probes():
+    """Golden semantics: on an MLP the forward probe responses are the pre-activations of the real
+    network on inputs = the probe table, and the backward ones are W^T ... W^T q of the output probes."""
+    module, _ = make_family("mlp", 0)
+    spec, a = _setup("mlp")
+    graph = to_graph(a, spec)
+    torch.manual_seed(0)
+    probe = ProbePass(probes=5, edge_dim=1).double()
+    out = probe(graph)
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    n_in, n_out = linears[0].in_features, linears[-1].out_features
+    pre, h = [], probe.in_probe.weight[:n_in].detach().T  # (K, n_in): probe k is one input vector
+    for lin in linears[:-1]:
+        h = h @ lin.weight.double().T + lin.bias.double()
+        pre.append(h.T)
+        h = h.relu()
+    back, g = [], probe.out_probe.weight[:n_out].detach().T  # (K, n_out)
+    for lin in reversed(linears[1:]):
+        g = g @ lin.weight.double()
+        back.insert(0, g.T)
+    hidden = graph.node_type == 1
+    fwd, bwd = out[hidden, :5], out[hidden, 5:]
+    norm = torch.nn.functional.normalize
+    assert torch.allclose(fwd, norm(torch.cat(pre), dim=-1), atol=1e-12)
+    assert torch.allclose(bwd, norm(torch.cat(back), dim=-1), atol=1e-12)
+    # fixed neurons: no forward response at the inputs, no backward response at the outputs
+    assert out[graph.node_type == 0, :5].abs().max() == 0 and out[graph.node_type == 2, 5:].abs().max() == 0
+
+
+def test_probe_pass_refuses_more_fixed_neurons_than_probe_vectors():
+    spec, a = _setup("mlp")
+    with pytest.raises(ValueError, match="max_fixed"):
+        ProbePass(probes=4, edge_dim=1, max_fixed=2).double()(to_graph(a, spec))

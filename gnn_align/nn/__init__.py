@@ -3,5 +3,6 @@
 from .conv import NetConv
 from .encoder import NetEncoder, sinusoidal
 from .head import MatchingHead, pool_groups
+from .probe import ProbePass
 
-__all__ = ["MatchingHead", "NetConv", "NetEncoder", "pool_groups", "sinusoidal"]
+__all__ = ["MatchingHead", "NetConv", "NetEncoder", "pool_groups", "ProbePass", "sinusoidal"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -11,15 +9,8 @@ from torch_geometric.utils import scatter
 
 from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
-from .conv import NetConv
-
-
-def sinusoidal(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
-    """Sinusoidal encoding of integer positions. Shapes: (N,) -> (N, dim)."""
-    k = torch.arange(dim // 2, device=pos.device, dtype=torch.get_default_dtype())
-    freq = torch.exp(-math.log(base) * 2 * k / dim)
-    ang = pos.to(freq.dtype)[:, None] * freq[None, :]
-    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+from .conv import NetConv, sinusoidal
+from .probe import ProbePass
 
 
 class NetEncoder(nn.Module):
@@ -32,34 +23,47 @@ class NetEncoder(nn.Module):
     equivariant to permutations inside every group and to nothing more. Edge inputs: the weight
     (or kernel, padded to ``edge_dim``) and the edge type (weight / residual skip).
 
+    With ``probes > 0``, a :class:`ProbePass` first runs the network on learned virtual inputs and
+    outputs; its normalised responses join the node inputs, and the output is the concatenation
+    ``[w_h * normalize(h), w_p * probe responses]`` with learned gains (so the matching head sees
+    the canonical probe features directly, and message passing refines them).
+
     Args:
         hidden: width of node and edge states.
         num_layers: rounds of :class:`NetConv` message passing.
         edge_dim: edge feature width the graphs are built with (``to_graph(..., edge_dim=)``).
         pos_dim: width of each sinusoidal encoding.
         edge_hidden: width of edge states.
+        probes: probe channels of the :class:`ProbePass` (0: none).
 
     Shapes:
         - **input:** a :class:`torch_geometric.data.Batch` of NetGraphs (or one NetGraph)
-        - **output:** node embeddings :math:`(N, \text{hidden})`
+        - **output:** node embeddings :math:`(N, \text{hidden})`, or :math:`(N, \text{hidden} + 2\,
+          \text{probes})` with probes
     """
 
     def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, pos_dim: int = 16,
-                 edge_hidden: int = 16):
+                 edge_hidden: int = 16, probes: int = 0):
         super().__init__()
-        self.hidden, self.edge_dim, self.pos_dim = hidden, edge_dim, pos_dim
-        self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * pos_dim, hidden)
+        self.hidden, self.edge_dim, self.pos_dim, self.probes = hidden, edge_dim, pos_dim, probes
+        self.probe = ProbePass(probes, edge_dim) if probes else None
+        self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * pos_dim + 2 * probes, hidden)
         self.edge_in = nn.Linear(edge_dim + 2, edge_hidden)
         self.convs = nn.ModuleList(NetConv(hidden, edge_hidden) for _ in range(num_layers))
+        self.gains = nn.Parameter(torch.empty(2)) if probes else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.probe is not None:
+            self.probe.reset_parameters()
+            with torch.no_grad():
+                self.gains.copy_(torch.tensor([0.5, 1.0]))
         self.node_in.reset_parameters()
         self.edge_in.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
 
-    def node_features(self, g) -> Tensor:
+    def node_features(self, g, probe: Tensor | None = None) -> Tensor:
         batch = g.batch if getattr(g, "batch", None) is not None else torch.zeros_like(g.node_depth)
         max_depth = scatter(g.node_depth, batch, reduce="max")[batch]
         fixed = (g.node_type != NODE_HIDDEN).unsqueeze(-1)
@@ -70,16 +74,19 @@ class NetEncoder(nn.Module):
             sinusoidal(g.node_depth, self.pos_dim).to(dtype),
             sinusoidal(max_depth - g.node_depth, self.pos_dim).to(dtype),
             torch.where(fixed, sinusoidal(g.perm_pos, self.pos_dim).to(dtype), 0.0),
-        ], dim=-1)
+        ] + ([] if probe is None else [probe]), dim=-1)
 
     def forward(self, g) -> Tensor:
         if g.edge_attr.shape[1] != self.edge_dim:
             raise ValueError(f"graphs have edge_dim={g.edge_attr.shape[1]}, the encoder expects "
                              f"{self.edge_dim}; build them with to_graph(..., edge_dim={self.edge_dim})")
         dtype = self.node_in.weight.dtype
-        h = self.node_in(self.node_features(g))
+        probe = self.probe(g) if self.probe is not None else None
+        h = self.node_in(self.node_features(g, probe))
         e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
             (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))
         for conv in self.convs:
             h, e = conv(h, g.edge_index, e)
-        return h
+        if probe is None:
+            return h
+        return torch.cat([self.gains[0] * nn.functional.normalize(h, dim=-1), self.gains[1] * probe], dim=-1)
