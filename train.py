@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from gnn_align import to_graph
-from gnn_align.aligner import GNNAligner
+from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.bench import register_aligner, run_benchmark, to_markdown, write_results
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
@@ -41,15 +41,15 @@ class Config:
     zoo: str = "digits-mlp"  # zoo to train on (built with `python -m datasets build` if missing)
     zoo_root: str = "data/zoos"  # folder of built zoos
     out: str = "runs/digits-mlp"  # run folder
-    hidden: int = 64  # encoder width
-    layers: int = 3  # message-passing rounds
+    hidden: int = 32  # encoder width
+    layers: int = 1  # message-passing rounds
     edge_hidden: int = 16  # edge state width
-    head_scale: float = 1.0  # initial scale s of the scores s² cos(f_A, f_B)
-    probes: int = 0  # probe channels (network run on learned virtual inputs/outputs; 0: none)
-    epochs: int = 10
+    head_scale: float = 5.0  # initial scale s of the scores s² cos(f_A, f_B)
+    probes: int = 128  # probe channels (network run on learned virtual inputs/outputs; 0: none)
+    epochs: int = 8
     steps_per_epoch: int = 100
-    planted_per_step: int = 4  # planted pairs per step
-    unlabelled_per_step: int = 2  # independent pairs per step (weight-distance + task losses)
+    planted_per_step: int = 2  # planted pairs per step
+    unlabelled_per_step: int = 4  # independent pairs per step (weight-distance + task losses)
     lr: float = 2e-3
     weight_decay: float = 5e-4
     clip: float = 1.0  # gradient-norm clip
@@ -217,14 +217,6 @@ def main(cfg: Config) -> Path:
         write_results(res, out / "bench")
         print(to_markdown(res))
     return out
-
-
-def load_aligner(run_dir: str | Path) -> GNNAligner:
-    """The best aligner of a finished run (weights from safetensors, architecture from config.json)."""
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    al = GNNAligner(**cfg["aligner"])
-    al.load_state_dict(load_file(str(Path(run_dir) / "aligner.safetensors")))
-    return al.eval()
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 from torch_geometric.data import Batch
 
+from .errors import GNNAlignError
 from .graph import NetGraph, to_graph
 from .nn import MatchingHead, NetEncoder, pool_groups
 from .ot import hungarian, sinkhorn
@@ -89,3 +92,17 @@ class GNNAligner(nn.Module):
         d = self.config["edge_dim"]
         return self.predict([to_graph(state_a, spec, edge_dim=d)], [to_graph(state_b, spec, edge_dim=d)])[0]
 
+
+
+def load_aligner(run_dir: str | Path) -> GNNAligner:
+    """The best aligner of a training run: architecture from ``config.json``, weights from
+    ``aligner.safetensors`` (no unpickling). Raises :class:`GNNAlignError` naming a missing file."""
+    from safetensors.torch import load_file
+
+    run = Path(run_dir)
+    for name in ("config.json", "aligner.safetensors"):
+        if not (run / name).is_file():
+            raise GNNAlignError(f"{run / name}: not found (is {run} a finished train.py run folder?)")
+    al = GNNAligner(**json.loads((run / "config.json").read_text())["aligner"])
+    al.load_state_dict(load_file(str(run / "aligner.safetensors")))
+    return al.eval()

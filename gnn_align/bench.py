@@ -182,3 +182,38 @@ def dumps(res: dict) -> str:
     return json.dumps({k: v for k, v in res.items() if k != "methods"} | {
         "methods": {m: {k: v for k, v in s.items() if k not in ("per_pair", "curve_mean", "curve_std")}
                     for m, s in res["methods"].items()}}, indent=1)
+
+
+def speed_comparison(zoo_dir: str | Path, aligner, num_pairs: int = 200, batch_size: int = 50,
+                     seed: int = 0) -> dict:
+    """Wall-clock cost of the aligner against weight matching on the same test pairs.
+
+    Per pair (batch of one: graphs built, one forward, Hungarian) gives the median seconds; the
+    batched figure predicts ``batch_size`` pairs per forward (graph building included) and is
+    reported as pairs per second, next to weight matching's pairs per second run one after another.
+    """
+    from .graph import to_graph
+
+    zoo = ModelZoo(str(zoo_dir), split="test", log=False)
+    pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
+    states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.spec(zoo.member_of(i))) for i, j in pairs]
+    d = aligner.config["edge_dim"]
+    single, wm = [], []
+    for k, (a, b, spec) in enumerate(states):
+        t0 = time.perf_counter()
+        aligner.align(a, b, spec)
+        single.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        weight_matching(a, b, spec, generator=torch.Generator().manual_seed(k))
+        wm.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for s in range(0, len(states), batch_size):
+        chunk = states[s:s + batch_size]
+        aligner.predict([to_graph(a, sp, edge_dim=d) for a, _, sp in chunk],
+                        [to_graph(b, sp, edge_dim=d) for _, b, sp in chunk])
+    batched = time.perf_counter() - t0
+    return {"zoo": zoo.manifest["name"], "pairs": len(pairs), "batch_size": batch_size,
+            "torch_threads": torch.get_num_threads(),
+            "gnn_median_seconds": statistics.median(single), "wm_median_seconds": statistics.median(wm),
+            "gnn_batched_pairs_per_second": len(states) / batched, "wm_pairs_per_second": len(states) / sum(wm),
+            "gnn_single_pairs_per_second": len(states) / sum(single)}

@@ -77,6 +77,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.aligner:
+            from .aligner import load_aligner
+            from .bench import register_aligner
+
+            register_aligner(load_aligner(args.aligner))
         res = run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
                             num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json)
     except (GNNAlignError, ValueError) as e:
@@ -84,6 +89,50 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     paths = write_results(res, args.out or Path("results") / f"bench-{args.zoo}")
     print(dumps(res) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _warmstart(args: argparse.Namespace) -> int:
+    from .aligner import load_aligner
+    from .errors import GNNAlignError
+    from .warmstart import to_markdown, warm_start_study, write_warm_start
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        res = warm_start_study(Path(args.root) / args.zoo, load_aligner(args.aligner), num_pairs=args.pairs,
+                               seed=args.seed, progress=not args.json)
+    except (GNNAlignError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = write_warm_start(res, args.out or Path("results") / f"warmstart-{args.zoo}")
+    print(json.dumps(res, indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from .aligner import load_aligner
+    from .bench import speed_comparison
+    from .errors import GNNAlignError
+    from .zoo.storage import atomic_write, write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        res = speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner), num_pairs=args.pairs,
+                               batch_size=args.batch)
+    except (GNNAlignError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("results") / f"speed-{args.zoo}")
+    md = (f"**{res['zoo']}**: {res['pairs']} test pairs, torch threads {res['torch_threads']}\n\n"
+          "| method | median s/pair (batch 1) | pairs/s |\n|---|---|---|\n"
+          f"| wm | {res['wm_median_seconds'] * 1000:.1f} ms | {res['wm_pairs_per_second']:.1f} |\n"
+          f"| gnn, batch 1 | {res['gnn_median_seconds'] * 1000:.1f} ms | {res['gnn_single_pairs_per_second']:.1f} |\n"
+          f"| gnn, batch {res['batch_size']} | – | {res['gnn_batched_pairs_per_second']:.1f} |\n")
+    write_json(out / "speed.json", res)
+    atomic_write(out / "speed.md", lambda tmp: Path(tmp).write_text(md))
+    print(md)
     return 0
 
 
@@ -109,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--zoo", required=True, help="zoo name (a folder under --root; build it with "
                        "`python -m datasets build NAME`)")
     bench.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
-    bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, sinkhorn")
+    bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, "
+                       "sinkhorn; with --aligner also gnn, gnn+wm, gnn+sinkhorn")
+    bench.add_argument("--aligner", default=None, help="a train.py run folder: adds its best aligner as methods "
+                       "gnn, gnn+wm (its prediction refined by weight matching) and gnn+sinkhorn")
     bench.add_argument("--pairs", type=int, default=100, help="number of test pairs (default 100)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the pairs and of the methods")
     bench.add_argument("--lambdas", type=int, default=25, help="points on the interpolation curve")
@@ -119,6 +171,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="output folder (default results/bench-ZOO)")
     bench.add_argument("--json", action="store_true", help="print the summary as JSON")
     bench.set_defaults(func=_bench)
+    warm = sub.add_parser("warmstart", help="barrier against Sinkhorn re-basin steps and WM sweeps, started "
+                          "from the identity, from WM and from a trained aligner",
+                          description="For fixed, seeded test pairs of a zoo: run Sinkhorn re-basin from the "
+                          "identity, from weight matching's result and from the aligner's prediction, and "
+                          "weight matching from the identity and from the prediction; score the decode at "
+                          "each checkpoint by its test barrier. Writes warmstart.json, warmstart.md (with the "
+                          "steps each start needs to reach WM's barrier) and warmstart.png.")
+    warm.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
+    warm.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
+    warm.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
+    warm.add_argument("--pairs", type=int, default=20, help="number of test pairs (default 20)")
+    warm.add_argument("--seed", type=int, default=0, help="seed of the pairs and of the optimisers")
+    warm.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    warm.add_argument("--out", default=None, help="output folder (default results/warmstart-ZOO)")
+    warm.add_argument("--json", action="store_true", help="print the results as JSON")
+    warm.set_defaults(func=_warmstart)
+    speed = sub.add_parser("speed", help="seconds per pair and batched throughput of an aligner vs weight "
+                           "matching", description="On fixed test pairs of a zoo: median seconds per pair of the "
+                           "aligner (batch of one, graphs and Hungarian included) and of weight matching, and "
+                           "pairs per second with batched predictions. Writes speed.json and speed.md.")
+    speed.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
+    speed.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
+    speed.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
+    speed.add_argument("--pairs", type=int, default=200, help="number of test pairs (default 200)")
+    speed.add_argument("--batch", type=int, default=50, help="pairs per batched forward (default 50)")
+    speed.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    speed.add_argument("--out", default=None, help="output folder (default results/speed-ZOO)")
+    speed.set_defaults(func=_speed)
     return parser
 
 

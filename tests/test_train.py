@@ -21,8 +21,8 @@ def zoo_root(tmp_path_factory):
 
 def _cfg(zoo_root, out, **kw):
     root, name = zoo_root
-    base = dict(zoo=name, zoo_root=str(root), out=str(out), hidden=8, layers=1, edge_hidden=4, epochs=2,
-                steps_per_epoch=2, planted_per_step=2, unlabelled_per_step=1, val_planted=2, val_pairs=1,
+    base = dict(zoo=name, zoo_root=str(root), out=str(out), hidden=8, layers=1, edge_hidden=4, probes=8,
+                epochs=2, steps_per_epoch=2, planted_per_step=2, unlabelled_per_step=1, val_planted=2, val_pairs=1,
                 bench_pairs=0)
     return train.Config(**(base | kw))
 

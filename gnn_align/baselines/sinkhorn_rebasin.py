@@ -14,7 +14,7 @@ Measured on 4 digits-mlp test pairs (150 steps, Deep-Align barrier): soft forwar
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,7 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
                      x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce", steps: int = 150,
                      batch_size: int = 256, lr: float = 0.1, tau: float = 1.0, n_iters: int = 20,
                      init: Mapping | None = None, init_scale: float = 1.0, straight_through: bool = False,
-                     generator: torch.Generator | None = None) -> MatchResult:
+                     generator: torch.Generator | None = None, checkpoints: Sequence[int] = ()) -> MatchResult:
     """Align B to A with Sinkhorn re-basin.
 
     Args:
@@ -43,6 +43,8 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
             one-hot matrix.
         straight_through: forward with the hard decode (straight-through estimator) instead of the
             soft permutation.
+        checkpoints: step counts (0 = before the first step) after which the Hungarian decode of the
+            logits is recorded in the result's ``trace``.
 
     Returns:
         :class:`MatchResult` with the hard permutation of the final logits (Hungarian).
@@ -52,7 +54,15 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
     logits = {g: (init_scale * perm_to_matrix(start[g], dtype=dtype)).requires_grad_()
               for g in spec.group_sizes}
     opt = torch.optim.Adam(logits.values(), lr=lr)
-    for _ in range(steps):
+    marks, trace = set(checkpoints), []
+
+    def decode() -> dict:
+        with torch.no_grad():
+            return {g: hungarian(lg) for g, lg in logits.items()}
+
+    if 0 in marks:
+        trace.append((0, decode()))
+    for step in range(steps):
         lam = float(torch.rand((), generator=generator))
         idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
         mats = {}
@@ -67,6 +77,6 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
         opt.zero_grad()
         value.backward()
         opt.step()
-    with torch.no_grad():
-        perm = {g: hungarian(lg) for g, lg in logits.items()}
-    return MatchResult(perm, iterations=steps)
+        if step + 1 in marks:
+            trace.append((step + 1, decode()))
+    return MatchResult(decode(), iterations=steps, trace=trace)

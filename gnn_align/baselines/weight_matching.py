@@ -24,6 +24,7 @@ class MatchResult:
     perm: dict
     objective: list = field(default_factory=list)  # after each sweep (weight matching)
     iterations: int = 0
+    trace: list = field(default_factory=list)  # (iteration, permutation) snapshots along the way
 
 
 def _flat(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
@@ -50,7 +51,7 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
 
     Returns:
         :class:`MatchResult` whose ``objective`` (one entry per sweep, starting with the initial
-        permutation's) never decreases.
+        permutation's) never decreases; ``trace`` holds the permutation after every sweep.
     """
     perm = {g: p.clone() for g, p in (init or identity_permutation(spec)).items()}
     for g in spec.group_sizes:
@@ -59,6 +60,7 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
     acts = {g: [(k, ax) for k, ax, _ in spec.acts_on(g) if k in learn] for g in spec.group_sizes}
     groups = list(spec.group_sizes)
     result = MatchResult(perm, [matching_objective(state_a, state_b, perm, spec)])
+    result.trace.append((0, {g: p.clone() for g, p in perm.items()}))
     for it in range(max_iter):
         changed = False
         order = torch.randperm(len(groups), generator=generator).tolist()
@@ -75,6 +77,7 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
                 perm[g], changed = new, True
         result.iterations = it + 1
         result.objective.append(matching_objective(state_a, state_b, perm, spec))
+        result.trace.append((it + 1, {g: p.clone() for g, p in perm.items()}))
         if not changed:
             break
     return result
