@@ -46,7 +46,7 @@ class Config:
     edge_hidden: int = 16  # edge state width
     head_scale: float = 5.0  # initial scale s of the scores s² cos(f_A, f_B)
     probes: int = 128  # probe channels (network run on learned virtual inputs/outputs; 0: none)
-    epochs: int = 8
+    epochs: int = 3
     steps_per_epoch: int = 100
     planted_per_step: int = 2  # planted pairs per step
     unlabelled_per_step: int = 4  # independent pairs per step (weight-distance + task losses)

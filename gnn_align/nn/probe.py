@@ -64,9 +64,27 @@ class ProbePass(MessagePassing):
         nn.init.ones_(self.read_fwd)  # start as the network's own weights (kernel sums)
         nn.init.ones_(self.read_bwd)
 
-    def _edge_weights(self, g, read: Tensor) -> Tensor:
-        s = g.edge_attr.to(read.dtype) @ read  # (E, K)
-        return torch.where((g.edge_type == EDGE_SKIP)[:, None], torch.ones_like(s), s)
+    def _operator(self, g, keep: Tensor, reverse: bool, dtype: torch.dtype) -> Tensor:
+        """Sparse ``(N * (d + 1), N)`` operator of the edges in ``keep``: row ``target * (d + 1) + k``,
+        column ``source``, value the ``k``-th kernel entry (weight edges) or 1 in slot ``d`` (skips).
+        Zero entries (kernel padding) are left out."""
+        n, d = g.num_nodes, g.edge_attr.shape[1]
+        src, dst = g.edge_index.flip(0) if reverse else g.edge_index
+        weight = keep & (g.edge_type != EDGE_SKIP)
+        attr = g.edge_attr[weight].to(dtype)
+        e, k = torch.nonzero(attr, as_tuple=True)
+        skip = torch.nonzero(keep & (g.edge_type == EDGE_SKIP)).flatten()
+        rows = torch.cat([dst[weight][e] * (d + 1) + k, dst[skip] * (d + 1) + d])
+        cols = torch.cat([src[weight][e], src[skip]])
+        vals = torch.cat([attr[e, k], torch.ones(len(skip), dtype=dtype, device=attr.device)])
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n * (d + 1), n),
+                                       check_invariants=False).coalesce()
+
+    def _push(self, adj: Tensor, x: Tensor, read: Tensor) -> Tensor:
+        """``sum_k read[k] * (A_k @ x)`` plus the skips: one sparse product, no per-edge tensors."""
+        out = self.propagate(adj, x=x)  # (N * (d + 1), K)
+        ones = torch.ones(1, read.shape[1], dtype=read.dtype, device=read.device)
+        return torch.einsum("nkc,kc->nc", out.view(x.shape[0], -1, x.shape[1]), torch.cat([read, ones]))
 
     def forward(self, g) -> Tensor:
         dtype = self.read_fwd.dtype
@@ -81,32 +99,27 @@ class ProbePass(MessagePassing):
         # forward: pre-activations z and activations a, one depth at a time
         z = torch.where((kind == NODE_INPUT)[:, None], self.in_probe(idx), zero)
         a = z
-        w_f = self._edge_weights(g, self.read_fwd)
         has_bn = (x[:, _RUN_VAR] > 0)[:, None]
         bn_scale = x[:, _NORM_W:_NORM_W + 1] / (x[:, _RUN_VAR:_RUN_VAR + 1] + 1e-5).sqrt()
         max_depth = int(depth.max()) if depth.numel() else 0
         for d in range(1, max_depth + 1):
-            keep = depth[dst] == d
-            agg = self.propagate(g.edge_index[:, keep], x=a, w=w_f[keep], size=(g.num_nodes, g.num_nodes))
-            new = agg + x[:, _BIAS:_BIAS + 1]
+            new = self._push(self._operator(g, depth[dst] == d, False, dtype), a, self.read_fwd) \
+                + x[:, _BIAS:_BIAS + 1]
             new_a = torch.where(has_bn, (new - x[:, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale
                                 + x[:, _NORM_B:_NORM_B + 1], new).relu()
             at = (depth == d)[:, None]
             z, a = torch.where(at, new, z), torch.where(at, new_a, a)
         # backward: linear, from the output probes towards the inputs
         gb = torch.where((kind == NODE_OUTPUT)[:, None], self.out_probe(idx), zero)
-        w_b = self._edge_weights(g, self.read_bwd)
-        flipped = g.edge_index.flip(0)
         for d in range(max_depth - 1, 0, -1):
-            keep = depth[src] == d
-            agg = self.propagate(flipped[:, keep], x=gb, w=w_b[keep], size=(g.num_nodes, g.num_nodes))
+            agg = self._push(self._operator(g, depth[src] == d, True, dtype), gb, self.read_bwd)
             gb = torch.where(((depth == d) & (kind == NODE_HIDDEN))[:, None], agg, gb)
         fwd = torch.where((kind == NODE_INPUT)[:, None], zero, z)
         bwd = torch.where((kind == NODE_OUTPUT)[:, None], zero, gb)
         return torch.cat([nn.functional.normalize(fwd, dim=-1), nn.functional.normalize(bwd, dim=-1)], dim=-1)
 
-    def message(self, x_j: Tensor, w: Tensor) -> Tensor:
-        return w * x_j
+    def message_and_aggregate(self, adj: Tensor, x: Tensor) -> Tensor:
+        return torch.sparse.mm(adj, x)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(probes={self.probes}, edge_dim={self.edge_dim})"
