@@ -69,23 +69,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from .bench import dumps, run_benchmark, to_markdown, write_results
+def _guarded(args: argparse.Namespace, compute):
+    """Set the torch threads and run ``compute()``; a library error is printed as one line and
+    gives ``None`` (the caller exits 2)."""
     from .errors import GNNAlignError
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        if args.aligner:
-            from .aligner import load_aligner
-            from .bench import register_aligner
-
-            register_aligner(load_aligner(args.aligner))
-        res = run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
-                            num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json)
+        return compute()
     except (GNNAlignError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .aligner import load_aligner
+    from .bench import dumps, register_aligner, run_benchmark, to_markdown, write_results
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+    def compute() -> dict:
+        if args.aligner:
+            register_aligner(load_aligner(args.aligner))
+        return run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
+                             num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json)
+
+    res = _guarded(args, compute)
+    if res is None:
         return 2
     paths = write_results(res, args.out or Path("results") / f"bench-{args.zoo}")
     print(dumps(res) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
@@ -94,16 +105,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _warmstart(args: argparse.Namespace) -> int:
     from .aligner import load_aligner
-    from .errors import GNNAlignError
     from .warmstart import to_markdown, warm_start_study, write_warm_start
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        res = warm_start_study(Path(args.root) / args.zoo, load_aligner(args.aligner), num_pairs=args.pairs,
-                               seed=args.seed, progress=not args.json)
-    except (GNNAlignError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    res = _guarded(args, lambda: warm_start_study(Path(args.root) / args.zoo, load_aligner(args.aligner),
+                                                  num_pairs=args.pairs, seed=args.seed, progress=not args.json))
+    if res is None:
         return 2
     paths = write_warm_start(res, args.out or Path("results") / f"warmstart-{args.zoo}")
     print(json.dumps(res, indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
@@ -113,16 +119,11 @@ def _warmstart(args: argparse.Namespace) -> int:
 def _speed(args: argparse.Namespace) -> int:
     from .aligner import load_aligner
     from .bench import speed_comparison
-    from .errors import GNNAlignError
     from .zoo.storage import atomic_write, write_json
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        res = speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner), num_pairs=args.pairs,
-                               batch_size=args.batch)
-    except (GNNAlignError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    res = _guarded(args, lambda: speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner),
+                                                  num_pairs=args.pairs, batch_size=args.batch))
+    if res is None:
         return 2
     out = Path(args.out or Path("results") / f"speed-{args.zoo}")
     md = (f"**{res['zoo']}**: {res['pairs']} test pairs, torch threads {res['torch_threads']}\n\n"
@@ -134,6 +135,16 @@ def _speed(args: argparse.Namespace) -> int:
     atomic_write(out / "speed.md", lambda tmp: Path(tmp).write_text(md))
     print(md)
     return 0
+
+
+def _aligner_study_args(p: argparse.ArgumentParser, pairs: int, out: str) -> None:
+    """The options shared by the commands that study a trained aligner on a zoo's test pairs."""
+    p.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
+    p.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
+    p.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
+    p.add_argument("--pairs", type=int, default=pairs, help=f"number of test pairs (default {pairs})")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--out", default=None, help=f"output folder (default results/{out}-ZOO)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,26 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "weight matching from the identity and from the prediction; score the decode at "
                           "each checkpoint by its test barrier. Writes warmstart.json, warmstart.md (with the "
                           "steps each start needs to reach WM's barrier) and warmstart.png.")
-    warm.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
-    warm.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
-    warm.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
-    warm.add_argument("--pairs", type=int, default=20, help="number of test pairs (default 20)")
+    _aligner_study_args(warm, pairs=20, out="warmstart")
     warm.add_argument("--seed", type=int, default=0, help="seed of the pairs and of the optimisers")
-    warm.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    warm.add_argument("--out", default=None, help="output folder (default results/warmstart-ZOO)")
     warm.add_argument("--json", action="store_true", help="print the results as JSON")
     warm.set_defaults(func=_warmstart)
     speed = sub.add_parser("speed", help="seconds per pair and batched throughput of an aligner vs weight "
                            "matching", description="On fixed test pairs of a zoo: median seconds per pair of the "
                            "aligner (batch of one, graphs and Hungarian included) and of weight matching, and "
                            "pairs per second with batched predictions. Writes speed.json and speed.md.")
-    speed.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
-    speed.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
-    speed.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
-    speed.add_argument("--pairs", type=int, default=200, help="number of test pairs (default 200)")
+    _aligner_study_args(speed, pairs=200, out="speed")
     speed.add_argument("--batch", type=int, default=50, help="pairs per batched forward (default 50)")
-    speed.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    speed.add_argument("--out", default=None, help="output folder (default results/speed-ZOO)")
     speed.set_defaults(func=_speed)
     return parser
 
