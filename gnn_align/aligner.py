@@ -93,7 +93,6 @@ class GNNAligner(nn.Module):
         return self.predict([to_graph(state_a, spec, edge_dim=d)], [to_graph(state_b, spec, edge_dim=d)])[0]
 
 
-
 def load_aligner(run_dir: str | Path) -> GNNAligner:
     """The best aligner of a training run: architecture from ``config.json``, weights from
     ``aligner.safetensors`` (no unpickling). Raises :class:`GNNAlignError` naming a missing file."""

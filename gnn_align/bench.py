@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .archs import build_arch
 from .baselines import activation_matching, sinkhorn_rebasin, weight_matching
+from .graph import to_graph
 from .metrics import curve_metrics, interpolation_curve
 from .permute import apply_permutation, identity_permutation
 from .tasks import TASK_NAMES, load_task
@@ -192,8 +193,6 @@ def speed_comparison(zoo_dir: str | Path, aligner, num_pairs: int = 200, batch_s
     batched figure predicts ``batch_size`` pairs per forward (graph building included) and is
     reported as pairs per second, next to weight matching's pairs per second run one after another.
     """
-    from .graph import to_graph
-
     zoo = ModelZoo(str(zoo_dir), split="test", log=False)
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
     states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.spec(zoo.member_of(i))) for i, j in pairs]

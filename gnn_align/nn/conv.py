@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -13,14 +11,6 @@ from torch_geometric.nn import MessagePassing
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     """Two-layer perceptron with SiLU."""
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
-
-
-def sinusoidal(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
-    """Sinusoidal encoding of integer positions. Shapes: (N,) -> (N, dim)."""
-    k = torch.arange(dim // 2, device=pos.device, dtype=torch.get_default_dtype())
-    freq = torch.exp(-math.log(base) * 2 * k / dim)
-    ang = pos.to(freq.dtype)[:, None] * freq[None, :]
-    return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
 class NetConv(MessagePassing):

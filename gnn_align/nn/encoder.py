@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -9,8 +11,16 @@ from torch_geometric.utils import scatter
 
 from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
-from .conv import NetConv, sinusoidal
+from .conv import NetConv
 from .probe import ProbePass
+
+
+def sinusoidal(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
+    """Sinusoidal encoding of integer positions. Shapes: (N,) -> (N, dim)."""
+    k = torch.arange(dim // 2, device=pos.device, dtype=torch.get_default_dtype())
+    freq = torch.exp(-math.log(base) * 2 * k / dim)
+    ang = pos.to(freq.dtype)[:, None] * freq[None, :]
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
 class NetEncoder(nn.Module):

@@ -8,9 +8,10 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
 from ..graph import EDGE_SKIP
-from ..spec import NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
+from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
 
-_BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = range(5)
+_BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
+    "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
 
 
 class ProbePass(MessagePassing):
