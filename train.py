@@ -29,7 +29,7 @@ from gnn_align.bench import register_aligner, run_benchmark, to_markdown, write_
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
 from gnn_align.metrics import curve_metrics, interpolation_curve, matching_accuracy
 from gnn_align.permute import apply_permutation, invert_permutation
-from gnn_align.tasks import load_task
+from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs, planted_pair
 from gnn_align.zoo.storage import atomic_write, write_json
 
@@ -106,7 +106,6 @@ class Trainer:
                                      amsgrad=True)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.modules = [build_arch(m["arch"]).eval() for m in self.train_zoo.members]
-        self.tasks = {m["task"]: load_task(m["task"]) for m in self.train_zoo.members}
         vgen = torch.Generator().manual_seed(cfg.seed + 1)
         self.val_planted = [planted_pair(self.val_zoo, int(i), vgen)
                             for i in torch.randint(0, len(self.val_zoo), (cfg.val_planted,), generator=vgen)]
@@ -120,9 +119,10 @@ class Trainer:
         idx = torch.randint(0, len(zoo), (cfg.planted_per_step,), generator=gen).tolist()
         planted = [planted_pair(zoo, i, gen) for i in idx]
         pairs = independent_pairs(zoo, cfg.unlabelled_per_step, gen) if cfg.unlabelled_per_step else []
-        states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i)) for i, j in pairs]
-        ga = [self.graph(p.a, zoo, p.member) for p in planted] + [self.graph(a, zoo, m) for a, _, m in states]
-        gb = [self.graph(p.b, zoo, p.member) for p in planted] + [self.graph(b, zoo, m) for _, b, m in states]
+        # (A, B, member, task of A): B fits the same data (same member; in INR zoos the same signal)
+        states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i), network_task(zoo, i)) for i, j in pairs]
+        ga = [self.graph(p.a, zoo, p.member) for p in planted] + [self.graph(s[0], zoo, s[2]) for s in states]
+        gb = [self.graph(p.b, zoo, p.member) for p in planted] + [self.graph(s[1], zoo, s[2]) for s in states]
         soft, scores, mask, groups = self.aligner.soft(ga, gb, cfg.sinkhorn_iters, cfg.tau)
         losses = {}
         rows = [r for r, (k, _) in enumerate(groups) if k < len(planted)]
@@ -136,8 +136,8 @@ class Trainer:
         if states:
             mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):]
             l2, task = 0.0, 0.0
-            for (a, b, member), m in zip(states, mats, strict=True):
-                spec, t = zoo.spec(member), self.tasks[zoo.members[member]["task"]]
+            for (a, b, member, t), m in zip(states, mats, strict=True):
+                spec = zoo.spec(member)
                 l2 = l2 + weight_distance(a, b, m, spec)
                 sel = torch.randint(0, t.x_train.shape[0], (cfg.task_batch,), generator=gen)
                 lam = float(torch.rand((), generator=gen))
@@ -161,7 +161,7 @@ class Trainer:
         barriers = []
         for i, j in self.val_pairs:
             a, b, member = zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i)
-            spec, t = zoo.spec(member), self.tasks[zoo.members[member]["task"]]
+            spec, t = zoo.spec(member), network_task(zoo, i)
             perm = al.predict([self.graph(a, zoo, member)], [self.graph(b, zoo, member)])[0]
             curve = interpolation_curve(self.modules[member], a, apply_permutation(b, perm, spec), t.x_test,
                                         t.y_test, t.loss)

@@ -24,7 +24,7 @@ from .baselines import activation_matching, sinkhorn_rebasin, weight_matching
 from .graph import to_graph
 from .metrics import curve_metrics, interpolation_curve
 from .permute import apply_permutation, identity_permutation
-from .tasks import TASK_NAMES, load_task
+from .tasks import NETWORK_TASKS, loss_label, network_task
 from .zoo.dataset import ModelZoo
 from .zoo.pairs import independent_pairs
 from .zoo.storage import ZooError, atomic_write, write_json
@@ -32,7 +32,8 @@ from .zoo.storage import ZooError, atomic_write, write_json
 
 @dataclass
 class PairContext:
-    """What a method may use to align B to A. ``x_train``/``y_train``: the task's training split."""
+    """What a method may use to align B to A. ``x_train``/``y_train``: the training split of A's task
+    (:func:`~gnn_align.tasks.network_task`; in INR zoos the shared signal's 128 grid points)."""
 
     module: torch.nn.Module
     spec: object
@@ -97,21 +98,22 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     zoo = ModelZoo(str(zoo_dir), split="test", log=False)
-    if any(m.get("task") not in TASK_NAMES for m in zoo.members):
-        raise ZooError(f"{zoo_dir}: the benchmark supports classification zoos only")
+    unsupported = sorted({str(m.get("task")) for m in zoo.members} - set(NETWORK_TASKS))
+    if unsupported:
+        raise ZooError(f"{zoo_dir}: the benchmark does not support task(s) {unsupported}; "
+                       f"supported: {list(NETWORK_TASKS)}")
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
     rows = {m: [] for m in methods}
-    modules, tasks = {}, {}
+    modules, losses = {}, set()
     for i, j in tqdm(pairs, desc="benchmark pairs", disable=not progress):
         member = zoo.member_of(i)
         info = zoo.members[member]
         if member not in modules:
             modules[member] = build_arch(info["arch"]).eval()
-        if info["task"] not in tasks:
-            tasks[info["task"]] = load_task(info["task"])
-        task, module, spec = tasks[info["task"]], modules[member], zoo.spec(member)
+        task, module, spec = network_task(zoo, i), modules[member], zoo.spec(member)  # j: same task
+        losses.add(task.loss)
         a, b = zoo.state_dict(i), zoo.state_dict(j)
-        bn = [task.x_train[s:s + 128] for s in range(0, 512, 128)] if reset_bn else None
+        bn = [task.x_train[s:s + 128] for s in range(0, min(512, len(task.x_train)), 128)] if reset_bn else None
         for name in methods:
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss,
                               torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + j))
@@ -124,6 +126,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
                                    zoo.network_ids[j]], curve=curve["loss"]))
     return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": "test",
             "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
+            "loss": "+".join(sorted(losses)),
             "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], METHODS[m][1])
                                                                    for m in methods}}
 
@@ -143,7 +146,7 @@ def _summary(rows: list, data: str) -> dict:
 def to_markdown(res: dict) -> str:
     head = ["method"] + [f"{k} (mean ± std)" for k in METRICS] + ["median s/pair", "data used"]
     lines = [f"**{res['zoo']}** v{res['zoo_version']}: {res['pairs']} test pairs (seed {res['seed']}), "
-             f"{res['num_lambdas']} λ, test cross-entropy; torch threads {res['torch_threads']}"
+             f"{res['num_lambdas']} λ, test {loss_label(res.get('loss', 'ce'))}; torch threads {res['torch_threads']}"
              + ("; BatchNorm statistics reset on 512 training inputs per interpolated network"
                 if res["bn_reset"] else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

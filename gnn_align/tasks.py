@@ -3,7 +3,8 @@
 Every task is built locally without any download: scikit-learn's bundled ``digits`` data set and
 the procedurally generated ``mnist1d`` data set, plus a rotated-and-noised ``digits-shift``
 variant for distribution-shift experiments. :func:`sine_signals` provides 1-D signals for
-implicit neural representations (SIREN zoos).
+implicit neural representations (SIREN zoos); :func:`network_task` answers which data one network
+of a zoo is trained and evaluated on (its member's task, or its own signal in an INR zoo).
 
 All tensors are created explicitly as float32 (inputs, regression targets) or int64 (class
 labels), independent of torch's default dtype.
@@ -165,13 +166,30 @@ def _shift(images: torch.Tensor, seed: int) -> torch.Tensor:
     return _rotate(images, degrees) + noise
 
 
-def sine_signals(num_signals: int, generator: torch.Generator, num_points: int = 128) -> dict:
+SINE_POINTS = 128  # training grid points of the sine INR signals
+
+
+def sine_grid(num_points: int = SINE_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid of the sine INR signals: ``x_train`` (num_points, 1), ``num_points`` points on
+    [-pi, pi] with both endpoints, and ``x_test`` (num_points - 1, 1), the midpoints between
+    consecutive training points; float32."""
+    x_train = torch.linspace(-math.pi, math.pi, num_points, dtype=torch.float32).unsqueeze(1)
+    return x_train, 0.5 * (x_train[:-1] + x_train[1:])
+
+
+def _sine(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sin(a x)`` for every frequency of ``a`` (S,) on the grid ``x`` (N, 1): (S, N, 1)."""
+    return torch.sin(a[:, None, None] * x)
+
+
+def sine_signals(num_signals: int, generator: torch.Generator, num_points: int = SINE_POINTS) -> dict:
     """Sine signals ``sin(a x)`` for implicit-neural-representation zoos.
 
     Args:
         num_signals: Number S of signals (one network is fitted per signal).
         generator: Source of the frequencies ``a ~ U(0.5, 10)``.
-        num_points: Number of training grid points on [-pi, pi], endpoints included.
+        num_points: Number of training grid points on [-pi, pi], endpoints included
+            (see :func:`sine_grid`).
 
     Returns:
         A dict of float32 tensors: ``"a"`` (S,), ``"x_train"`` (num_points, 1), ``"y_train"``
@@ -179,7 +197,60 @@ def sine_signals(num_signals: int, generator: torch.Generator, num_points: int =
         training points, and ``"y_test"`` (S, num_points - 1, 1).
     """
     a = 0.5 + 9.5 * torch.rand(num_signals, generator=generator, dtype=torch.float32)
-    x_train = torch.linspace(-math.pi, math.pi, num_points, dtype=torch.float32).unsqueeze(1)
-    x_test = 0.5 * (x_train[:-1] + x_train[1:])
-    return {"a": a, "x_train": x_train, "y_train": torch.sin(a[:, None, None] * x_train),
-            "x_test": x_test, "y_test": torch.sin(a[:, None, None] * x_test)}
+    x_train, x_test = sine_grid(num_points)
+    return {"a": a, "x_train": x_train, "y_train": _sine(a, x_train), "x_test": x_test, "y_test": _sine(a, x_test)}
+
+
+@functools.lru_cache(maxsize=4096)
+def sine_task(a: float, num_points: int = SINE_POINTS) -> Task:
+    """The regression task of one sine signal ``sin(a x)`` on :func:`sine_grid`, as
+    :func:`sine_signals` builds it (bit for bit, for a float32-representable ``a``).
+
+    Cached per ``(a, num_points)``: the returned tensors are shared and must not be modified.
+    """
+    x_train, x_test = sine_grid(num_points)
+    freq = torch.tensor([a], dtype=torch.float32)
+    return Task(f"sine(a={a!r})", x_train, _sine(freq, x_train)[0], x_test, _sine(freq, x_test)[0],
+                loss="mse", num_outputs=1)
+
+
+_LOSS_LABELS = {"ce": "cross-entropy", "mse": "MSE"}
+
+
+def loss_label(loss: str) -> str:
+    """How results tables name a task loss: ``"cross-entropy"`` (``"ce"``), ``"MSE"`` (``"mse"``)."""
+    return _LOSS_LABELS.get(loss, loss)
+
+
+#: tasks a zoo member may have: the classification tasks of :func:`load_task` and the per-network
+#: sine signals of INR zoos
+NETWORK_TASKS = TASK_NAMES + ("sine",)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_task(name: str) -> Task:
+    return load_task(name)
+
+
+def network_task(zoo, idx: int) -> Task:
+    """The data the ``idx``-th network of the zoo view ``zoo`` (a :class:`~gnn_align.zoo.ModelZoo`)
+    was trained on and is evaluated on.
+
+    Classification members: ``load_task(member["task"])``. ``"sine"`` members (INR zoos): the
+    network's own signal ``sin(a x)``, ``a`` from its manifest record, on :func:`sine_grid` (128
+    points), with loss ``"mse"`` — the data the zoo build fitted it to. Tasks are cached: the returned
+    tensors are shared and must not be modified (use :func:`load_task` for private copies).
+
+    Raises:
+        ValueError: for a member task not in :data:`NETWORK_TASKS`, or a ``"sine"`` record without ``"a"``.
+    """
+    name = zoo.members[zoo.member_of(idx)].get("task")
+    if name == "sine":
+        rec = zoo.record(idx)
+        if "a" not in rec:
+            raise ValueError(f"zoo '{zoo.name}': network {rec.get('id')} of a sine member has no 'a' "
+                             "(frequency) in its manifest record")
+        return sine_task(float(rec["a"]))
+    if name not in TASK_NAMES:
+        raise ValueError(f"zoo '{zoo.name}': unknown member task '{name}'; supported: {list(NETWORK_TASKS)}")
+    return _shared_task(name)

@@ -20,7 +20,7 @@ from .archs import build_arch
 from .baselines import sinkhorn_rebasin, weight_matching
 from .metrics import curve_metrics, interpolation_curve
 from .permute import apply_permutation, identity_permutation
-from .tasks import load_task
+from .tasks import loss_label, network_task
 from .zoo.dataset import ModelZoo
 from .zoo.pairs import independent_pairs
 from .zoo.storage import atomic_write, write_json
@@ -53,12 +53,13 @@ def warm_start_study(zoo_dir: str | Path, aligner, num_pairs: int = 20, seed: in
     steps = sorted(set(int(c) for c in checkpoints) | {0})
     sk: dict = {s: [] for s in ("identity", "wm", "gnn")}
     sweeps: dict = {s: [] for s in ("identity", "gnn")}
-    wm_bar, modules, tasks = [], {}, {}
+    wm_bar, modules, losses = [], {}, set()
     for i, j in tqdm(pairs, desc="warm-start pairs", disable=not progress):
         member = zoo.member_of(i)
         info = zoo.members[member]
         module = modules.setdefault(member, build_arch(info["arch"]).eval())
-        task = tasks.setdefault(info["task"], load_task(info["task"]))
+        task = network_task(zoo, i)  # j fits the same data (same member; in INR zoos the same signal)
+        losses.add(task.loss)
         spec, a, b = zoo.spec(member), zoo.state_dict(i), zoo.state_dict(j)
 
         def score(perm, a=a, b=b, spec=spec, module=module, task=task) -> float:
@@ -88,15 +89,16 @@ def warm_start_study(zoo_dir: str | Path, aligner, num_pairs: int = 20, seed: in
     mean_sw = {s: [statistics.fmean(r[min(k, len(r) - 1)] for r in rows) for k in range(n_sweeps)]
                for s, rows in sweeps.items()}  # a converged run keeps its last value
     return {"zoo": zoo.manifest["name"], "pairs": len(pairs), "seed": seed, "checkpoints": steps,
-            "init_scale": init_scale, "torch_threads": torch.get_num_threads(), "wm_barrier": wm_level,
-            "sinkhorn": mean_sk, "wm_sweeps": mean_sw,
+            "init_scale": init_scale, "torch_threads": torch.get_num_threads(), "loss": "+".join(sorted(losses)),
+            "wm_barrier": wm_level, "sinkhorn": mean_sk, "wm_sweeps": mean_sw,
             "steps_to_wm": {s: _first_reach(steps, m, wm_level) for s, m in mean_sk.items()},
             "sweeps_to_wm": {s: _first_reach(list(range(n_sweeps)), m, wm_level) for s, m in mean_sw.items()}}
 
 
 def to_markdown(res: dict) -> str:
     steps = res["checkpoints"]
-    lines = [f"**{res['zoo']}**: {res['pairs']} test pairs (seed {res['seed']}); mean Deep-Align barrier; "
+    lines = [f"**{res['zoo']}**: {res['pairs']} test pairs (seed {res['seed']}); mean Deep-Align barrier "
+             f"(test {loss_label(res.get('loss', 'ce'))}); "
              f"weight matching's barrier {res['wm_barrier']:.4f}; warm starts at logit scale "
              f"{res['init_scale']}; torch threads {res['torch_threads']}", "",
              "| Sinkhorn re-basin from | " + " | ".join(f"{s} steps" for s in steps) + " | steps to reach WM |",

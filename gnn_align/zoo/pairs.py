@@ -1,7 +1,7 @@
 """Pairs of networks for training and evaluating aligners.
 
-* :func:`independent_pairs`: two independently trained networks of one architecture (no known
-  alignment; for unsupervised objectives and evaluation).
+* :func:`independent_pairs`: two independently trained networks of one architecture (and, in INR
+  zoos, of one signal; no known alignment; for unsupervised objectives and evaluation).
 * :func:`planted_pair`: a network and a randomly permuted, augmented copy of it, with the planted
   permutation as the ground truth (Deep-Align's supervised pairs).
 """
@@ -20,21 +20,39 @@ from .dataset import ModelZoo
 from .storage import ZooError
 
 
-def independent_pairs(zoo: ModelZoo, num_pairs: int, generator: torch.Generator | None = None) -> list:
-    """``num_pairs`` ordered pairs ``(i, j)``, ``i != j``, of positions in ``zoo`` of one member.
+def _pair_groups(zoo: ModelZoo) -> list:
+    """Positions of the networks that may be paired: one group per member, or, for members whose
+    records carry a ``"signal"`` (INR zoos), one group per (member, signal) in order of appearance."""
+    groups = []
+    for m in range(len(zoo.members)):
+        pos = zoo.indices_of(m)
+        signals = [zoo.record(p).get("signal") for p in pos]
+        if all(s is None for s in signals):
+            groups.append(pos)
+            continue
+        by_signal: dict = {}
+        for p, s in zip(pos, signals, strict=True):
+            by_signal.setdefault(s, []).append(p)
+        groups.extend(by_signal.values())
+    return groups
 
-    Uniform over all such pairs of this view: first a member, with probability proportional to its
-    number of pairs ``n (n - 1)``, then a uniform pair of distinct networks of it. Deterministic in
-    the generator's state.
+
+def independent_pairs(zoo: ModelZoo, num_pairs: int, generator: torch.Generator | None = None) -> list:
+    """``num_pairs`` ordered pairs ``(i, j)``, ``i != j``, of positions in ``zoo`` of one member and,
+    when the records carry a ``"signal"`` (INR zoos: networks fitted to one signal), of one signal.
+
+    Uniform over all such pairs of this view: first a group (a member, or a member's signal), with
+    probability proportional to its number of pairs ``n (n - 1)``, then a uniform pair of distinct
+    networks of it. Deterministic in the generator's state.
 
     Raises:
-        ZooError: naming the zoo, when no member has two networks in this view.
+        ZooError: naming the zoo, when no member (signal) has two networks in this view.
     """
-    groups = [zoo.indices_of(m) for m in range(len(zoo.members))]
+    groups = _pair_groups(zoo)
     counts = torch.tensor([len(g) * (len(g) - 1) for g in groups], dtype=torch.float64)
     if counts.sum() == 0:
-        raise ZooError(f"zoo '{zoo.name}' ({zoo.root}, split={zoo.split}): no member has two networks "
-                       "to pair")
+        raise ZooError(f"zoo '{zoo.name}' ({zoo.root}, split={zoo.split}): no member (in an INR zoo: no "
+                       "signal of a member) has two networks to pair")
     if num_pairs <= 0:
         return []
     members = torch.multinomial(counts, num_pairs, replacement=True, generator=generator)
