@@ -43,7 +43,7 @@ class Config:
     out: str = "runs/digits-mlp"  # run folder
     hidden: int = 32  # encoder width
     layers: int = 1  # message-passing rounds
-    edge_hidden: int = 16  # edge state width
+    edge_hidden: int = 4  # edge state width
     head_scale: float = 5.0  # initial scale s of the scores s² cos(f_A, f_B)
     probes: int = 128  # probe channels (network run on learned virtual inputs/outputs; 0: none)
     epochs: int = 3
@@ -98,10 +98,16 @@ class Trainer:
         self.val_zoo = ModelZoo(str(root), split="val", log=False)
         self.edge_dim = max(ly.edge_len for m in range(len(self.train_zoo.members))
                             for ly in self.train_zoo.spec(m).structure.layers)
+        acts = {(m.get("activation", "relu"), float(m["arch"].get("w0", 1.0))) for m in self.train_zoo.members}
+        if len(acts) > 1:
+            raise ValueError(f"zoo {cfg.zoo}: members use different activations {sorted(acts)}; "
+                             "one aligner runs its probe pass with one activation")
+        (activation, w0), = acts
         with torch.random.fork_rng():  # initialise from the run's seed without touching the global RNG
             torch.manual_seed(cfg.seed)
             self.aligner = GNNAligner(cfg.hidden, cfg.layers, self.edge_dim, edge_hidden=cfg.edge_hidden,
-                                      head_scale=cfg.head_scale, probes=cfg.probes)
+                                      head_scale=cfg.head_scale, probes=cfg.probes,
+                                      activation=activation, w0=w0)
         self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      amsgrad=True)
         self.gen = torch.Generator().manual_seed(cfg.seed)

@@ -32,14 +32,17 @@ class GNNAligner(nn.Module):
         edge_hidden: width of the encoder's edge states.
         head_scale: initial value of the head's scale s (scores are s² cos).
         probes: probe channels of the encoder's :class:`~gnn_align.nn.ProbePass` (0: none).
+        activation, w0: the hidden activation of the networks it aligns (``relu``, ``tanh``, or
+            ``sine`` with SIREN's frequency ``w0``), used by the probe pass.
     """
 
     def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, edge_hidden: int = 16,
-                 head_scale: float = 1.0, probes: int = 0):
+                 head_scale: float = 1.0, probes: int = 0, activation: str = "relu", w0: float = 1.0):
         super().__init__()
         self.config = {"hidden": hidden, "num_layers": num_layers, "edge_dim": edge_dim, "edge_hidden": edge_hidden,
-                       "head_scale": head_scale, "probes": probes}
-        self.encoder = NetEncoder(hidden, num_layers, edge_dim, edge_hidden=edge_hidden, probes=probes)
+                       "head_scale": head_scale, "probes": probes, "activation": activation, "w0": w0}
+        self.encoder = NetEncoder(hidden, num_layers, edge_dim, edge_hidden=edge_hidden, probes=probes,
+                                  activation=activation, w0=w0)
         self.head = MatchingHead(head_scale)
 
     def reset_parameters(self) -> None:

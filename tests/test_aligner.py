@@ -154,14 +154,17 @@ def test_tiny_training_run_overfits_planted_pairs():
     assert before < 0.7 and accuracy() >= 0.9
 
 
-def test_probe_pass_is_the_network_run_on_its_probes():
+@pytest.mark.parametrize("activation,w0,act", [("relu", 1.0, torch.relu), ("tanh", 1.0, torch.tanh),
+                                               ("sine", 3.0, lambda z: torch.sin(3.0 * z))])
+def test_probe_pass_is_the_network_run_on_its_probes(activation, w0, act):
     """Golden semantics: on an MLP the forward probe responses are the pre-activations of the real
-    network on inputs = the probe table, and the backward ones are W^T ... W^T q of the output probes."""
+    network (with the given activation) on inputs = the probe table, and the backward ones are
+    W^T ... W^T q of the output probes."""
     module, _ = make_family("mlp", 0)
     spec, a = _setup("mlp")
     graph = to_graph(a, spec)
     torch.manual_seed(0)
-    probe = ProbePass(probes=5, edge_dim=1).double()
+    probe = ProbePass(probes=5, edge_dim=1, activation=activation, w0=w0).double()
     out = probe(graph)
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     n_in, n_out = linears[0].in_features, linears[-1].out_features
@@ -169,7 +172,7 @@ def test_probe_pass_is_the_network_run_on_its_probes():
     for lin in linears[:-1]:
         h = h @ lin.weight.double().T + lin.bias.double()
         pre.append(h.T)
-        h = h.relu()
+        h = act(h)
     back, g = [], probe.out_probe.weight[:n_out].detach().T  # (K, n_out)
     for lin in reversed(linears[1:]):
         g = g @ lin.weight.double()
@@ -181,6 +184,25 @@ def test_probe_pass_is_the_network_run_on_its_probes():
     assert torch.allclose(bwd, norm(torch.cat(back), dim=-1), atol=1e-12)
     # fixed neurons: no forward response at the inputs, no backward response at the outputs
     assert out[graph.node_type == 0, :5].abs().max() == 0 and out[graph.node_type == 2, 5:].abs().max() == 0
+
+
+def test_probe_pass_refuses_unknown_activation():
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        ProbePass(probes=4, activation="gelu")
+
+
+@pytest.mark.parametrize("name", FAMS)
+def test_probe_levels_order_every_edge(name):
+    """Residual skips can join node sets of equal depth; the evaluation levels still put every
+    edge's source strictly before its target (and agree with node_depth on plain MLPs)."""
+    spec, a = _setup(name)
+    graph = to_graph(a, spec, edge_dim=9)
+    level = ProbePass.levels(graph)
+    src, dst = graph.edge_index
+    assert bool((level[dst] > level[src]).all())
+    assert bool((level >= graph.node_depth).all())
+    if name == "mlp":
+        assert torch.equal(level, graph.node_depth)
 
 
 def test_probe_pass_refuses_more_fixed_neurons_than_probe_vectors():

@@ -45,6 +45,7 @@ class NetEncoder(nn.Module):
         pos_dim: width of each sinusoidal encoding.
         edge_hidden: width of edge states.
         probes: probe channels of the :class:`ProbePass` (0: none).
+        activation, w0: the activation the :class:`ProbePass` runs the networks with.
 
     Shapes:
         - **input:** a :class:`torch_geometric.data.Batch` of NetGraphs (or one NetGraph)
@@ -53,10 +54,10 @@ class NetEncoder(nn.Module):
     """
 
     def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, pos_dim: int = 16,
-                 edge_hidden: int = 16, probes: int = 0):
+                 edge_hidden: int = 16, probes: int = 0, activation: str = "relu", w0: float = 1.0):
         super().__init__()
         self.hidden, self.edge_dim, self.pos_dim, self.probes = hidden, edge_dim, pos_dim, probes
-        self.probe = ProbePass(probes, edge_dim) if probes else None
+        self.probe = ProbePass(probes, edge_dim, activation=activation, w0=w0) if probes else None
         self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * pos_dim + 2 * probes, hidden)
         self.edge_in = nn.Linear(edge_dim + 2, edge_hidden)
         self.convs = nn.ModuleList(NetConv(hidden, edge_hidden) for _ in range(num_layers))
