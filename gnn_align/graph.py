@@ -15,6 +15,11 @@ Graph contract (:class:`NetGraph`):
   ``edge_type`` is 0 for weights and 1 for **residual skips**: a residual addition ``y = x + f(x)``
   appears as identity edges ``x_i -> f(x)_i`` (value 1 in the centre column), and layers that read
   ``y`` read the node set of ``f(x)``. Both node sets share one group and positions.
+* **Blocks**: ``blocks`` (B, 6) long lists the edge blocks, one per layer then one per skip:
+  ``[first edge, first source node, sources, first target node, targets, is_skip]``; a layer's
+  block is dense (``targets * sources`` edges, target-major), a skip's is the identity. Offsets are
+  shifted by batching, so dense per-layer products (:class:`~gnn_align.nn.ProbePass`) need no
+  sparse indexing.
 * ``extra`` holds, as float64, the tensors with no place in the graph (BatchNorm's
   ``num_batches_tracked``).
 
@@ -41,6 +46,8 @@ class NetGraph(Data):
     def __inc__(self, key, value, *args, **kwargs):
         if key in ("perm_group", "perm_pos"):
             return 0
+        if key == "blocks":  # edge and node offsets move with the graph's place in a batch
+            return torch.tensor([self.num_edges, self.num_nodes, 0, self.num_nodes, 0, 0])
         return super().__inc__(key, value, *args, **kwargs)
 
 
@@ -74,7 +81,7 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
 
     Shapes:
         ``x``: (N, 5), ``edge_index``: (2, E), ``edge_attr``: (E, edge_dim), ``edge_type``,
-        ``node_type``, ``node_depth``, ``perm_group``, ``perm_pos``: (N,) or (E,) long.
+        ``node_type``, ``node_depth``, ``perm_group``, ``perm_pos``: (N,) or (E,) long; ``blocks``: (B, 6) long.
     """
     st = _structure(spec)
     spec.validate(state_dict)
@@ -100,9 +107,10 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         node_type[sl], depth[sl] = ns.kind_id, ns.depth
         group[sl] = -1 if ns.group is None else gid[ns.group]
         pos[sl] = torch.arange(ns.size)
-    src, dst, attr, etype = [], [], [], []
+    src, dst, attr, etype, blocks = [], [], [], [], []
     for ly in st.layers:
         n_out, n_in, k = ly.shape[0], st.nodesets[ly.src].size, ly.edge_len
+        blocks.append([sum(len(t) for t in src), offs[ly.src], n_in, offs[ly.dst], n_out, 0])
         w = state_dict[ly.weight].reshape(n_out * n_in, k)
         a = torch.zeros(n_out * n_in, d, dtype=dtype)
         a[:, (d - k) // 2:(d - k) // 2 + k] = w
@@ -112,6 +120,7 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         etype.append(torch.full((n_out * n_in,), EDGE_WEIGHT))
     for s_from, s_to in st.skips:
         m = st.nodesets[s_from].size
+        blocks.append([sum(len(t) for t in src), offs[s_from], m, offs[s_to], m, 1])
         a = torch.zeros(m, d, dtype=dtype)
         a[:, (d - 1) // 2] = 1
         src.append(offs[s_from] + torch.arange(m))
@@ -125,6 +134,7 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         torch.empty(0, d, dtype=dtype), edge_type=torch.cat(etype) if etype else
         torch.empty(0, dtype=torch.long), node_type=node_type, node_depth=depth,
         perm_group=group, perm_pos=pos, num_groups=len(gid), group_names=list(gid),
+        blocks=torch.tensor(blocks, dtype=torch.long).reshape(-1, 6),
         extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64), num_nodes=n)
 
 

@@ -64,12 +64,26 @@ def move_nodes(graph, node_perm: torch.Tensor):
 
     For nodes of one group this is :func:`gnn_align.relabel` (a symmetry: an equivariant encoder's
     output moves with the nodes); for input or output neurons, or nodes of different layers, it is
-    a change of the network that an encoder must *not* treat as a relabelling.
+    a change of the network that an encoder must *not* treat as a relabelling. When every moved
+    edge still fits an edge slot of the original layout, the edges are put back in that layout (so
+    the graph's ``blocks`` stay valid); otherwise the moved graph is no network of the contract and
+    its ``blocks`` are dropped (a block reader then refuses it).
     """
     where = torch.argsort(node_perm)  # old node -> its new index
     out = graph.clone()
     out.x = graph.x[node_perm]
-    out.edge_index = where[graph.edge_index]
+    moved = where[graph.edge_index]
+    n, etype = graph.num_nodes, graph.edge_type
+    keys = (moved[0] * n + moved[1]) * 2 + etype
+    slots = (graph.edge_index[0] * n + graph.edge_index[1]) * 2 + etype
+    order = torch.argsort(keys)
+    at = torch.searchsorted(keys[order], slots).clamp(max=max(len(keys) - 1, 0))
+    if len(keys) and torch.equal(keys[order][at], slots):
+        out.edge_attr = graph.edge_attr[order[at]]
+        return out
+    out.edge_index = moved
+    if "blocks" in out:
+        del out.blocks
     return out
 
 

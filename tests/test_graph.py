@@ -133,3 +133,27 @@ def test_hand_written_spec_without_structure_is_refused_by_to_graph():
     spec = PermutationSpec({"h": 2}, {"w": ("h", None)})
     with pytest.raises(StateDictError, match="no graph structure"):
         to_graph({"w": torch.ones(2, 3)}, spec)
+
+
+def test_blocks_describe_the_edges_exactly(family):
+    """Each block is a dense target-major layer (or an identity skip) over the edge range it names,
+    and the blocks tile the edges; batching shifts them with the graph."""
+    name, module, x = family
+    spec = spec_from_module(module, x)
+    graph = to_graph(_state(module), spec)
+    covered = 0
+    for e0, s0, ns, d0, nd, skip in graph.blocks.tolist():
+        assert e0 == covered
+        m = ns if skip else ns * nd
+        src, dst = graph.edge_index[:, e0:e0 + m]
+        if skip:
+            assert torch.equal(src, s0 + torch.arange(ns)) and torch.equal(dst, d0 + torch.arange(nd))
+        else:
+            assert torch.equal(src, s0 + torch.arange(ns).repeat(nd))
+            assert torch.equal(dst, d0 + torch.arange(nd).repeat_interleave(ns))
+        assert bool((graph.edge_type[e0:e0 + m] == int(skip)).all())
+        covered += m
+    assert covered == graph.edge_index.shape[1]
+    batch = Batch.from_data_list([graph, graph])
+    shift = torch.tensor([graph.num_edges, graph.num_nodes, 0, graph.num_nodes, 0, 0])
+    assert torch.equal(batch.blocks, torch.cat([graph.blocks, graph.blocks + shift]))

@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch_geometric.nn import MessagePassing
 
-from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
 
 _BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
     "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
-
+_EDGE0, _SRC0, _NSRC, _DST0, _NDST, _SKIP = range(6)  # columns of NetGraph.blocks
 
 #: activation name -> function of (pre-activation, w0); ``sine`` is SIREN's sin(w0 z)
 ACTIVATIONS = {"relu": lambda z, w0: z.relu(), "tanh": lambda z, w0: z.tanh(), "sine": lambda z, w0: (w0 * z).sin()}
 
-warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
 
-
-class ProbePass(MessagePassing):
+class ProbePass(nn.Module):
     r"""Canonical neuron features from the network's own computation on :math:`K` learned probes.
 
     A hidden neuron has no identity of its own, but what it *computes* does not depend on where it
     is listed. The forward pass gives every input neuron :math:`i` a learned probe vector
     :math:`p_i \in \mathbb{R}^K` (row :math:`i` of a table initialised :math:`\mathcal{N}(0, 1)`, so
     the untrained pass is activation matching on Gaussian inputs) and pushes the :math:`K` probes
-    through the network, layer by layer in order of depth, with the network's own weights:
+    through the network, level by level in order of depth, with the network's own weights:
 
     .. math::
         z_j = \sum_{i \in N^-(j)} (r^\top w_{ij}) \odot a_i + b_j, \qquad
@@ -44,6 +38,10 @@ class ProbePass(MessagePassing):
     which is what the outgoing weights say about a neuron. Both are equivariant to any relabelling
     of the hidden neurons and break exactly the input/output symmetries. The result is each
     vector divided by its norm (scale-free, so positive rescaling of ReLU neurons cannot move it).
+
+    The pass reads the graph's ``blocks`` (see :mod:`gnn_align.graph`): every layer is one dense
+    weight block, and blocks of equal shape across a batch run as one batched matrix product, so
+    the cost is that of running the networks, with no per-edge tensors and no sparse indexing.
 
     Args:
         probes: number of probe channels :math:`K`.
@@ -62,7 +60,7 @@ class ProbePass(MessagePassing):
 
     def __init__(self, probes: int = 64, edge_dim: int = 1, max_fixed: int = 1024, activation: str = "relu",
                  w0: float = 1.0):
-        super().__init__(aggr="add")
+        super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}'; choose from {sorted(ACTIVATIONS)}")
         self.probes, self.edge_dim, self.max_fixed = probes, edge_dim, max_fixed
@@ -74,46 +72,10 @@ class ProbePass(MessagePassing):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
         nn.init.normal_(self.in_probe.weight)
         nn.init.normal_(self.out_probe.weight)
         nn.init.ones_(self.read_fwd)  # start as the network's own weights (kernel sums)
         nn.init.ones_(self.read_bwd)
-
-    def _operator(self, g, pos: Tensor, reverse: bool, dtype: torch.dtype) -> tuple:
-        """The edges as one CSR operator over depth-sorted nodes, returned as ``(crow, col, val)``.
-
-        Row ``pos[target] * (d + 1) + k`` holds, in column ``pos[source]``, the ``k``-th kernel entry of
-        a weight edge, or 1 in slot ``d`` for a residual skip (``target``/``source`` swap with
-        ``reverse``). Zero entries (kernel padding) are left out. Because nodes are sorted by depth,
-        the rows of one depth are one contiguous slice (:meth:`_block`)."""
-        n, d = g.num_nodes, g.edge_attr.shape[1]
-        src, dst = g.edge_index.flip(0) if reverse else g.edge_index
-        skip = g.edge_type == EDGE_SKIP
-        attr = g.edge_attr[~skip].to(dtype)
-        e, k = torch.nonzero(attr, as_tuple=True)
-        rows = torch.cat([pos[dst[~skip][e]] * (d + 1) + k, pos[dst[skip]] * (d + 1) + d])
-        cols = torch.cat([pos[src[~skip][e]], pos[src[skip]]])
-        vals = torch.cat([attr[e, k], torch.ones(int(skip.sum()), dtype=dtype, device=attr.device)])
-        order = torch.argsort(rows * n + cols)
-        crow = torch.zeros(n * (d + 1) + 1, dtype=torch.long, device=rows.device)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n * (d + 1)), 0)
-        return crow, cols[order], vals[order]
-
-    @staticmethod
-    def _block(op: tuple, r0: int, r1: int, c0: int, c1: int) -> Tensor:
-        """Rows ``r0:r1`` of the operator as a CSR matrix over columns ``c0:c1`` (every entry of those
-        rows must lie there: sources are shallower than targets)."""
-        crow, col, val = op
-        a, b = int(crow[r0]), int(crow[r1])
-        return torch.sparse_csr_tensor(crow[r0:r1 + 1] - a, col[a:b] - c0, val[a:b], (r1 - r0, c1 - c0),
-                                       check_invariants=False)
-
-    def _push(self, adj: Tensor, x: Tensor, read: Tensor) -> Tensor:
-        """``sum_k read[k] * (A_k @ x)`` plus the skips: one sparse product, no per-edge tensors."""
-        out = self.propagate(adj, x=x)  # (rows * (d + 1), K)
-        ones = torch.ones(1, read.shape[1], dtype=read.dtype, device=read.device)
-        return torch.einsum("nkc,kc->nc", out.view(-1, read.shape[0] + 1, x.shape[1]), torch.cat([read, ones]))
 
     @staticmethod
     def levels(g) -> Tensor:
@@ -129,53 +91,65 @@ class ProbePass(MessagePassing):
             level = new
         raise ValueError("the network graph has a cycle")
 
+    def _push(self, g, blocks: Tensor, h: Tensor, read: Tensor, reverse: bool) -> Tensor:
+        """``out[target] += sum_k read[k] * W_k @ h[source]`` over ``blocks`` (targets and sources
+        swap, and ``W`` is transposed, with ``reverse``); skips add ``h[source]``. Blocks of equal
+        shape run as one batched product. Shapes: h (N, K) -> (N, K)."""
+        out = torch.zeros_like(h)
+        kinds = blocks[:, [_NSRC, _NDST, _SKIP]]
+        for n_src, n_dst, skip in torch.unique(kinds, dim=0).tolist():
+            b = blocks[(kinds == kinds.new_tensor([n_src, n_dst, skip])).all(1)]
+            src = b[:, _SRC0, None] + torch.arange(n_src, device=b.device)  # (G, n_src) node ids
+            dst = b[:, _DST0, None] + torch.arange(n_dst, device=b.device)
+            if reverse:
+                src, dst = dst, src
+            if skip:
+                out = out.index_add(0, dst.flatten(), h[src.flatten()])
+                continue
+            w = g.edge_attr[b[:, _EDGE0, None] + torch.arange(n_dst * n_src, device=b.device)]
+            w = w.to(h.dtype).view(len(b), n_dst, n_src, -1)  # (G, targets, sources, d)
+            d = w.shape[-1]
+            w = w.permute(0, 3, 2, 1) if reverse else w.permute(0, 3, 1, 2)  # (G, d, rows, cols)
+            y = torch.matmul(w.reshape(len(b), d * w.shape[2], w.shape[3]), h[src])  # (G, d * rows, K)
+            y = (y.view(len(b), d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
+            out = out.index_add(0, dst.flatten(), y.reshape(-1, h.shape[1]))
+        return out
+
     def forward(self, g) -> Tensor:
         dtype = self.read_fwd.dtype
         kind = g.node_type
+        if getattr(g, "blocks", None) is None:
+            raise ValueError("the graph has no 'blocks' (made by an older gnn_align?); rebuild it with to_graph")
         fixed = kind != NODE_HIDDEN
         if fixed.any() and int(g.perm_pos[fixed].max()) >= self.max_fixed:
             raise ValueError(f"a network has {int(g.perm_pos[fixed].max()) + 1} input or output neurons; "
                              f"this ProbePass has probe vectors for {self.max_fixed} (max_fixed)")
-        depth = self.levels(g)
-        # sort nodes by depth: the neurons of one depth are one contiguous block
-        n, s = g.num_nodes, self.edge_dim + 1
-        order = torch.argsort(depth, stable=True)
-        pos = torch.empty_like(order)
-        pos[order] = torch.arange(n, device=order.device)
-        max_depth = int(depth.max()) if n else 0
-        start = torch.searchsorted(depth[order], torch.arange(max_depth + 2, device=depth.device)).tolist()
-        x, kind = g.x.to(dtype)[order], kind[order]
-        idx = torch.where(fixed, g.perm_pos, 0)[order]
-        zero = torch.zeros(n, self.probes, dtype=dtype, device=x.device)
+        level = self.levels(g)
+        blocks, x = g.blocks, g.x.to(dtype)
+        idx = torch.where(fixed, g.perm_pos, 0)
+        zero = torch.zeros(g.num_nodes, self.probes, dtype=dtype, device=x.device)
         has_bn = (x[:, _RUN_VAR] > 0)[:, None]
         bn_scale = x[:, _NORM_W:_NORM_W + 1] / (x[:, _RUN_VAR:_RUN_VAR + 1] + 1e-5).sqrt()
-        # forward: pre-activations z and activations a, one depth at a time
-        z = [torch.where((kind == NODE_INPUT)[:, None], self.in_probe(idx), zero)[:start[1]]]
-        a = list(z)
-        op = self._operator(g, pos, False, dtype)
-        for d in range(1, max_depth + 1):
-            r0, r1 = start[d], start[d + 1]
-            new = self._push(self._block(op, r0 * s, r1 * s, 0, r0), torch.cat(a), self.read_fwd) \
-                + x[r0:r1, _BIAS:_BIAS + 1]
-            bn = (new - x[r0:r1, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r0:r1] + x[r0:r1, _NORM_B:_NORM_B + 1]
-            z.append(new)
-            a.append(ACTIVATIONS[self.activation](torch.where(has_bn[r0:r1], bn, new), self.w0))
+        top = int(level.max()) if level.numel() else 0
+        # forward: pre-activations z and activations a, one level at a time
+        z = torch.where((kind == NODE_INPUT)[:, None], self.in_probe(idx), zero)
+        a = z
+        to_level = level[blocks[:, _DST0]]
+        for d in range(1, top + 1):
+            new = self._push(g, blocks[to_level == d], a, self.read_fwd, False) + x[:, _BIAS:_BIAS + 1]
+            new_a = ACTIVATIONS[self.activation](torch.where(
+                has_bn, (new - x[:, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale + x[:, _NORM_B:_NORM_B + 1], new), self.w0)
+            at = (level == d)[:, None]
+            z, a = torch.where(at, new, z), torch.where(at, new_a, a)
         # backward: linear, from the output probes towards the inputs (input neurons stay zero)
-        out_probe = torch.where((kind == NODE_OUTPUT)[:, None], self.out_probe(idx), zero)
-        gb = [out_probe[start[max_depth]:]]
-        op = self._operator(g, pos, True, dtype)
-        for d in range(max_depth - 1, 0, -1):
-            r0, r1 = start[d], start[d + 1]
-            agg = self._push(self._block(op, r0 * s, r1 * s, r1, n), torch.cat(gb), self.read_bwd)
-            gb.insert(0, torch.where((kind[r0:r1] == NODE_HIDDEN)[:, None], agg, out_probe[r0:r1]))
-        gb.insert(0, zero[:start[1]])
-        fwd = torch.where((kind == NODE_INPUT)[:, None], zero, torch.cat(z))
-        bwd = torch.where((kind == NODE_OUTPUT)[:, None], zero, torch.cat(gb))
-        out = torch.cat([nn.functional.normalize(fwd, dim=-1), nn.functional.normalize(bwd, dim=-1)], dim=-1)
-        return out[pos]
-
-    def message_and_aggregate(self, adj: Tensor, x: Tensor) -> Tensor:
-        return adj @ x
+        gb = torch.where((kind == NODE_OUTPUT)[:, None], self.out_probe(idx), zero)
+        from_level = level[blocks[:, _SRC0]]
+        for d in range(top - 1, 0, -1):
+            agg = self._push(g, blocks[from_level == d], gb, self.read_bwd, True)
+            gb = torch.where(((level == d) & (kind == NODE_HIDDEN))[:, None], agg, gb)
+        fwd = torch.where((kind == NODE_INPUT)[:, None], zero, z)
+        bwd = torch.where((kind == NODE_OUTPUT)[:, None], zero, gb)
+        return torch.cat([nn.functional.normalize(fwd, dim=-1), nn.functional.normalize(bwd, dim=-1)], dim=-1)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(probes={self.probes}, edge_dim={self.edge_dim}, "

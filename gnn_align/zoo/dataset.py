@@ -25,7 +25,7 @@ from ..trace import spec_from_module
 from .storage import ZooError, atomic_write, load_manifest, read_shard
 
 #: layout version of the processed file; part of its name, so a layout change never reads old caches
-PROCESSED_FORMAT = 1
+PROCESSED_FORMAT = 2
 
 
 def zoo_cache_key(manifest: dict) -> str:
