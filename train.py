@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class Config:
     zoo_root: str = "data/zoos"  # folder of built zoos
     out: str = "runs/digits-mlp"  # run folder
     hidden: int = 32  # encoder width
-    layers: int = 1  # message-passing rounds
+    layers: int = 0  # NetConv rounds (node + edge states) after the probe pass
     edge_hidden: int = 4  # edge state width
     head_scale: float = 5.0  # initial scale s of the scores s² cos(f_A, f_B)
     probes: int = 128  # probe channels (network run on learned virtual inputs/outputs; 0: none)
@@ -51,6 +52,7 @@ class Config:
     planted_per_step: int = 2  # planted pairs per step
     unlabelled_per_step: int = 4  # independent pairs per step (weight-distance + task losses)
     lr: float = 2e-3
+    schedule: str = "cosine"  # learning-rate schedule over all steps: cosine (to 0) or none
     weight_decay: float = 5e-4
     clip: float = 1.0  # gradient-norm clip
     w_planted: float = 1.0
@@ -60,7 +62,7 @@ class Config:
     sinkhorn_iters: int = 20
     tau: float = 1.0
     val_planted: int = 16  # planted validation pairs (matching accuracy)
-    val_pairs: int = 16  # independent validation pairs (barrier at hard permutations)
+    val_pairs: int = 48  # independent validation pairs (barrier at hard permutations)
     bench_pairs: int = 200  # test pairs of the final benchmark (0: skip it)
     seed: int = 0
     threads: int = 0  # torch threads (0: torch's default)
@@ -110,6 +112,11 @@ class Trainer:
                                       activation=activation, w0=w0)
         self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      amsgrad=True)
+        if cfg.schedule not in ("cosine", "none"):
+            raise ValueError(f"schedule must be 'cosine' or 'none', got '{cfg.schedule}'")
+        total = max(cfg.epochs * cfg.steps_per_epoch, 1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, (lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
+                                                       if cfg.schedule == "cosine" else (lambda t: 1.0))
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.modules = [build_arch(m["arch"]).eval() for m in self.train_zoo.members]
         vgen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -155,6 +162,7 @@ class Trainer:
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.aligner.parameters(), cfg.clip)
         self.opt.step()
+        self.sched.step()
         return {k: float(v.detach()) for k, v in losses.items()}
 
     @torch.no_grad()
@@ -177,7 +185,8 @@ class Trainer:
 
 
 def save_checkpoint(path: Path, trainer: Trainer, epoch: int, best: float) -> None:
-    state = {"model": trainer.aligner.state_dict(), "opt": trainer.opt.state_dict(), "epoch": epoch,
+    state = {"model": trainer.aligner.state_dict(), "opt": trainer.opt.state_dict(),
+             "sched": trainer.sched.state_dict(), "epoch": epoch,
              "best": best, "rng": trainer.gen.get_state()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -195,6 +204,7 @@ def main(cfg: Config) -> Path:
         ck = torch.load(out / "checkpoint.pt", weights_only=True)
         trainer.aligner.load_state_dict(ck["model"])
         trainer.opt.load_state_dict(ck["opt"])
+        trainer.sched.load_state_dict(ck["sched"])
         trainer.gen.set_state(ck["rng"])
         start, best = ck["epoch"], ck["best"]
     for epoch in range(start, cfg.epochs):

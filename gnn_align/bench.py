@@ -53,12 +53,16 @@ def _wm(c: PairContext, init: dict | None = None) -> dict:
     return weight_matching(c.state_a, c.state_b, c.spec, init=init, generator=c.generator).perm
 
 
-_SINKHORN_DATA = "train split, 150 steps of batches of 256"
+#: optimisation steps of Sinkhorn re-basin, from the identity (``sinkhorn``) or from a prediction
+SINKHORN_STEPS = 300
+#: logit scale of a warm start: Sinkhorn re-basin's logits start at this times the predicted permutation
+WARM_START_SCALE = 2.0
+_SINKHORN_DATA = f"train split, {SINKHORN_STEPS} steps of batches of 256"
 
 
 def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0) -> dict:
     return sinkhorn_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss,
-                            steps=150, init=init, init_scale=init_scale, generator=c.generator).perm
+                            steps=SINKHORN_STEPS, init=init, init_scale=init_scale, generator=c.generator).perm
 
 
 #: method name -> (function of a PairContext returning a permutation, data it uses)
@@ -87,7 +91,7 @@ def register_aligner(aligner) -> list:
 
     register_method("gnn", gnn, "none")
     register_method("gnn+wm", lambda c: _wm(c, init=gnn(c)), "none")
-    register_method("gnn+sinkhorn", lambda c: _sinkhorn(c, init=gnn(c), init_scale=5.0), _SINKHORN_DATA)
+    register_method("gnn+sinkhorn", lambda c: _sinkhorn(c, init=gnn(c), init_scale=WARM_START_SCALE), _SINKHORN_DATA)
     return ["gnn", "gnn+wm", "gnn+sinkhorn"]
 
 

@@ -29,6 +29,7 @@ Batching: ``perm_group`` and ``perm_pos`` are per-graph and are *not* shifted by
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import torch
@@ -94,48 +95,60 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
     d = longest if edge_dim is None else int(edge_dim)
     if d < longest:
         raise StateDictError(f"edge_dim={d} is shorter than the longest kernel ({longest} values)")
+    sk = _skeleton(st, tuple(spec.group_sizes), d)
+    n = sk["num_nodes"]
+    x = torch.zeros(n, len(NODE_FEATURES), dtype=dtype)
+    offs = _offsets(st)
+    for s, ns in enumerate(st.nodesets):
+        for c, key in enumerate(ns.features):
+            if key is not None:
+                x[offs[s]:offs[s + 1], c] = state_dict[key]
+    attr = torch.zeros(sk["edge_type"].shape[0], d, dtype=dtype)
+    for (e0, _, n_in, _, n_out, _), ly in zip(sk["blocks"].tolist(), st.layers):
+        k = ly.edge_len
+        attr[e0:e0 + n_out * n_in, (d - k) // 2:(d - k) // 2 + k] = state_dict[ly.weight].reshape(n_out * n_in, k)
+    attr[sk["edge_type"] == EDGE_SKIP, (d - 1) // 2] = 1
+    extra = [state_dict[k].reshape(-1).to(torch.float64) for k, _, _ in st.extras]
+    return NetGraph(x=x, edge_index=sk["edge_index"], edge_attr=attr, edge_type=sk["edge_type"],
+                    node_type=sk["node_type"], node_depth=sk["node_depth"], perm_group=sk["perm_group"],
+                    perm_pos=sk["perm_pos"], num_groups=len(spec.group_sizes), group_names=list(spec.group_sizes),
+                    blocks=sk["blocks"], extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64),
+                    num_nodes=n)
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton(st, groups: tuple, d: int) -> dict:
+    """The weight-free part of a graph (labels, edges, blocks), built once per structure: graphs of
+    one architecture share these tensors, which nothing modifies in place."""
     offs = _offsets(st)
     n = offs[-1]
-    gid = {g: i for i, g in enumerate(spec.group_sizes)}
-    x = torch.zeros(n, len(NODE_FEATURES), dtype=dtype)
+    gid = {g: i for i, g in enumerate(groups)}
     node_type, depth, group, pos = (torch.empty(n, dtype=torch.long) for _ in range(4))
     for s, ns in enumerate(st.nodesets):
         sl = slice(offs[s], offs[s + 1])
-        for c, key in enumerate(ns.features):
-            if key is not None:
-                x[sl, c] = state_dict[key]
         node_type[sl], depth[sl] = ns.kind_id, ns.depth
         group[sl] = -1 if ns.group is None else gid[ns.group]
         pos[sl] = torch.arange(ns.size)
-    src, dst, attr, etype, blocks = [], [], [], [], []
+    src, dst, etype, blocks, e = [], [], [], [], 0
     for ly in st.layers:
-        n_out, n_in, k = ly.shape[0], st.nodesets[ly.src].size, ly.edge_len
-        blocks.append([sum(len(t) for t in src), offs[ly.src], n_in, offs[ly.dst], n_out, 0])
-        w = state_dict[ly.weight].reshape(n_out * n_in, k)
-        a = torch.zeros(n_out * n_in, d, dtype=dtype)
-        a[:, (d - k) // 2:(d - k) // 2 + k] = w
+        n_out, n_in = ly.shape[0], st.nodesets[ly.src].size
+        blocks.append([e, offs[ly.src], n_in, offs[ly.dst], n_out, 0])
         src.append(offs[ly.src] + torch.arange(n_in).repeat(n_out))
         dst.append(offs[ly.dst] + torch.arange(n_out).repeat_interleave(n_in))
-        attr.append(a)
         etype.append(torch.full((n_out * n_in,), EDGE_WEIGHT))
+        e += n_out * n_in
     for s_from, s_to in st.skips:
         m = st.nodesets[s_from].size
-        blocks.append([sum(len(t) for t in src), offs[s_from], m, offs[s_to], m, 1])
-        a = torch.zeros(m, d, dtype=dtype)
-        a[:, (d - 1) // 2] = 1
+        blocks.append([e, offs[s_from], m, offs[s_to], m, 1])
         src.append(offs[s_from] + torch.arange(m))
         dst.append(offs[s_to] + torch.arange(m))
-        attr.append(a)
         etype.append(torch.full((m,), EDGE_SKIP))
-    extra = [state_dict[k].reshape(-1).to(torch.float64) for k, _, _ in st.extras]
-    return NetGraph(
-        x=x, edge_index=torch.stack([torch.cat(src), torch.cat(dst)]) if src else
-        torch.empty(2, 0, dtype=torch.long), edge_attr=torch.cat(attr) if attr else
-        torch.empty(0, d, dtype=dtype), edge_type=torch.cat(etype) if etype else
-        torch.empty(0, dtype=torch.long), node_type=node_type, node_depth=depth,
-        perm_group=group, perm_pos=pos, num_groups=len(gid), group_names=list(gid),
-        blocks=torch.tensor(blocks, dtype=torch.long).reshape(-1, 6),
-        extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64), num_nodes=n)
+        e += m
+    return {"num_nodes": n, "node_type": node_type, "node_depth": depth, "perm_group": group, "perm_pos": pos,
+            "edge_index": torch.stack([torch.cat(src), torch.cat(dst)]) if src else
+            torch.empty(2, 0, dtype=torch.long),
+            "edge_type": torch.cat(etype) if etype else torch.empty(0, dtype=torch.long),
+            "blocks": torch.tensor(blocks, dtype=torch.long).reshape(-1, 6)}
 
 
 def from_graph(graph: NetGraph, spec: PermutationSpec) -> dict:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .archs import build_arch
 from .baselines import sinkhorn_rebasin, weight_matching
+from .bench import WARM_START_SCALE
 from .metrics import curve_metrics, interpolation_curve
 from .permute import apply_permutation, identity_permutation
 from .tasks import loss_label, network_task
@@ -33,7 +34,7 @@ def _first_reach(steps: list, means: list, level: float):
 
 
 def warm_start_study(zoo_dir: str | Path, aligner, num_pairs: int = 20, seed: int = 0,
-                     checkpoints: tuple = CHECKPOINTS, init_scale: float = 5.0, num_lambdas: int = 25,
+                     checkpoints: tuple = CHECKPOINTS, init_scale: float = WARM_START_SCALE, num_lambdas: int = 25,
                      progress: bool = True) -> dict:
     """Barrier against optimiser iterations from the identity, from WM and from ``aligner``.
 

@@ -27,7 +27,7 @@ def _cfg(zoo_root, out, **kw):
     return train.Config(**(base | kw))
 
 
-def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path):
+def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path, monkeypatch):
     torch.set_default_dtype(torch.float32)
     out = train.main(_cfg(zoo_root, tmp_path / "run"))
     cfg = json.loads((out / "config.json").read_text())
@@ -42,8 +42,21 @@ def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path):
     # resuming a finished run trains nothing more; resuming after epoch 1 reproduces epoch 2
     again = train.main(_cfg(zoo_root, tmp_path / "run", resume=True))
     assert len((again / "metrics.jsonl").read_text().splitlines()) == 2
-    cut = train.main(_cfg(zoo_root, tmp_path / "cut", epochs=1))
-    train.main(_cfg(zoo_root, tmp_path / "cut", resume=True))
+    # a run killed during epoch 2 (before its checkpoint) resumes from epoch 1: same schedule, RNG, weights
+    validate, calls = train.Trainer.validate, []
+
+    def killed_in_epoch_2(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return validate(self)
+
+    monkeypatch.setattr(train.Trainer, "validate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_cfg(zoo_root, tmp_path / "cut"))
+    monkeypatch.undo()
+    cut = train.main(_cfg(zoo_root, tmp_path / "cut", resume=True))
+    assert [json.loads(s)["epoch"] for s in (cut / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     full = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     resumed = torch.load(cut / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)

@@ -94,10 +94,11 @@ class NetEncoder(nn.Module):
         dtype = self.node_in.weight.dtype
         probe = self.probe(g) if self.probe is not None else None
         h = self.node_in(self.node_features(g, probe))
-        e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
-            (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))
-        for conv in self.convs:
-            h, e = conv(h, g.edge_index, e)
+        if len(self.convs):
+            e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
+                (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))
+            for conv in self.convs:
+                h, e = conv(h, g.edge_index, e)
         if probe is None:
             return h
         return torch.cat([self.gains[0] * nn.functional.normalize(h, dim=-1), self.gains[1] * probe], dim=-1)

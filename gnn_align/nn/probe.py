@@ -91,20 +91,22 @@ class ProbePass(nn.Module):
             level = new
         raise ValueError("the network graph has a cycle")
 
-    def _push(self, g, blocks: Tensor, h: Tensor, read: Tensor, reverse: bool) -> Tensor:
+    def _push(self, g, blocks: Tensor, h: Tensor, read: Tensor, reverse: bool, rows: tuple) -> Tensor:
         """``out[target] += sum_k read[k] * W_k @ h[source]`` over ``blocks`` (targets and sources
         swap, and ``W`` is transposed, with ``reverse``); skips add ``h[source]``. Blocks of equal
-        shape run as one batched product. Shapes: h (N, K) -> (N, K)."""
-        out = torch.zeros_like(h)
+        shape run as one batched product. Targets lie in ``rows = (r0, r1)``.
+        Shapes: h (N, K) -> (r1 - r0, K)."""
+        out = h.new_zeros(rows[1] - rows[0], h.shape[1])
         kinds = blocks[:, [_NSRC, _NDST, _SKIP]]
         for n_src, n_dst, skip in torch.unique(kinds, dim=0).tolist():
             b = blocks[(kinds == kinds.new_tensor([n_src, n_dst, skip])).all(1)]
-            src = b[:, _SRC0, None] + torch.arange(n_src, device=b.device)  # (G, n_src) node ids
+            src = b[:, _SRC0, None] + torch.arange(n_src, device=b.device)  # (G, n_src) node rows
             dst = b[:, _DST0, None] + torch.arange(n_dst, device=b.device)
             if reverse:
                 src, dst = dst, src
+            dst = dst.flatten() - rows[0]
             if skip:
-                out = out.index_add(0, dst.flatten(), h[src.flatten()])
+                out = out.index_add(0, dst, h[src.flatten()])
                 continue
             w = g.edge_attr[b[:, _EDGE0, None] + torch.arange(n_dst * n_src, device=b.device)]
             w = w.to(h.dtype).view(len(b), n_dst, n_src, -1)  # (G, targets, sources, d)
@@ -112,44 +114,54 @@ class ProbePass(nn.Module):
             w = w.permute(0, 3, 2, 1) if reverse else w.permute(0, 3, 1, 2)  # (G, d, rows, cols)
             y = torch.matmul(w.reshape(len(b), d * w.shape[2], w.shape[3]), h[src])  # (G, d * rows, K)
             y = (y.view(len(b), d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
-            out = out.index_add(0, dst.flatten(), y.reshape(-1, h.shape[1]))
+            out = out.index_add(0, dst, y.reshape(-1, h.shape[1]))
         return out
 
     def forward(self, g) -> Tensor:
         dtype = self.read_fwd.dtype
-        kind = g.node_type
         if getattr(g, "blocks", None) is None:
             raise ValueError("the graph has no 'blocks' (made by an older gnn_align?); rebuild it with to_graph")
-        fixed = kind != NODE_HIDDEN
+        fixed = g.node_type != NODE_HIDDEN
         if fixed.any() and int(g.perm_pos[fixed].max()) >= self.max_fixed:
             raise ValueError(f"a network has {int(g.perm_pos[fixed].max()) + 1} input or output neurons; "
                              f"this ProbePass has probe vectors for {self.max_fixed} (max_fixed)")
+        # nodes sorted by level: every level, and every node set, is one contiguous range of rows
         level = self.levels(g)
-        blocks, x = g.blocks, g.x.to(dtype)
-        idx = torch.where(fixed, g.perm_pos, 0)
-        zero = torch.zeros(g.num_nodes, self.probes, dtype=dtype, device=x.device)
+        n = g.num_nodes
+        order = torch.argsort(level, stable=True)
+        pos = torch.empty_like(order)
+        pos[order] = torch.arange(n, device=order.device)
+        top = int(level.max()) if n else 0
+        start = torch.searchsorted(level[order], torch.arange(top + 2, device=level.device)).tolist()
+        blocks = g.blocks.clone()
+        blocks[:, _SRC0], blocks[:, _DST0] = pos[blocks[:, _SRC0]], pos[blocks[:, _DST0]]
+        x, kind = g.x.to(dtype)[order], g.node_type[order]
+        idx = torch.where(fixed, g.perm_pos, 0)[order]
         has_bn = (x[:, _RUN_VAR] > 0)[:, None]
         bn_scale = x[:, _NORM_W:_NORM_W + 1] / (x[:, _RUN_VAR:_RUN_VAR + 1] + 1e-5).sqrt()
-        top = int(level.max()) if level.numel() else 0
-        # forward: pre-activations z and activations a, one level at a time
-        z = torch.where((kind == NODE_INPUT)[:, None], self.in_probe(idx), zero)
-        a = z
-        to_level = level[blocks[:, _DST0]]
+        # forward: pre-activations z and activations a, one level at a time (level 0: the inputs)
+        z = x.new_zeros(n, self.probes)
+        z[:start[1]] = self.in_probe(idx[:start[1]])
+        a = z.clone()
+        to_level = level[order][blocks[:, _DST0]]
         for d in range(1, top + 1):
-            new = self._push(g, blocks[to_level == d], a, self.read_fwd, False) + x[:, _BIAS:_BIAS + 1]
-            new_a = ACTIVATIONS[self.activation](torch.where(
-                has_bn, (new - x[:, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale + x[:, _NORM_B:_NORM_B + 1], new), self.w0)
-            at = (level == d)[:, None]
-            z, a = torch.where(at, new, z), torch.where(at, new_a, a)
+            r = slice(start[d], start[d + 1])
+            new = self._push(g, blocks[to_level == d], a, self.read_fwd, False, (r.start, r.stop)) + x[r, _BIAS:_BIAS + 1]
+            bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
+            z[r] = new
+            a[r] = ACTIVATIONS[self.activation](torch.where(has_bn[r], bn, new), self.w0)
         # backward: linear, from the output probes towards the inputs (input neurons stay zero)
-        gb = torch.where((kind == NODE_OUTPUT)[:, None], self.out_probe(idx), zero)
-        from_level = level[blocks[:, _SRC0]]
+        is_out = (kind == NODE_OUTPUT)[:, None]
+        gb = torch.where(is_out, self.out_probe(idx), 0.0)
+        from_level = level[order][blocks[:, _SRC0]]
         for d in range(top - 1, 0, -1):
-            agg = self._push(g, blocks[from_level == d], gb, self.read_bwd, True)
-            gb = torch.where(((level == d) & (kind == NODE_HIDDEN))[:, None], agg, gb)
-        fwd = torch.where((kind == NODE_INPUT)[:, None], zero, z)
-        bwd = torch.where((kind == NODE_OUTPUT)[:, None], zero, gb)
-        return torch.cat([nn.functional.normalize(fwd, dim=-1), nn.functional.normalize(bwd, dim=-1)], dim=-1)
+            r = slice(start[d], start[d + 1])
+            agg = self._push(g, blocks[from_level == d], gb, self.read_bwd, True, (r.start, r.stop))
+            gb[r] = torch.where(is_out[r], gb[r], agg)
+        z[:start[1]] = 0.0  # no forward response at the inputs, no backward one at the outputs
+        gb = torch.where(is_out, 0.0, gb)
+        out = torch.cat([nn.functional.normalize(z, dim=-1), nn.functional.normalize(gb, dim=-1)], dim=-1)
+        return out[pos]
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(probes={self.probes}, edge_dim={self.edge_dim}, "
