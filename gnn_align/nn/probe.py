@@ -29,8 +29,9 @@ class ProbePass(nn.Module):
         z_j = \sum_{i \in N^-(j)} (r^\top w_{ij}) \odot a_i + b_j, \qquad
         a_j = \sigma(\mathrm{BN}_j(z_j)),
 
-    where :math:`\sigma` is the networks' activation, :math:`w_{ij}` is the edge's kernel (a learned read-out :math:`r \in \mathbb{R}^{d \times K}`
-    turns it into one weight per probe; for a Linear layer :math:`r` scales the weight), residual
+    where :math:`\sigma` is the networks' activation, :math:`w_{ij}` is the edge's kernel (a learned
+    read-out :math:`r \in \mathbb{R}^{d \times K}` turns it into one weight per probe; for a Linear
+    layer :math:`r` scales the weight), residual
     skips add :math:`a_i` unchanged, and :math:`\mathrm{BN}_j` applies the neuron's BatchNorm
     statistics and affine parameters when it has them. Matching hidden neurons of two networks by
     :math:`z_j` is activation matching on virtual inputs; the backward pass does the same from the
@@ -141,12 +142,13 @@ class ProbePass(nn.Module):
         bn_scale = x[:, _NORM_W:_NORM_W + 1] / (x[:, _RUN_VAR:_RUN_VAR + 1] + 1e-5).sqrt()
         # forward: pre-activations z and activations a, one level at a time (level 0: the inputs)
         z = x.new_zeros(n, self.probes)
-        z[:start[1]] = self.in_probe(idx[:start[1]])
+        z[:start[1]] = torch.where((kind[:start[1]] == NODE_INPUT)[:, None], self.in_probe(idx[:start[1]]), 0.0)
         a = z.clone()
         to_level = level[order][blocks[:, _DST0]]
         for d in range(1, top + 1):
             r = slice(start[d], start[d + 1])
-            new = self._push(g, blocks[to_level == d], a, self.read_fwd, False, (r.start, r.stop)) + x[r, _BIAS:_BIAS + 1]
+            new = self._push(g, blocks[to_level == d], a, self.read_fwd, False, (r.start, r.stop)) \
+                + x[r, _BIAS:_BIAS + 1]
             bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
             z[r] = new
             a[r] = ACTIVATIONS[self.activation](torch.where(has_bn[r], bn, new), self.w0)
