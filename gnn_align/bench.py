@@ -96,25 +96,32 @@ def register_aligner(aligner) -> list:
 
 
 def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed: int = 0,
-                  num_lambdas: int = 25, reset_bn: bool = False, progress: bool = True) -> dict:
-    """Benchmark ``methods`` on ``num_pairs`` test pairs of the zoo at ``zoo_dir``; returns the results."""
+                  num_lambdas: int = 25, reset_bn: bool = False, progress: bool = True, split: str = "test",
+                  member: str | None = None) -> dict:
+    """Benchmark ``methods`` on ``num_pairs`` pairs of the zoo at ``zoo_dir``; returns the results.
+
+    Pairs come from ``split`` (``test``; ``heldout`` for a zoo's held-out architectures), of every
+    member or only of the member named ``member``."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    zoo = ModelZoo(str(zoo_dir), split="test", log=False)
+    zoo = ModelZoo(str(zoo_dir), split=split, log=False)
+    names = [m["name"] for m in zoo.members]
+    if member is not None and member not in names:
+        raise ZooError(f"{zoo_dir}: no member '{member}' in split '{split}'; members: {names}")
     unsupported = sorted({str(m.get("task")) for m in zoo.members} - set(NETWORK_TASKS))
     if unsupported:
         raise ZooError(f"{zoo_dir}: the benchmark does not support task(s) {unsupported}; "
                        f"supported: {list(NETWORK_TASKS)}")
-    pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
+    pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed),
+                              member=None if member is None else names.index(member))
     rows = {m: [] for m in methods}
     modules, losses = {}, set()
     for i, j in tqdm(pairs, desc="benchmark pairs", disable=not progress):
-        member = zoo.member_of(i)
-        info = zoo.members[member]
-        if member not in modules:
-            modules[member] = build_arch(info["arch"]).eval()
-        task, module, spec = network_task(zoo, i), modules[member], zoo.spec(member)  # j: same task
+        m = zoo.member_of(i)
+        if m not in modules:
+            modules[m] = build_arch(zoo.members[m]["arch"]).eval()
+        task, module, spec = network_task(zoo, i), modules[m], zoo.spec(m)  # j: same task
         losses.add(task.loss)
         a, b = zoo.state_dict(i), zoo.state_dict(j)
         bn = [task.x_train[s:s + 128] for s in range(0, min(512, len(task.x_train)), 128)] if reset_bn else None
@@ -128,7 +135,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
                                         loss=task.loss, num_lambdas=num_lambdas, reset_bn=bn)
             rows[name].append(dict(curve_metrics(curve), seconds=seconds, pair=[zoo.network_ids[i],
                                    zoo.network_ids[j]], curve=curve["loss"]))
-    return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": "test",
+    return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": split, "member": member,
             "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
             "loss": "+".join(sorted(losses)),
             "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], METHODS[m][1])
@@ -149,7 +156,8 @@ def _summary(rows: list, data: str) -> dict:
 
 def to_markdown(res: dict) -> str:
     head = ["method"] + [f"{k} (mean ± std)" for k in METRICS] + ["median s/pair", "data used"]
-    lines = [f"**{res['zoo']}** v{res['zoo_version']}: {res['pairs']} test pairs (seed {res['seed']}), "
+    lines = [f"**{res['zoo']}**" + (f" / {res['member']}" if res.get("member") else "")
+             + f" v{res['zoo_version']}: {res['pairs']} {res.get('split', 'test')} pairs (seed {res['seed']}), "
              f"{res['num_lambdas']} λ, test {loss_label(res.get('loss', 'ce'))}; torch threads {res['torch_threads']}"
              + ("; BatchNorm statistics reset on 512 training inputs per interpolated network"
                 if res["bn_reset"] else ""), "",

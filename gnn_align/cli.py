@@ -93,7 +93,8 @@ def _bench(args: argparse.Namespace) -> int:
         if args.aligner:
             register_aligner(load_aligner(args.aligner))
         return run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
-                             num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json)
+                             num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json,
+                             split=args.split, member=args.member)
 
     res = _guarded(args, compute)
     if res is None:
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--aligner", default=None, help="a train.py run folder: adds its best aligner as methods "
                        "gnn, gnn+wm (its prediction refined by weight matching) and gnn+sinkhorn")
     bench.add_argument("--pairs", type=int, default=100, help="number of test pairs (default 100)")
+    bench.add_argument("--split", default="test", help="split the pairs come from: test (default) or heldout "
+                       "(a zoo's held-out architectures)")
+    bench.add_argument("--member", default=None, help="only pairs of this member (architecture) of the zoo")
     bench.add_argument("--seed", type=int, default=0, help="seed of the pairs and of the methods")
     bench.add_argument("--lambdas", type=int, default=25, help="points on the interpolation curve")
     bench.add_argument("--reset-bn", action="store_true", help="reset BatchNorm statistics of every "

@@ -62,3 +62,12 @@ def test_learned_aligner_methods_join_the_same_table(tiny_zoo):
     pairs = [p["pair"] for p in res["methods"]["naive"]["per_pair"]]
     for s in res["methods"].values():  # every method is scored on the same pairs
         assert [p["pair"] for p in s["per_pair"]] == pairs
+
+
+def test_benchmark_of_one_member_and_unknown_member(tiny_zoo):
+    from gnn_align.zoo.storage import ZooError
+
+    res = run_benchmark(tiny_zoo, ["naive"], num_pairs=2, progress=False, member="digits-cnn")
+    assert res["member"] == "digits-cnn" and res["pairs"] == 2 and "/ digits-cnn" in to_markdown(res)
+    with pytest.raises(ZooError, match="no member 'nope'.*digits-cnn"):
+        run_benchmark(tiny_zoo, ["naive"], num_pairs=2, progress=False, member="nope")

@@ -202,6 +202,9 @@ def test_independent_pairs(tiny_zoo):
     assert all(0 <= i < len(train) for p in independent_pairs(train, 20, torch.Generator()) for i in p)
     with pytest.raises(ZooError, match="tiny"):
         independent_pairs(zoo[[0, 7]], 5, torch.Generator().manual_seed(0))
+    # pairs of one member only
+    ones = independent_pairs(zoo, 50, torch.Generator().manual_seed(0), member=1)
+    assert all(zoo.member_of(i) == 1 == zoo.member_of(j) and i != j for i, j in ones)
 
 
 def _replay(zoo, idx, seed, rescale):

@@ -20,11 +20,12 @@ from .dataset import ModelZoo
 from .storage import ZooError
 
 
-def _pair_groups(zoo: ModelZoo) -> list:
-    """Positions of the networks that may be paired: one group per member, or, for members whose
-    records carry a ``"signal"`` (INR zoos), one group per (member, signal) in order of appearance."""
+def _pair_groups(zoo: ModelZoo, member: int | None = None) -> list:
+    """Positions of the networks that may be paired: one group per member (or only ``member``), or,
+    for members whose records carry a ``"signal"`` (INR zoos), one group per (member, signal) in order
+    of appearance."""
     groups = []
-    for m in range(len(zoo.members)):
+    for m in range(len(zoo.members)) if member is None else [member]:
         pos = zoo.indices_of(m)
         signals = [zoo.record(p).get("signal") for p in pos]
         if all(s is None for s in signals):
@@ -37,18 +38,20 @@ def _pair_groups(zoo: ModelZoo) -> list:
     return groups
 
 
-def independent_pairs(zoo: ModelZoo, num_pairs: int, generator: torch.Generator | None = None) -> list:
+def independent_pairs(zoo: ModelZoo, num_pairs: int, generator: torch.Generator | None = None,
+                      member: int | None = None) -> list:
     """``num_pairs`` ordered pairs ``(i, j)``, ``i != j``, of positions in ``zoo`` of one member and,
     when the records carry a ``"signal"`` (INR zoos: networks fitted to one signal), of one signal.
 
     Uniform over all such pairs of this view: first a group (a member, or a member's signal), with
     probability proportional to its number of pairs ``n (n - 1)``, then a uniform pair of distinct
-    networks of it. Deterministic in the generator's state.
+    networks of it. Deterministic in the generator's state. With ``member`` (an index into
+    ``zoo.members``), only that member's networks are paired.
 
     Raises:
         ZooError: naming the zoo, when no member (signal) has two networks in this view.
     """
-    groups = _pair_groups(zoo)
+    groups = _pair_groups(zoo, member)
     counts = torch.tensor([len(g) * (len(g) - 1) for g in groups], dtype=torch.float64)
     if counts.sum() == 0:
         raise ZooError(f"zoo '{zoo.name}' ({zoo.root}, split={zoo.split}): no member (in an INR zoo: no "
