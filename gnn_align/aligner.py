@@ -50,19 +50,24 @@ class GNNAligner(nn.Module):
         self.head.reset_parameters()
 
     def scores(self, graphs_a: Sequence[NetGraph], graphs_b: Sequence[NetGraph]) -> tuple:
-        """Score matrices of every group of every pair (A_k, B_k); pairs share an architecture.
+        """Score matrices of every group of every pair (A_k, B_k); pairs share an architecture,
+        up to the widths of its groups (A narrower than B: partial matching).
 
         Returns:
             ``(scores, mask, groups)``: (G, n, n) scores and mask over the groups of all pairs,
             and for each group the pair index and group name.
 
         Shapes:
-            scores[g, i, j]: A's neuron i against B's neuron j.
+            scores[g, i, j]: A's neuron i against B's neuron j; ``n`` the widest group of the
+            batch; ``mask[g]`` marks the ``n_a x n_b`` block of the group's real neurons.
+
+        Raises:
+            ValueError: pairs whose permutation groups differ (names or order).
         """
         if len(graphs_a) != len(graphs_b):
             raise ValueError(f"got {len(graphs_a)} networks A but {len(graphs_b)} networks B")
         for k, (a, b) in enumerate(zip(graphs_a, graphs_b, strict=True)):
-            if a.group_names != b.group_names or a.num_nodes != b.num_nodes:
+            if a.group_names != b.group_names:
                 raise ValueError(f"pair {k}: A and B are not the same architecture")
         batch = Batch.from_data_list(list(graphs_a) + list(graphs_b))
         emb, mask = pool_groups(self.encoder(batch), batch)
@@ -81,19 +86,29 @@ class GNNAligner(nn.Module):
         """Hard permutations (Hungarian) for a batch of pairs, in one forward pass.
 
         Returns:
-            one dict ``group -> LongTensor`` per pair.
+            one dict ``group -> LongTensor`` per pair: a permutation, or where A's group is
+            narrower than B's an injective map (rectangular Hungarian on the ``n_a x n_b`` block;
+            see :mod:`gnn_align.partial`).
+
+        Raises:
+            GNNAlignError: a group of A wider than B's, naming the pair and group.
         """
         scores, mask, groups = self.scores(graphs_a, graphs_b)
         out: list = [{} for _ in graphs_a]
         for (k, name), s, m in zip(groups, scores, mask, strict=True):
-            n = int(m[:, 0].sum())
-            out[k][name] = hungarian(s[:n, :n])
+            n_a, n_b = int(m.any(1).sum()), int(m.any(0).sum())
+            if n_a > n_b:
+                raise GNNAlignError(f"pair {k}: group '{name}' of A has {n_a} neurons, wider than B's {n_b}")
+            out[k][name] = hungarian(s[:n_a, :n_b])
         return out
 
-    def align(self, state_a: dict, state_b: dict, spec: PermutationSpec) -> dict:
-        """The permutation aligning B to A (one pair)."""
+    def align(self, state_a: dict, state_b: dict, spec: PermutationSpec,
+              spec_b: PermutationSpec | None = None) -> dict:
+        """The permutation aligning B to A (one pair); ``spec_b``: B's spec when B is a wider copy
+        of A (then a partial match, see :func:`~gnn_align.partial.extract_subnetwork`)."""
         d = self.config["edge_dim"]
-        return self.predict([to_graph(state_a, spec, edge_dim=d)], [to_graph(state_b, spec, edge_dim=d)])[0]
+        return self.predict([to_graph(state_a, spec, edge_dim=d)],
+                            [to_graph(state_b, spec if spec_b is None else spec_b, edge_dim=d)])[0]
 
 
 def load_aligner(run_dir: str | Path) -> GNNAligner:
