@@ -69,14 +69,31 @@ class Config:
     resume: bool = False  # continue from OUT/checkpoint.pt
 
 
+#: named sets of Config defaults (``--preset NAME``; flags given on the command line still win)
+PRESETS = {
+    # one aligner for every architecture family of the mixed zoo (MLPs of many widths and depths,
+    # 1-D/2-D CNNs, residual nets with BatchNorm, LayerNorm MLPs; two tasks)
+    "mixed": {"zoo": "mixed", "out": "runs/mixed", "epochs": 6, "steps_per_epoch": 150,
+              "planted_per_step": 4, "unlabelled_per_step": 4, "val_pairs": 64, "bench_pairs": 0},
+}
+
+
 def parse_config(argv: list | None = None) -> Config:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    known, _ = pre.parse_known_args(argv)
+    defaults = dataclasses.asdict(Config()) | PRESETS.get(known.preset, {})
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="start from a named set of defaults: " + ", ".join(sorted(PRESETS)))
     for f in dataclasses.fields(Config):
         if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=f.default)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=defaults[f.name])
         else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return Config(**vars(parser.parse_args(argv)))
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=defaults[f.name])
+    args = vars(parser.parse_args(argv))
+    args.pop("preset")
+    return Config(**args)
 
 
 def ensure_zoo(cfg: Config) -> Path:

@@ -65,3 +65,11 @@ def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path, 
 def test_config_cli_is_generated_from_the_dataclass():
     cfg = train.parse_config(["--hidden", "12", "--resume", "--lr", "0.01"])
     assert cfg.hidden == 12 and cfg.resume and cfg.lr == 0.01 and cfg.zoo == "digits-mlp"
+
+
+def test_preset_sets_defaults_and_flags_still_win():
+    cfg = train.parse_config(["--preset", "mixed"])
+    assert cfg.zoo == "mixed" and cfg.out == "runs/mixed" and cfg.epochs == train.PRESETS["mixed"]["epochs"]
+    cfg = train.parse_config(["--preset", "mixed", "--epochs", "2", "--zoo", "other"])
+    assert cfg.epochs == 2 and cfg.zoo == "other" and cfg.planted_per_step == train.PRESETS["mixed"]["planted_per_step"]
+    assert train.parse_config([]) == train.Config()
