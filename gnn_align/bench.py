@@ -82,17 +82,18 @@ def register_method(name: str, fn: Callable, data: str = "none") -> None:
     METHODS[name] = (fn, data)
 
 
-def register_aligner(aligner) -> list:
-    """Register a trained :class:`~gnn_align.aligner.GNNAligner` as methods ``gnn`` (its prediction),
-    ``gnn+wm`` and ``gnn+sinkhorn`` (the prediction as the optimiser's starting permutation; the
+def register_aligner(aligner, name: str = "gnn") -> list:
+    """Register a trained :class:`~gnn_align.aligner.GNNAligner` as methods ``name`` (its prediction),
+    ``name+wm`` and ``name+sinkhorn`` (the prediction as the optimiser's starting permutation; the
     time includes the prediction). Returns the method names."""
     def gnn(c: PairContext) -> dict:
         return aligner.align(c.state_a, c.state_b, c.spec)
 
-    register_method("gnn", gnn, "none")
-    register_method("gnn+wm", lambda c: _wm(c, init=gnn(c)), "none")
-    register_method("gnn+sinkhorn", lambda c: _sinkhorn(c, init=gnn(c), init_scale=WARM_START_SCALE), _SINKHORN_DATA)
-    return ["gnn", "gnn+wm", "gnn+sinkhorn"]
+    register_method(name, gnn, "none")
+    register_method(f"{name}+wm", lambda c: _wm(c, init=gnn(c)), "none")
+    register_method(f"{name}+sinkhorn", lambda c: _sinkhorn(c, init=gnn(c), init_scale=WARM_START_SCALE),
+                    _SINKHORN_DATA)
+    return [name, f"{name}+wm", f"{name}+sinkhorn"]
 
 
 def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed: int = 0,

@@ -55,8 +55,13 @@ def weight_distance(state_a: Mapping, state_b: Mapping, mats: Mapping, spec: Per
 
 def interpolation_task_loss(module: nn.Module, state_a: Mapping, state_b: Mapping, mats: Mapping,
                             spec: PermutationSpec, x: Tensor, y: Tensor, lam: float, loss: str = "ce") -> Tensor:
-    """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (eval mode)."""
-    mixed = interpolate(state_a, apply_permutation_matrix(state_b, mats, spec), lam)
+    """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (eval mode).
+
+    Gradients flow through the learnable tensors only: buffers (BatchNorm running statistics) enter
+    as constants, since ``batch_norm`` cannot differentiate its running statistics."""
+    learnable = set(spec.learnable_keys())
+    mixed = {k: v if k in learnable else v.detach()
+             for k, v in interpolate(state_a, apply_permutation_matrix(state_b, mats, spec), lam).items()}
     was = module.training
     module.eval()
     try:

@@ -42,3 +42,19 @@ def test_losses_are_differentiable_in_the_soft_matrices():
     total.backward()
     assert all(v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
                for v in logits.values())
+
+
+def test_task_loss_is_differentiable_on_batchnorm_nets():
+    """Soft matrices also permute BatchNorm running statistics; they enter as constants (batch_norm
+    cannot differentiate them) and the gradient reaches every group through the weights."""
+    module, x = make_family("resnet2d_bn")
+    spec = spec_from_module(module, x)
+    a = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    b = {k: v.detach().clone() for k, v in make_family("resnet2d_bn", 1)[0].state_dict().items()}
+    logits = {g: torch.randn(n, n, generator=torch.Generator().manual_seed(0), requires_grad=True)
+              for g, n in spec.group_sizes.items()}
+    mats = {g: torch.softmax(v, -1) for g, v in logits.items()}
+    y = torch.zeros(x.shape[0], dtype=torch.long)
+    interpolation_task_loss(module, a, b, mats, spec, x, y, 0.5).backward()
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
+               for v in logits.values())
