@@ -73,7 +73,7 @@ class Config:
 PRESETS = {
     # one aligner for every architecture family of the mixed zoo (MLPs of many widths and depths,
     # 1-D/2-D CNNs, residual nets with BatchNorm, LayerNorm MLPs; two tasks)
-    "mixed": {"zoo": "mixed", "out": "runs/mixed", "epochs": 6, "steps_per_epoch": 150,
+    "mixed": {"zoo": "mixed", "out": "runs/mixed", "epochs": 16, "steps_per_epoch": 150,
               "planted_per_step": 4, "unlabelled_per_step": 4, "val_pairs": 64, "bench_pairs": 0},
 }
 
