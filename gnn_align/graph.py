@@ -95,7 +95,7 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
     d = longest if edge_dim is None else int(edge_dim)
     if d < longest:
         raise StateDictError(f"edge_dim={d} is shorter than the longest kernel ({longest} values)")
-    sk = _skeleton(st, tuple(spec.group_sizes), d)
+    sk = _skeleton(st, tuple(spec.group_sizes))
     n = sk["num_nodes"]
     x = torch.zeros(n, len(NODE_FEATURES), dtype=dtype)
     offs = _offsets(st)
@@ -117,7 +117,7 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
 
 
 @functools.lru_cache(maxsize=64)
-def _skeleton(st, groups: tuple, d: int) -> dict:
+def _skeleton(st, groups: tuple) -> dict:
     """The weight-free part of a graph (labels, edges, blocks), built once per structure: graphs of
     one architecture share these tensors, which nothing modifies in place."""
     offs = _offsets(st)
