@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from gnn_align import to_graph
 from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
-from gnn_align.bench import register_aligner, run_benchmark, to_markdown, write_results
+from gnn_align.bench import evaluate_alignment, register_aligner, run_benchmark, to_markdown, write_results
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
-from gnn_align.metrics import curve_metrics, interpolation_curve, matching_accuracy
-from gnn_align.permute import apply_permutation, invert_permutation
+from gnn_align.metrics import matching_accuracy
+from gnn_align.permute import invert_permutation
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs, planted_pair
 from gnn_align.zoo.storage import atomic_write, write_json
@@ -194,9 +194,7 @@ class Trainer:
             a, b, member = zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i)
             spec, t = zoo.spec(member), network_task(zoo, i)
             perm = al.predict([self.graph(a, zoo, member)], [self.graph(b, zoo, member)])[0]
-            curve = interpolation_curve(self.modules[member], a, apply_permutation(b, perm, spec), t.x_test,
-                                        t.y_test, t.loss)
-            barriers.append(curve_metrics(curve)["barrier_deepalign"])
+            barriers.append(evaluate_alignment(self.modules[member], a, b, perm, spec, t)[0]["barrier_deepalign"])
         al.train()
         return {"val_planted_acc": acc / len(self.val_planted), "val_barrier": sum(barriers) / len(barriers)}
 

@@ -38,10 +38,7 @@ def main(argv: list | None = None) -> dict:
     p.add_argument("--wm", action="store_true", help="also score weight matching on the same planted pairs")
     args = p.parse_args(argv)
     al, zoo = load_aligner(args.aligner), ModelZoo(str(Path(args.root) / args.zoo), split=args.split, log=False)
-    names = [m["name"] for m in zoo.members]
-    if args.member is not None and args.member not in names:
-        raise SystemExit(f"{args.zoo}: no member '{args.member}' in split {args.split}; members: {names}")
-    idx = zoo.indices_of(names.index(args.member)) if args.member else list(range(len(zoo)))
+    idx = zoo.indices_of(zoo.member_index(args.member)) if args.member else list(range(len(zoo)))
     gen, d = torch.Generator().manual_seed(args.seed), al.config["edge_dim"]
     pairs = [planted_pair(zoo, idx[i % len(idx)], gen) for i in range(args.pairs)]
     acc, exact = [], []

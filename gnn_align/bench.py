@@ -77,6 +77,20 @@ METHODS: dict = {
 METRICS = ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier", "loss_mid")
 
 
+def pair_generator(seed: int, i: int, j: int) -> torch.Generator:
+    """The random source a method gets for the pair ``(i, j)`` of a study seeded ``seed``: every study
+    (benchmark, warm starts) gives a pair the same draws."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + j)
+
+
+def evaluate_alignment(module: torch.nn.Module, state_a: dict, state_b: dict, perm: dict, spec, task,
+                       num_lambdas: int = 25, reset_bn: list | None = None) -> tuple:
+    """Interpolate A and B aligned by ``perm`` on the task's test data: ``(curve_metrics, curve)``."""
+    curve = interpolation_curve(module, state_a, apply_permutation(state_b, perm, spec), task.x_test, task.y_test,
+                                loss=task.loss, num_lambdas=num_lambdas, reset_bn=reset_bn)
+    return curve_metrics(curve), curve
+
+
 def register_method(name: str, fn: Callable, data: str = "none") -> None:
     """Add an alignment method (``fn(PairContext) -> permutation``) to the benchmark."""
     METHODS[name] = (fn, data)
@@ -107,15 +121,12 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     zoo = ModelZoo(str(zoo_dir), split=split, log=False)
-    names = [m["name"] for m in zoo.members]
-    if member is not None and member not in names:
-        raise ZooError(f"{zoo_dir}: no member '{member}' in split '{split}'; members: {names}")
     unsupported = sorted({str(m.get("task")) for m in zoo.members} - set(NETWORK_TASKS))
     if unsupported:
         raise ZooError(f"{zoo_dir}: the benchmark does not support task(s) {unsupported}; "
                        f"supported: {list(NETWORK_TASKS)}")
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed),
-                              member=None if member is None else names.index(member))
+                              member=None if member is None else zoo.member_index(member))
     rows = {m: [] for m in methods}
     modules, losses = {}, set()
     for i, j in tqdm(pairs, desc="benchmark pairs", disable=not progress):
@@ -127,14 +138,12 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
         a, b = zoo.state_dict(i), zoo.state_dict(j)
         bn = [task.x_train[s:s + 128] for s in range(0, min(512, len(task.x_train)), 128)] if reset_bn else None
         for name in methods:
-            ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss,
-                              torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + j))
+            ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(seed, i, j))
             t0 = time.perf_counter()
             perm = METHODS[name][0](ctx)
             seconds = time.perf_counter() - t0
-            curve = interpolation_curve(module, a, apply_permutation(b, perm, spec), task.x_test, task.y_test,
-                                        loss=task.loss, num_lambdas=num_lambdas, reset_bn=bn)
-            rows[name].append(dict(curve_metrics(curve), seconds=seconds, pair=[zoo.network_ids[i],
+            metrics, curve = evaluate_alignment(module, a, b, perm, spec, task, num_lambdas, bn)
+            rows[name].append(dict(metrics, seconds=seconds, pair=[zoo.network_ids[i],
                                    zoo.network_ids[j]], curve=curve["loss"]))
     return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": split, "member": member,
             "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
@@ -232,3 +241,12 @@ def speed_comparison(zoo_dir: str | Path, aligner, num_pairs: int = 200, batch_s
             "gnn_median_seconds": statistics.median(single), "wm_median_seconds": statistics.median(wm),
             "gnn_batched_pairs_per_second": len(states) / batched, "wm_pairs_per_second": len(states) / sum(wm),
             "gnn_single_pairs_per_second": len(states) / sum(single)}
+
+
+def speed_markdown(res: dict) -> str:
+    """The table of a :func:`speed_comparison` result."""
+    return (f"**{res['zoo']}**: {res['pairs']} test pairs, torch threads {res['torch_threads']}\n\n"
+            "| method | median s/pair (batch 1) | pairs/s |\n|---|---|---|\n"
+            f"| wm | {res['wm_median_seconds'] * 1000:.1f} ms | {res['wm_pairs_per_second']:.1f} |\n"
+            f"| gnn, batch 1 | {res['gnn_median_seconds'] * 1000:.1f} ms | {res['gnn_single_pairs_per_second']:.1f} |\n"
+            f"| gnn, batch {res['batch_size']} | – | {res['gnn_batched_pairs_per_second']:.1f} |\n")

@@ -119,7 +119,7 @@ def _warmstart(args: argparse.Namespace) -> int:
 
 def _speed(args: argparse.Namespace) -> int:
     from .aligner import load_aligner
-    from .bench import speed_comparison
+    from .bench import speed_comparison, speed_markdown
     from .zoo.storage import atomic_write, write_json
 
     res = _guarded(args, lambda: speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner),
@@ -127,11 +127,7 @@ def _speed(args: argparse.Namespace) -> int:
     if res is None:
         return 2
     out = Path(args.out or Path("results") / f"speed-{args.zoo}")
-    md = (f"**{res['zoo']}**: {res['pairs']} test pairs, torch threads {res['torch_threads']}\n\n"
-          "| method | median s/pair (batch 1) | pairs/s |\n|---|---|---|\n"
-          f"| wm | {res['wm_median_seconds'] * 1000:.1f} ms | {res['wm_pairs_per_second']:.1f} |\n"
-          f"| gnn, batch 1 | {res['gnn_median_seconds'] * 1000:.1f} ms | {res['gnn_single_pairs_per_second']:.1f} |\n"
-          f"| gnn, batch {res['batch_size']} | – | {res['gnn_batched_pairs_per_second']:.1f} |\n")
+    md = speed_markdown(res)
     write_json(out / "speed.json", res)
     atomic_write(out / "speed.md", lambda tmp: Path(tmp).write_text(md))
     print(md)

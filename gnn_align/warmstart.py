@@ -18,9 +18,8 @@ from tqdm.auto import tqdm
 
 from .archs import build_arch
 from .baselines import sinkhorn_rebasin, weight_matching
-from .bench import WARM_START_SCALE
-from .metrics import curve_metrics, interpolation_curve
-from .permute import apply_permutation, identity_permutation
+from .bench import WARM_START_SCALE, evaluate_alignment, pair_generator
+from .permute import identity_permutation
 from .tasks import loss_label, network_task
 from .zoo.dataset import ModelZoo
 from .zoo.pairs import independent_pairs
@@ -64,11 +63,9 @@ def warm_start_study(zoo_dir: str | Path, aligner, num_pairs: int = 20, seed: in
         spec, a, b = zoo.spec(member), zoo.state_dict(i), zoo.state_dict(j)
 
         def score(perm, a=a, b=b, spec=spec, module=module, task=task) -> float:
-            curve = interpolation_curve(module, a, apply_permutation(b, perm, spec), task.x_test, task.y_test,
-                                        loss=task.loss, num_lambdas=num_lambdas)
-            return curve_metrics(curve)["barrier_deepalign"]
+            return evaluate_alignment(module, a, b, perm, spec, task, num_lambdas)[0]["barrier_deepalign"]
 
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + i * 1009 + j)
+        gen = pair_generator(seed, i, j)
         wm = weight_matching(a, b, spec, generator=gen)
         pred = aligner.align(a, b, spec)
         wm_bar.append(score(wm.perm))

@@ -223,6 +223,17 @@ class ModelZoo(InMemoryDataset):
         """Manifest ids of the networks of this view, in view order."""
         return [int(self._records[i]["id"]) for i in self.indices()]
 
+    def member_index(self, name: str) -> int:
+        """The index in :attr:`members` of the member called ``name``.
+
+        Raises:
+            ZooError: naming the zoo, the split and its members, when there is none."""
+        names = [m["name"] for m in self.members]
+        if name not in names:
+            raise ZooError(f"zoo '{self.name}' ({self.root}): no member '{name}' in split '{self.split}'; "
+                           f"members: {names}")
+        return names.index(name)
+
     def indices_of(self, member: int | None = None) -> list:
         """Positions in this view of the networks of ``member`` (all positions for ``None``)."""
         return [p for p, i in enumerate(self.indices())
