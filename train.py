@@ -31,7 +31,7 @@ from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cro
 from gnn_align.metrics import matching_accuracy
 from gnn_align.permute import invert_permutation
 from gnn_align.tasks import network_task
-from gnn_align.zoo import ModelZoo, independent_pairs, planted_pair
+from gnn_align.zoo import ModelZoo, independent_pairs, member_weights, planted_pair, sample_networks
 from gnn_align.zoo.storage import atomic_write, write_json
 
 
@@ -51,6 +51,7 @@ class Config:
     steps_per_epoch: int = 100
     planted_per_step: int = 2  # planted pairs per step
     unlabelled_per_step: int = 4  # independent pairs per step (weight-distance + task losses)
+    member_weights: str = ""  # GLOB=W,... per-member sampling weights ("": the zoo's own mix)
     lr: float = 2e-3
     schedule: str = "cosine"  # learning-rate schedule over all steps: cosine (to 0) or none
     weight_decay: float = 5e-4
@@ -135,6 +136,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, (lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
                                                        if cfg.schedule == "cosine" else (lambda t: 1.0))
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.weights = member_weights(self.train_zoo, cfg.member_weights)
         self.modules = [build_arch(m["arch"]).eval() for m in self.train_zoo.members]
         vgen = torch.Generator().manual_seed(cfg.seed + 1)
         self.val_planted = [planted_pair(self.val_zoo, int(i), vgen)
@@ -146,9 +148,9 @@ class Trainer:
 
     def step(self) -> dict:
         cfg, zoo, gen = self.cfg, self.train_zoo, self.gen
-        idx = torch.randint(0, len(zoo), (cfg.planted_per_step,), generator=gen).tolist()
-        planted = [planted_pair(zoo, i, gen) for i in idx]
-        pairs = independent_pairs(zoo, cfg.unlabelled_per_step, gen) if cfg.unlabelled_per_step else []
+        planted = [planted_pair(zoo, i, gen) for i in sample_networks(zoo, cfg.planted_per_step, gen, self.weights)]
+        pairs = (independent_pairs(zoo, cfg.unlabelled_per_step, gen, weights=self.weights)
+                 if cfg.unlabelled_per_step else [])
         # (A, B, member, task of A): B fits the same data (same member; in INR zoos the same signal)
         states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i), network_task(zoo, i)) for i, j in pairs]
         ga = [self.graph(p.a, zoo, p.member) for p in planted] + [self.graph(s[0], zoo, s[2]) for s in states]

@@ -65,6 +65,18 @@ def _mixed_members() -> list:
     return m
 
 
+def _residual_members() -> list:
+    m = []
+    for w, b in [(16, 2), (32, 2), (64, 2), (48, 3)]:
+        m.append(_member(f"digits-resmlp-w{w}-b{b}", {"family": "residual_mlp", "in_features": 64, "width": w,
+                                                      "num_blocks": b, "out_features": 10}, "digits", 32,
+                         DIGITS_MLP_TRAIN))
+    for stem, ch in [(8, [8, 16]), (12, [12, 24]), (16, [16, 32])]:
+        m.append(_member(f"digits-resnet-{ch[0]}-{ch[1]}", dict(DIGITS_RESNET, stem_channels=stem, channels=ch),
+                         "digits-2d", 32, DIGITS_RESNET_TRAIN))
+    return m
+
+
 RECIPES = {
     "digits-mlp": {"version": 1, "members": [
         _member("digits-mlp", _mlp(64, 64, 3), "digits", 2000, DIGITS_MLP_TRAIN)]},
@@ -79,6 +91,9 @@ RECIPES = {
     "sine-inr": {"version": 1, "views": 4, "members": [
         _member("sine-inr", SIREN, "sine", 1000, SIREN_TRAIN, activation="sine")]},
     "mixed": {"version": 1, "members": _mixed_members()},
+    # residual nets of several widths (and a deeper residual MLP), for planted-pair recovery: the mixed
+    # zoo trains on one width per residual family (digits-resnet-8-16, digits-resmlp-w32-b2)
+    "residual": {"version": 1, "splits": {"test": 1.0}, "members": _residual_members()},
     "digits-mlp-shift": {"version": 1, "splits": {"test": 1.0}, "members": [
         _member("digits-mlp-shift", _mlp(64, 64, 3), "digits-shift", 1000, DIGITS_MLP_TRAIN)]},
 }

@@ -5,18 +5,43 @@ The foundation: a network's permutation symmetry as a :class:`PermutationSpec` (
 graph (:func:`to_graph` / :func:`from_graph`).
 """
 
+from .api import AlignResult, MergeResult, align, merge
 from .errors import GNNAlignError, PermutationError, StateDictError, UnsupportedLayerError
 from .graph import NetGraph, from_graph, global_group, relabel, to_graph
-from .permute import (apply_permutation, compose_permutations, identity_permutation,
-                      invert_permutation, random_permutation)
+from .permute import (
+                      apply_permutation,
+                      compose_permutations,
+                      identity_permutation,
+                      invert_permutation,
+                      random_permutation,
+)
 from .spec import Axis, NetStructure, PermutationSpec
 from .trace import spec_from_module
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Axis", "GNNAlignError", "NetGraph", "NetStructure", "PermutationError", "PermutationSpec",
-    "StateDictError", "UnsupportedLayerError", "apply_permutation", "compose_permutations",
-    "from_graph", "global_group", "identity_permutation", "invert_permutation", "random_permutation",
-    "relabel", "spec_from_module", "to_graph", "__version__",
+                      "AlignResult",
+                      "Axis",
+                      "GNNAlignError",
+                      "MergeResult",
+                      "NetGraph",
+                      "NetStructure",
+                      "PermutationError",
+                      "PermutationSpec",
+                      "StateDictError",
+                      "UnsupportedLayerError",
+                      "__version__",
+                      "align",
+                      "apply_permutation",
+                      "compose_permutations",
+                      "from_graph",
+                      "global_group",
+                      "identity_permutation",
+                      "invert_permutation",
+                      "merge",
+                      "random_permutation",
+                      "relabel",
+                      "spec_from_module",
+                      "to_graph",
 ]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch_geometric.data import Batch
 
 from .errors import GNNAlignError
@@ -70,6 +70,10 @@ class GNNAligner(nn.Module):
             if a.group_names != b.group_names:
                 raise ValueError(f"pair {k}: A and B are not the same architecture")
         batch = Batch.from_data_list(list(graphs_a) + list(graphs_b))
+        dtype = next(self.parameters()).dtype
+        for key in ("x", "edge_attr"):  # networks in another precision than the aligner's
+            if batch[key].dtype != dtype:
+                batch[key] = batch[key].to(dtype)
         emb, mask = pool_groups(self.encoder(batch), batch)
         half = emb.shape[0] // 2
         scores, m = self.head(emb[:half], emb[half:], mask[:half], mask[half:])

@@ -6,10 +6,10 @@ Widths and depths are constructor arguments; nothing here bakes in a weight shap
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
                 "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU}

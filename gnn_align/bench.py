@@ -12,67 +12,21 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .archs import build_arch
-from .baselines import activation_matching, sinkhorn_rebasin, weight_matching
+from .baselines import weight_matching
 from .graph import to_graph
+from .methods import METHODS, WARM_START_SCALE, PairContext, register_aligner, register_method  # noqa: F401 (re-exported)
 from .metrics import curve_metrics, interpolation_curve
-from .permute import apply_permutation, identity_permutation
+from .permute import apply_permutation
 from .tasks import NETWORK_TASKS, loss_label, network_task
 from .zoo.dataset import ModelZoo
 from .zoo.pairs import independent_pairs
 from .zoo.storage import ZooError, atomic_write, write_json
-
-
-@dataclass
-class PairContext:
-    """What a method may use to align B to A. ``x_train``/``y_train``: the training split of A's task
-    (:func:`~gnn_align.tasks.network_task`; in INR zoos the shared signal's 128 grid points)."""
-
-    module: torch.nn.Module
-    spec: object
-    state_a: dict
-    state_b: dict
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    loss: str
-    generator: torch.Generator
-
-
-def _am_batches(ctx: PairContext, n: int = 512, batch: int = 128) -> list:
-    return [ctx.x_train[s:s + batch] for s in range(0, min(n, ctx.x_train.shape[0]), batch)]
-
-
-def _wm(c: PairContext, init: dict | None = None) -> dict:
-    return weight_matching(c.state_a, c.state_b, c.spec, init=init, generator=c.generator).perm
-
-
-#: optimisation steps of Sinkhorn re-basin, from the identity (``sinkhorn``) or from a prediction
-SINKHORN_STEPS = 300
-#: logit scale of a warm start: Sinkhorn re-basin's logits start at this times the predicted permutation
-WARM_START_SCALE = 2.0
-_SINKHORN_DATA = f"train split, {SINKHORN_STEPS} steps of batches of 256"
-
-
-def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0) -> dict:
-    return sinkhorn_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss,
-                            steps=SINKHORN_STEPS, init=init, init_scale=init_scale, generator=c.generator).perm
-
-
-#: method name -> (function of a PairContext returning a permutation, data it uses)
-METHODS: dict = {
-    "naive": (lambda c: identity_permutation(c.spec), "none"),
-    "wm": (_wm, "none"),
-    "am": (lambda c: activation_matching(c.module, c.state_a, c.state_b, c.spec, _am_batches(c)).perm,
-           "train split, first 512 inputs"),
-    "sinkhorn": (_sinkhorn, _SINKHORN_DATA),
-}
 
 METRICS = ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier", "loss_mid")
 
@@ -89,25 +43,6 @@ def evaluate_alignment(module: torch.nn.Module, state_a: dict, state_b: dict, pe
     curve = interpolation_curve(module, state_a, apply_permutation(state_b, perm, spec), task.x_test, task.y_test,
                                 loss=task.loss, num_lambdas=num_lambdas, reset_bn=reset_bn)
     return curve_metrics(curve), curve
-
-
-def register_method(name: str, fn: Callable, data: str = "none") -> None:
-    """Add an alignment method (``fn(PairContext) -> permutation``) to the benchmark."""
-    METHODS[name] = (fn, data)
-
-
-def register_aligner(aligner, name: str = "gnn") -> list:
-    """Register a trained :class:`~gnn_align.aligner.GNNAligner` as methods ``name`` (its prediction),
-    ``name+wm`` and ``name+sinkhorn`` (the prediction as the optimiser's starting permutation; the
-    time includes the prediction). Returns the method names."""
-    def gnn(c: PairContext) -> dict:
-        return aligner.align(c.state_a, c.state_b, c.spec)
-
-    register_method(name, gnn, "none")
-    register_method(f"{name}+wm", lambda c: _wm(c, init=gnn(c)), "none")
-    register_method(f"{name}+sinkhorn", lambda c: _sinkhorn(c, init=gnn(c), init_scale=WARM_START_SCALE),
-                    _SINKHORN_DATA)
-    return [name, f"{name}+wm", f"{name}+sinkhorn"]
 
 
 def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed: int = 0,

@@ -30,7 +30,7 @@ Batching: ``perm_group`` and ``perm_pos`` are per-graph and are *not* shifted by
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch_geometric.data import Data

@@ -11,10 +11,9 @@ extended to matrices.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from .metrics import interpolate

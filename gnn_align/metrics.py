@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.func import functional_call
 
 from .zoo.batched import task_loss

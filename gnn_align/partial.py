@@ -14,7 +14,7 @@ first ``len(match[g])`` neurons.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

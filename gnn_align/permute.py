@@ -14,7 +14,7 @@ whose entries are ``p[g][q[g]]``; ``invert_permutation(p)`` undoes ``p``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

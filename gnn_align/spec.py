@@ -9,8 +9,9 @@ layers ("node sets"), the weight tensors that connect them and the residual skip
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -157,7 +158,7 @@ class PermutationSpec:
                     raise StateDictError(f"key '{key}' uses unknown permutation group '{a.group}'")
 
     @classmethod
-    def from_structure(cls, structure: NetStructure) -> "PermutationSpec":
+    def from_structure(cls, structure: NetStructure) -> PermutationSpec:
         sizes: dict = {}
         for ns in structure.nodesets:
             if ns.group is not None:

@@ -80,7 +80,7 @@ def load_task(name: str) -> Task:
                                x_test=task.x_test.clone(), y_test=task.y_test.clone())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_task(name: str) -> Task:
     """Build (once) the cached task; its tensors must never be handed out without cloning."""
     if name.startswith("digits"):
@@ -97,7 +97,7 @@ def _build_task(name: str) -> Task:
     return Task(name, x_tr, y_tr, x_te, y_te, loss="ce", num_outputs=10)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The stratified digits split, inputs scaled to [0, 1] with shape (N, 1, 8, 8)."""
     from sklearn.datasets import load_digits
@@ -112,7 +112,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return as_img(x_tr), as_lbl(y_tr), as_img(x_te), as_lbl(y_te)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist1d() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Generate MNIST-1D procedurally (never downloaded), inputs of shape (N, 40).
 
@@ -227,7 +227,7 @@ def loss_label(loss: str) -> str:
 NETWORK_TASKS = TASK_NAMES + ("sine",)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_task(name: str) -> Task:
     return load_task(name)
 

@@ -6,10 +6,10 @@ Each helper is itself tested on a case that must fail (see ``tests/test_testing.
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .permute import apply_permutation
 from .spec import PermutationSpec

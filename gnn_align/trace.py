@@ -13,9 +13,8 @@ import operator
 import warnings
 
 import torch
-import torch.fx as fx
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UnsupportedLayerError
@@ -49,7 +48,7 @@ _OTHER = object()  # a traced value that is not a feature tensor (a size, an int
 class _Feat:
     """A traced tensor whose axis 1 holds the neurons of node set ``ns`` (``block`` > 0: flattened)."""
 
-    __slots__ = ("ns", "block")
+    __slots__ = ("block", "ns")
 
     def __init__(self, ns: int, block: int = 0):
         self.ns, self.block = ns, block
@@ -293,7 +292,7 @@ def spec_from_module(module: nn.Module, example_input: torch.Tensor) -> Permutat
     """
     try:
         gm = fx.symbolic_trace(module)
-    except Exception as e:  # noqa: BLE001 - any tracing failure means we cannot see the network
+    except Exception as e:
         raise UnsupportedLayerError(type(module).__name__, "torch.fx trace", str(e).split("\n")[0]) from e
     modes = {m: m.training for m in module.modules()}
     module.eval()

@@ -12,7 +12,8 @@ from gnn_align import (NetGraph, apply_permutation, from_graph, invert_permutati
 from gnn_align.archs import CNN, MLP, build_arch
 from gnn_align.testing import output_change
 from gnn_align.zoo import (ModelZoo, PlantedPair, PlantedPairs, ZooError, augment, independent_pairs,
-                           init_states, planted_pair, stable_seed, write_json, write_shard)
+                           init_states, member_weights, planted_pair, sample_networks, stable_seed, write_json,
+                           write_shard)
 from gnn_align.zoo.augment import rescalable_nodesets
 
 from .conftest import make_family
@@ -205,6 +206,40 @@ def test_independent_pairs(tiny_zoo):
     # pairs of one member only
     ones = independent_pairs(zoo, 50, torch.Generator().manual_seed(0), member=1)
     assert all(zoo.member_of(i) == 1 == zoo.member_of(j) and i != j for i, j in ones)
+
+
+def test_member_weights_rules(tiny_zoo):
+    zoo = ModelZoo(tiny_zoo[0])
+    assert member_weights(zoo, "") is None
+    assert member_weights(zoo, "*resnet=3").tolist() == [1.0, 3.0]
+    assert member_weights(zoo, "tiny-*=2, *mlp=0").tolist() == [0.0, 2.0]  # the last matching rule wins
+    for bad, msg in [("nope=2", "matches no member"), ("*mlp", "GLOB=WEIGHT"), ("*mlp=-1", "GLOB=WEIGHT"),
+                     ("*mlp=x", "GLOB=WEIGHT"), ("=2", "GLOB=WEIGHT")]:
+        with pytest.raises(ValueError, match=msg):
+            member_weights(zoo, bad)
+
+
+def test_weighted_sampling_follows_member_weights(tiny_zoo):
+    zoo = ModelZoo(tiny_zoo[0])  # 7 + 4 networks: unweighted, member 0 dominates
+    gen = torch.Generator().manual_seed(0)
+    assert sample_networks(zoo, 5, torch.Generator().manual_seed(1)) == \
+        torch.randint(0, len(zoo), (5,), generator=torch.Generator().manual_seed(1)).tolist()
+    for w, lo, hi in [([1.0, 1.0], 0.42, 0.58), ([1.0, 3.0], 0.17, 0.33), ([0.0, 1.0], 0.0, 0.0)]:
+        w = torch.tensor(w, dtype=torch.float64)
+        nets = sample_networks(zoo, 600, gen, w)
+        pairs = independent_pairs(zoo, 600, gen, weights=w)
+        for share in (sum(zoo.member_of(i) == 0 for i in nets) / 600,
+                      sum(zoo.member_of(i) == 0 for i, _ in pairs) / 600):
+            assert lo <= share <= hi
+        assert all(zoo.member_of(i) == zoo.member_of(j) and i != j for i, j in pairs)
+        assert set(sample_networks(zoo, 600, gen, w)) <= set(range(len(zoo)))
+    # members without networks in a view (held-out architectures in the train split) are skipped
+    view = zoo[zoo.indices_of(1)]
+    w = torch.tensor([5.0, 1.0], dtype=torch.float64)
+    assert {view.member_of(i) for i in sample_networks(view, 50, gen, w)} == {1}
+    assert {view.member_of(i) for i, _ in independent_pairs(view, 50, gen, weights=w)} == {1}
+    with pytest.raises(ZooError, match="positive weight"):
+        sample_networks(view, 5, gen, torch.tensor([1.0, 0.0], dtype=torch.float64))
 
 
 def _replay(zoo, idx, seed, rescale):

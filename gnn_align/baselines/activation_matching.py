@@ -9,10 +9,10 @@ streamed batch by batch, so memory does not grow with the data.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.func import functional_call
 
 from ..ot import hungarian

@@ -14,13 +14,13 @@ Measured on 4 digits-mlp test pairs (150 steps, Deep-Align barrier): soft forwar
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from ..ot import hungarian, perm_to_matrix, sinkhorn
 from ..losses import interpolation_task_loss
+from ..ot import hungarian, perm_to_matrix, sinkhorn
 from ..permute import identity_permutation
 from ..spec import PermutationSpec
 from .weight_matching import MatchResult

@@ -5,4 +5,4 @@ from .encoder import NetEncoder, sinusoidal
 from .head import MatchingHead, pool_groups
 from .probe import ProbePass
 
-__all__ = ["MatchingHead", "NetConv", "NetEncoder", "pool_groups", "ProbePass", "sinusoidal"]
+__all__ = ["MatchingHead", "NetConv", "NetEncoder", "ProbePass", "pool_groups", "sinusoidal"]

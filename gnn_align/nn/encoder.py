@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..graph import EDGE_SKIP

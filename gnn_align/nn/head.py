@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..graph import global_group

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
 

@@ -20,7 +20,7 @@ deterministic function of the input and the generator's state.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -11,7 +11,7 @@ BatchNorm statistics are tracked per network.
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,8 +12,8 @@ import copy
 import json
 import re
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch_geometric.data import InMemoryDataset
@@ -166,7 +166,7 @@ class ModelZoo(InMemoryDataset):
         graph.member = int(m)
         return graph
 
-    def copy(self, idx=None) -> "ModelZoo":
+    def copy(self, idx=None) -> ModelZoo:
         """A dataset holding its own copy of the tensors of the selected networks (all by default)."""
         sel = list(self.indices() if idx is None else self.index_select(idx).indices())
         out = copy.copy(self)
@@ -184,7 +184,7 @@ class ModelZoo(InMemoryDataset):
             out._states[m] = {k: v.index_select(0, rows).clone() for k, v in self._states[m].items()}
         return out
 
-    def to(self, device) -> "ModelZoo":
+    def to(self, device) -> ModelZoo:
         if torch.device(device).type != "cpu":
             raise NotImplementedError("ModelZoo stays on the CPU; move batches of graphs instead")
         return self

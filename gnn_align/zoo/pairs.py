@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 
@@ -38,21 +39,77 @@ def _pair_groups(zoo: ModelZoo, member: int | None = None) -> list:
     return groups
 
 
+def member_weights(zoo: ModelZoo, rules: str) -> torch.Tensor | None:
+    """Per-member sampling weights from ``rules``, a comma-separated list of ``GLOB=WEIGHT`` (matched
+    against member names with :func:`fnmatch.fnmatchcase`; the last matching rule wins, unmatched
+    members weigh 1). ``""`` gives ``None``: sampling proportional to the networks (or pairs) each
+    member has, the zoo's own mix.
+
+    Raises:
+        ValueError: naming the rule, when it is not ``GLOB=WEIGHT`` with a weight ≥ 0, or matches
+            no member of the zoo.
+    """
+    if not rules.strip():
+        return None
+    names = [m["name"] for m in zoo.members]
+    w = torch.ones(len(names), dtype=torch.float64)
+    for rule in rules.split(","):
+        glob, sep, value = rule.strip().rpartition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not glob or not weight >= 0:
+            raise ValueError(f"member weight rule '{rule.strip()}': expected GLOB=WEIGHT with a weight >= 0")
+        hits = [k for k, n in enumerate(names) if fnmatch.fnmatchcase(n, glob)]
+        if not hits:
+            raise ValueError(f"member weight rule '{rule.strip()}' matches no member of zoo '{zoo.name}' "
+                             f"({', '.join(names)})")
+        w[hits] = weight
+    return w
+
+
+def sample_networks(zoo: ModelZoo, num: int, generator: torch.Generator | None = None,
+                    weights: torch.Tensor | None = None) -> list:
+    """``num`` positions of ``zoo``: uniform over its networks, or with per-member ``weights`` (see
+    :func:`member_weights`) first a member with probability proportional to its weight, then a
+    uniform network of it."""
+    if weights is None:
+        return torch.randint(0, len(zoo), (num,), generator=generator).tolist()
+    w = torch.tensor([float(weights[m]) if zoo.indices_of(m) else 0.0 for m in range(len(zoo.members))],
+                     dtype=torch.float64)
+    if w.sum() <= 0:
+        raise ZooError(f"zoo '{zoo.name}' (split={zoo.split}): no member with a positive weight has networks")
+    members = torch.multinomial(w, num, replacement=True, generator=generator).tolist()
+    u = torch.rand(num, generator=generator, dtype=torch.float64).tolist()
+    out = []
+    for m, x in zip(members, u, strict=True):
+        pos = zoo.indices_of(m)
+        out.append(pos[min(int(x * len(pos)), len(pos) - 1)])
+    return out
+
+
 def independent_pairs(zoo: ModelZoo, num_pairs: int, generator: torch.Generator | None = None,
-                      member: int | None = None) -> list:
+                      member: int | None = None, weights: torch.Tensor | None = None) -> list:
     """``num_pairs`` ordered pairs ``(i, j)``, ``i != j``, of positions in ``zoo`` of one member and,
     when the records carry a ``"signal"`` (INR zoos: networks fitted to one signal), of one signal.
 
     Uniform over all such pairs of this view: first a group (a member, or a member's signal), with
     probability proportional to its number of pairs ``n (n - 1)``, then a uniform pair of distinct
     networks of it. Deterministic in the generator's state. With ``member`` (an index into
-    ``zoo.members``), only that member's networks are paired.
+    ``zoo.members``), only that member's networks are paired. With per-member ``weights`` (see
+    :func:`member_weights`), a member is drawn with probability proportional to its weight, and
+    within it a group in proportion to its pairs.
 
     Raises:
         ZooError: naming the zoo, when no member (signal) has two networks in this view.
     """
     groups = _pair_groups(zoo, member)
     counts = torch.tensor([len(g) * (len(g) - 1) for g in groups], dtype=torch.float64)
+    if weights is not None:
+        owner = torch.tensor([zoo.member_of(g[0]) if g else 0 for g in groups])
+        per_member = torch.zeros(len(zoo.members), dtype=torch.float64).index_add_(0, owner, counts)
+        counts = torch.where(counts > 0, counts / per_member[owner].clamp_min(1) * weights.double()[owner], 0.0)
     if counts.sum() == 0:
         raise ZooError(f"zoo '{zoo.name}' ({zoo.root}, split={zoo.split}): no member (in an INR zoo: no "
                        "signal of a member) has two networks to pair")

@@ -1,4 +1,4 @@
-"""The ``gnn-align`` command line."""
+"""``gnn-align demo | bench | warmstart | speed``: the symmetry demo and the studies of a zoo."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from . import archs
-from .graph import from_graph, to_graph
-from .permute import apply_permutation, random_permutation
-from .testing import output_change
-from .trace import spec_from_module
+from .. import archs
+from ..graph import from_graph, to_graph
+from ..permute import apply_permutation, random_permutation
+from ..testing import output_change
+from ..trace import spec_from_module
 
 # name -> (factory, example input shape without batch); small versions of every family
 DEMO_NETWORKS = {
@@ -72,7 +72,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _guarded(args: argparse.Namespace, compute):
     """Set the torch threads and run ``compute()``; a library error is printed as one line and
     gives ``None`` (the caller exits 2)."""
-    from .errors import GNNAlignError
+    from ..errors import GNNAlignError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,8 +84,8 @@ def _guarded(args: argparse.Namespace, compute):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .aligner import load_aligner
-    from .bench import dumps, register_aligner, run_benchmark, to_markdown, write_results
+    from ..aligner import load_aligner
+    from ..bench import dumps, register_aligner, run_benchmark, to_markdown, write_results
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
@@ -105,8 +105,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _warmstart(args: argparse.Namespace) -> int:
-    from .aligner import load_aligner
-    from .warmstart import to_markdown, warm_start_study, write_warm_start
+    from ..aligner import load_aligner
+    from ..warmstart import to_markdown, warm_start_study, write_warm_start
 
     res = _guarded(args, lambda: warm_start_study(Path(args.root) / args.zoo, load_aligner(args.aligner),
                                                   num_pairs=args.pairs, seed=args.seed, progress=not args.json))
@@ -118,9 +118,9 @@ def _warmstart(args: argparse.Namespace) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from .aligner import load_aligner
-    from .bench import speed_comparison, speed_markdown
-    from .zoo.storage import atomic_write, write_json
+    from ..aligner import load_aligner
+    from ..bench import speed_comparison, speed_markdown
+    from ..zoo.storage import atomic_write, write_json
 
     res = _guarded(args, lambda: speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner),
                                                   num_pairs=args.pairs, batch_size=args.batch))
@@ -144,9 +144,8 @@ def _aligner_study_args(p: argparse.ArgumentParser, pairs: int, out: str) -> Non
     p.add_argument("--out", default=None, help=f"output folder (default results/{out}-ZOO)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gnn-align", description="Learn to align neural networks.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parsers(sub) -> None:
+    """Add demo, bench, warmstart and speed to the subcommands ``sub``."""
     demo = sub.add_parser("demo", help="derive the symmetry of each architecture family, permute a network "
                           "by it and prove its function is unchanged",
                           description="For each built-in architecture family: derive its PermutationSpec "
@@ -200,13 +199,3 @@ def build_parser() -> argparse.ArgumentParser:
     _aligner_study_args(speed, pairs=200, out="speed")
     speed.add_argument("--batch", type=int, default=50, help="pairs per batched forward (default 50)")
     speed.set_defaults(func=_speed)
-    return parser
-
-
-def main(argv: list | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Align and merge models in one call: :func:`align` and :func:`merge`.
+
+Both take ``nn.Module`` s (or state dicts plus ``module=``, an instance of the architecture), derive
+the permutation symmetry with :func:`~gnn_align.spec_from_module`, run a method of
+:mod:`gnn_align.methods` and permute with :func:`~gnn_align.apply_permutation`, the one group action.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import GNNAlignError
+from .methods import METHODS, PairContext, aligner_methods
+from .metrics import recompute_bn_stats
+from .models import check_state
+from .models import example_input as guess_input
+from .permute import apply_permutation
+from .spec import PermutationSpec
+from .trace import spec_from_module
+
+ALIGN_METHODS = ("gnn", "wm", "am", "sinkhorn", "gnn+wm", "gnn+sinkhorn")
+
+
+@dataclass
+class AlignResult:
+    """The alignment of B to A.
+
+    Attributes:
+        perm: group name -> permutation of B's neurons (``apply_permutation(state_b, perm, spec)``
+            is B aligned to A).
+        state: that aligned state dict of B.
+        seconds: wall time of the method (for ``gnn``: graphs, forward pass and Hungarian).
+        max_abs_diff: max |B(x) - aligned B(x)| on the example inputs (a permutation must not change
+            B's function; :func:`align` raises when it does).
+        method, spec: the method and the permutation symmetry used.
+    """
+
+    perm: dict
+    state: dict
+    seconds: float
+    max_abs_diff: float
+    method: str
+    spec: PermutationSpec = field(repr=False)
+    module: nn.Module = field(repr=False)
+
+    def model(self) -> nn.Module:
+        """A copy of the architecture holding B aligned to A (eval mode)."""
+        net = copy.deepcopy(self.module).eval()
+        net.load_state_dict(self.state)
+        return net
+
+    def summary(self) -> dict:
+        """JSON-ready figures: method, seconds, max |Δ| and group sizes."""
+        return {"method": self.method, "seconds": self.seconds, "max_abs_diff": self.max_abs_diff,
+                "groups": dict(self.spec.group_sizes)}
+
+
+def _state(model, name: str) -> dict:
+    if isinstance(model, nn.Module):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if isinstance(model, Mapping):
+        return {k: v.detach().clone() for k, v in model.items()}
+    raise TypeError(f"{name}: expected an nn.Module or a state dict, got {type(model).__name__}")
+
+
+def _split_data(data) -> tuple:
+    if data is None:
+        return None, None
+    if isinstance(data, torch.Tensor):
+        return data, None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return data[0], data[1]
+    raise TypeError("data must be a tensor of inputs or a pair (inputs, targets) of tensors")
+
+
+@torch.no_grad()
+def _max_abs_diff(module: nn.Module, before: dict, after: dict, x: torch.Tensor) -> float:
+    net = copy.deepcopy(module).eval()
+    net.load_state_dict(before)
+    y0 = net(x)
+    net.load_state_dict(after)
+    return float((net(x) - y0).abs().max())
+
+
+def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
+    from .pretrained import coverage_problems, signature
+
+    sig = signature(spec, module)
+    edge_dim = aligner.config["edge_dim"]
+    if max(sig["edge_lens"], default=0) > edge_dim:
+        raise GNNAlignError(f"the aligner reads edges of at most {edge_dim} values; this network has kernels of "
+                            f"{max(sig['edge_lens'])}: use method 'wm'")
+    trained = getattr(aligner, "meta", {}).get("trained_on")
+    problems = coverage_problems(trained, sig) if trained else []
+    if problems:
+        warnings.warn("this model lies outside what the aligner was trained on (" + "; ".join(problems)
+                      + "): its prediction may be poor; consider method='gnn+wm' or 'wm'", stacklevel=3)
+
+
+class _Prepared:
+    """Architecture, states, inputs and spec of models to align (validated once)."""
+
+    def __init__(self, models: Sequence, module: nn.Module | None, data, example_input, seed: int):
+        if module is None:
+            if not isinstance(models[0], nn.Module):
+                raise TypeError("models given as state dicts need module= (an instance of their architecture)")
+            module = models[0]
+        self.module = copy.deepcopy(module).eval()
+        self.states = [_state(m, f"model {k}") for k, m in enumerate(models)]
+        for k, s in enumerate(self.states):
+            check_state(self.module, s, f"model {k}")
+        self.x, self.y = _split_data(data)
+        self.gen = torch.Generator().manual_seed(seed)
+        if example_input is None:
+            example_input = self.x[:16] if self.x is not None else guess_input(self.module, 16, self.gen)
+        self.example = example_input
+        self.spec = spec_from_module(self.module, example_input[:8])
+
+
+def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None) -> AlignResult:
+    if method not in ALIGN_METHODS and method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALIGN_METHODS)}")
+    table = METHODS
+    if method.startswith("gnn"):
+        if aligner is None:
+            from .pretrained import load_pretrained
+
+            aligner = load_pretrained()
+        _check_coverage(aligner, prep.spec, prep.module)
+        table = aligner_methods(aligner)
+    sa, sb = prep.states[a], prep.states[b]
+    ctx = PairContext(prep.module, prep.spec, sa, sb, prep.x, prep.y, loss, prep.gen)
+    t0 = time.perf_counter()
+    perm = table[method][0](ctx)
+    seconds = time.perf_counter() - t0
+    state = apply_permutation(sb, perm, prep.spec)
+    delta = _max_abs_diff(prep.module, sb, state, prep.example)
+    dtype = next(v.dtype for v in sb.values() if v.is_floating_point())
+    with torch.no_grad():
+        prep.module.load_state_dict(sb)
+        scale = float(prep.module(prep.example).abs().max())
+    tol = atol if atol is not None else (1e-9 if dtype == torch.float64 else 1e-4) * max(1.0, scale)
+    if not delta <= tol:
+        raise GNNAlignError(f"permuting B changed its function: max |delta| = {delta:.3e} > {tol:.1e}; the derived "
+                            "symmetry does not hold for this model (please report it)")
+    return AlignResult(perm, state, seconds, delta, method, prep.spec, prep.module)
+
+
+def align(model_a, model_b, method: str = "gnn", aligner=None, data=None, *, module: nn.Module | None = None,
+          example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
+          atol: float | None = None) -> AlignResult:
+    """Align B to A: find the permutation of B's hidden neurons that best matches A.
+
+    Args:
+        model_a, model_b: two networks of one architecture (``nn.Module`` s, or state dicts with
+            ``module=``).
+        method: ``gnn`` (a learned aligner, one forward pass), ``wm`` (weight matching), ``am``
+            (activation matching; needs inputs), ``sinkhorn`` (Sinkhorn re-basin; needs inputs and
+            targets), ``gnn+wm`` or ``gnn+sinkhorn`` (the learned prediction refined by the optimiser).
+        aligner: a :class:`~gnn_align.aligner.GNNAligner` for the ``gnn`` methods; default the
+            pretrained one shipped in the package (which warns on models unlike its training zoo).
+        data: training inputs ``x``, or ``(x, y)``: used by ``am`` and ``sinkhorn``, and as example inputs.
+        module: the architecture, when the models are state dicts.
+        example_input: inputs for the symmetry trace and the function check (default: from ``data``,
+            else guessed from the first layer).
+        loss: ``ce`` or ``mse``, the task loss of ``sinkhorn``.
+        seed: seed of the methods' random choices.
+        atol: tolerance of the function check (default 1e-4, or 1e-9 in float64, times max(1, max |B(x)|)).
+
+    Returns:
+        :class:`AlignResult`.
+
+    Raises:
+        StateDictError: a model that does not fit the architecture (names the key and both shapes)
+            or holds NaN/Inf.
+        GNNAlignError: the permuted B does not compute what B computes.
+    """
+    prep = _Prepared([model_a, model_b], module, data, example_input, seed)
+    return _run(prep, 0, 1, method, aligner, loss, atol)
+
+
+@dataclass
+class MergeResult:
+    """``state``: the weighted average of the models aligned to the reference (BatchNorm statistics
+    recomputed when data was given); ``alignments``: one :class:`AlignResult` per other model."""
+
+    state: dict
+    alignments: list
+    bn_reset: bool
+    module: nn.Module = field(repr=False)
+
+    def model(self) -> nn.Module:
+        net = copy.deepcopy(self.module).eval()
+        net.load_state_dict(self.state)
+        return net
+
+
+def average_states(states: Sequence[Mapping], weights: Sequence[float] | None = None) -> dict:
+    """Weighted average of state dicts (weights normalised to sum 1; equal by default). Integer
+    tensors (BatchNorm's ``num_batches_tracked``) are taken from the first state."""
+    w = torch.tensor([1.0] * len(states) if weights is None else list(weights), dtype=torch.float64)
+    if len(w) != len(states) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"weights must be {len(states)} non-negative numbers with a positive sum")
+    w = w / w.sum()
+    return {k: sum(float(wi) * s[k] for wi, s in zip(w, states, strict=True)) if v.is_floating_point() else v.clone()
+            for k, v in states[0].items()}
+
+
+def merge(models: Sequence, weights: Sequence[float] | None = None, method: str = "gnn", data=None, *,
+          aligner=None, module: nn.Module | None = None, reference: int = 0,
+          example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
+          progress: bool = False) -> MergeResult:
+    """Align every model to ``models[reference]`` with ``method`` (see :func:`align`), then average.
+
+    With BatchNorm layers, the merged network's running statistics are recomputed on ``data``'s
+    inputs (up to 1024, batches of 128) when given; without data a warning says they are stale.
+
+    Raises:
+        ValueError: fewer than two models, or bad ``weights``.
+    """
+    if len(models) < 2:
+        raise ValueError(f"merge needs at least 2 models, got {len(models)}")
+    if not 0 <= reference < len(models):
+        raise ValueError(f"reference {reference} is not a model index (0..{len(models) - 1})")
+    prep = _Prepared(list(models), module, data, example_input, seed)
+    others = [k for k in range(len(models)) if k != reference]
+    results = [_run(prep, reference, k, method, aligner, loss, None)
+               for k in tqdm(others, desc=f"aligning to model {reference}", disable=not progress)]
+    aligned = [r.state for r in results]
+    aligned.insert(reference, prep.states[reference])
+    merged = average_states(aligned, weights)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())
+    if has_bn and prep.x is not None:
+        merged = recompute_bn_stats(prep.module, merged, [prep.x[s:s + 128] for s in range(0, min(1024, len(prep.x)), 128)])
+    elif has_bn:
+        warnings.warn("the merged network has BatchNorm layers but no data was given: its running statistics "
+                      "are averages of the models' and may be far off; pass data= to recompute them", stacklevel=2)
+    return MergeResult(merged, results, has_bn and prep.x is not None, prep.module)

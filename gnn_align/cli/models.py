@@ -1,0 +1,242 @@
+"""``gnn-align inspect | align | merge | eval``: work on model files.
+
+Model files are safetensors or ``.pt``/``.pth`` state dicts (read with ``weights_only=True``); the
+architecture comes from ``--model`` (see :mod:`gnn_align.models`). Every check runs before anything
+is written, and outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import GNNAlignError
+from ..models import build_model, check_state, example_input, load_state_file, save_state_file
+
+MODEL_HELP = ("architecture: mlp:IN,H1,..,OUT | mlp-ln:... | resmlp:IN,WIDTH,BLOCKS,OUT | cnn1d/cnn2d:CIN,C1,..,CLASSES "
+              "| resnet1d/resnet2d:CIN,STEM,C1,..,CLASSES | a JSON object {\"family\": ...} | package.module:factory")
+DATA_HELP = ("a built-in task (digits, digits-2d, mnist1d, mnist1d-1d, ...): its training inputs feed am/sinkhorn and "
+             "BatchNorm resets, its test split the evaluation")
+
+
+def _task(name: str | None):
+    if name is None:
+        return None
+    from ..tasks import load_task
+
+    try:
+        return load_task(name)
+    except (KeyError, ValueError) as e:
+        raise GNNAlignError(f"--data {name}: {e}") from None
+
+
+def _load(args, paths: list) -> tuple:
+    module = build_model(args.model)
+    states = []
+    for p in paths:
+        s = load_state_file(p)
+        check_state(module, s, str(p))
+        states.append(s)
+    return module, states
+
+
+def _aligner(spec: str | None):
+    if spec is None:
+        return None
+    if Path(spec).is_dir():
+        from ..aligner import load_aligner
+
+        return load_aligner(spec)
+    from ..pretrained import load_pretrained
+
+    return load_pretrained(spec)
+
+
+def _data(task):
+    return None if task is None else (task.x_train, task.y_train)
+
+
+def _out_ok(path: str) -> Path:
+    out = Path(path)
+    if out.suffix not in (".safetensors", ".pt", ".pth"):
+        raise GNNAlignError(f"-o {out}: use a .safetensors, .pt or .pth file name")
+    return out
+
+
+@torch.no_grad()
+def _accuracy(module, state: dict, task) -> float:
+    module.load_state_dict(state)
+    module.eval()
+    out = module(task.x_test)
+    return float((out.argmax(-1) == task.y_test).float().mean()) if task.loss == "ce" else float("nan")
+
+
+def _inspect(args) -> dict:
+    module = build_model(args.model)
+    if args.file:
+        check_state(module, load_state_file(args.file), args.file)
+    from ..trace import spec_from_module
+
+    spec = spec_from_module(module, example_input(module, generator=torch.Generator().manual_seed(0)))
+    if not args.json:
+        print(spec.describe())
+    return {"model": args.model, "file": args.file, "groups": dict(spec.group_sizes),
+            "parameters": sum(p.numel() for p in module.parameters())}
+
+
+def _align(args) -> dict:
+    from ..api import align
+
+    out = _out_ok(args.output)
+    module, (a, b) = _load(args, [args.a, args.b])
+    task = _task(args.data)
+    res = align(a, b, args.method, aligner=_aligner(args.aligner), data=_data(task), module=module,
+                loss=task.loss if task else "ce", seed=args.seed)
+    dist = lambda s: float(sum(((a[k] - s[k]).double() ** 2).sum() for k in a if a[k].is_floating_point())) ** 0.5
+    info = res.summary() | {"a": args.a, "b": args.b, "output": str(out), "distance_before": dist(b),
+                            "distance_after": dist(res.state)}
+    save_state_file(res.state, out)
+    if not args.json:
+        print(f"aligned {args.b} to {args.a} with {args.method} in {res.seconds:.3f} s\n"
+              f"  weight distance |A - B|: {info['distance_before']:.4f} -> {info['distance_after']:.4f}\n"
+              f"  function check: max |B(x) - aligned B(x)| = {res.max_abs_diff:.2e}\n  written: {out}")
+    return info
+
+
+def _merge(args) -> dict:
+    from ..api import average_states, merge
+
+    out = _out_ok(args.output)
+    if len(args.models) < 2:
+        raise GNNAlignError(f"merge needs at least 2 model files, got {len(args.models)}")
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    module, states = _load(args, args.models)
+    task = _task(args.data)
+    res = merge(states, weights, args.method, _data(task), aligner=_aligner(args.aligner), module=module,
+                loss=task.loss if task else "ce", seed=args.seed, progress=not args.json)
+    info = {"models": args.models, "method": args.method, "output": str(out), "bn_reset": res.bn_reset,
+            "seconds": sum(r.seconds for r in res.alignments)}
+    if task is not None and task.loss == "ce":
+        naive = average_states(states, weights)
+        if res.bn_reset:
+            from ..metrics import recompute_bn_stats
+
+            naive = recompute_bn_stats(module, naive, [task.x_train[s:s + 128]
+                                                            for s in range(0, min(1024, len(task.x_train)), 128)])
+        info |= {"test_accuracy": {"models": [_accuracy(module, s, task) for s in states],
+                                   "naive_average": _accuracy(module, naive, task),
+                                   "aligned_average": _accuracy(module, res.state, task)}}
+    save_state_file(res.state, out)
+    if not args.json:
+        print(f"merged {len(states)} models ({args.method}, {info['seconds']:.2f} s aligning) -> {out}")
+        if "test_accuracy" in info:
+            t = info["test_accuracy"]
+            print("| model | test accuracy |\n|---|---|")
+            for p, acc in zip(args.models, t["models"], strict=True):
+                print(f"| {p} | {acc:.4f} |")
+            print(f"| naive average | {t['naive_average']:.4f} |\n| aligned average | {t['aligned_average']:.4f} |")
+    return info
+
+
+def _eval(args) -> dict:
+    from ..metrics import curve_metrics, interpolation_curve
+    from ..zoo.storage import atomic_write, write_json
+
+    module, (a, b) = _load(args, [args.a, args.b])
+    task = _task(args.data)
+    if args.align:
+        from ..api import align
+
+        b = align(a, b, args.align, aligner=_aligner(args.aligner), data=_data(task), module=module,
+                  loss=task.loss, seed=args.seed).state
+    curve = interpolation_curve(module, a, b, task.x_test, task.y_test, loss=task.loss, num_lambdas=args.lambdas)
+    info = {"a": args.a, "b": args.b, "aligned_with": args.align, "data": args.data} | curve_metrics(curve) | {
+        "curve": curve}
+    out = Path(args.out)
+    rows = ["| λ | test loss | test accuracy |", "|---|---|---|"] + [
+        f"| {lam:.3f} | {loss:.4f} | {acc:.4f} |"
+        for lam, loss, acc in zip(curve["lambdas"], curve["loss"], curve.get("acc", [float("nan")] * len(curve["loss"])),
+                                  strict=True)]
+    md = "\n".join(rows) + f"\n\nbarrier (Deep-Align): {info['barrier_deepalign']:.4f}\n"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(curve["lambdas"], curve["loss"], marker="o", ms=3)
+    ax.set_xlabel("λ  (0: A, 1: B" + (f" aligned by {args.align})" if args.align else ")"))
+    ax.set_ylabel(f"test loss ({task.loss})")
+    ax.set_title(f"{Path(args.a).name} → {Path(args.b).name}")
+    fig.tight_layout()
+    write_json(out / "curve.json", info)
+    atomic_write(out / "curve.md", lambda tmp: Path(tmp).write_text(md))
+    atomic_write(out / "curve.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    if not args.json:
+        print(md + f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
+    return info
+
+
+def _common(p: argparse.ArgumentParser, methods: bool = True, output: bool = False) -> None:
+    if output:
+        p.add_argument("-o", "--output", required=True, help="output file (.safetensors, .pt or .pth)")
+        p.add_argument("--data", default=None, help=DATA_HELP)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    if methods:
+        p.add_argument("--method", default="gnn", help="gnn (default: the pretrained aligner), wm, am, sinkhorn, "
+                       "gnn+wm, gnn+sinkhorn (am and sinkhorn need --data)")
+        p.add_argument("--aligner", default=None, help="a train.py run folder or the name of a shipped aligner "
+                       "(default: the shipped one)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+
+
+def add_parsers(sub) -> None:
+    """Add inspect, align, merge and eval to the subcommands ``sub``."""
+    p = sub.add_parser("inspect", help="print the permutation groups of a model",
+                       description="Derive the permutation symmetry of an architecture (torch.fx) and print the "
+                       "table of its groups and the tensors each acts on. With a model file, check that it fits.")
+    p.add_argument("file", nargs="?", default=None, help="a model file to check against the architecture")
+    _common(p, methods=False)
+    p.set_defaults(run=_inspect)
+    p = sub.add_parser("align", help="write model B aligned to model A",
+                       description="Find the permutation of B's hidden neurons that best matches A, check that "
+                       "the permuted B computes exactly what B computes, and write it (atomically) to -o.")
+    p.add_argument("a", help="model file A (the reference)")
+    p.add_argument("b", help="model file B (the one permuted)")
+    _common(p, output=True)
+    p.set_defaults(run=_align)
+    p = sub.add_parser("merge", help="align models to the first and average them",
+                       description="Align every model to the first one, average them (optionally weighted) and "
+                       "write the result. With --data: BatchNorm statistics are recomputed, and the test accuracy "
+                       "of each model, of the naive average and of the aligned average is printed.")
+    p.add_argument("models", nargs="+", help="model files (the first is the reference)")
+    p.add_argument("--weights", default=None, help="comma-separated averaging weights (default equal)")
+    _common(p, output=True)
+    p.set_defaults(run=_merge)
+    p = sub.add_parser("eval", help="interpolation curve of two models: table + PNG",
+                       description="Evaluate (1-λ)·A + λ·B on the test split of --data for evenly spaced λ, "
+                       "optionally after aligning B to A (--align METHOD). Writes curve.json, curve.md and "
+                       "curve.png to --out and prints the table and the barrier.")
+    p.add_argument("a", help="model file A")
+    p.add_argument("b", help="model file B")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--align", default=None, help="align B to A first with this method (e.g. gnn, wm)")
+    p.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")
+    p.add_argument("--lambdas", type=int, default=11, help="points on the curve (default 11)")
+    p.add_argument("--out", default="results/eval", help="output folder (default results/eval)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    p.set_defaults(run=_eval)
+
+
+def run(args) -> int:
+    info = args.run(args)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    return 0

@@ -1,0 +1,198 @@
+"""Models from files and strings: architecture specs, safe state-dict files, example inputs.
+
+Model files are safetensors, or ``.pt``/``.pth`` state dicts read with ``torch.load(...,
+weights_only=True)``: a file whose unpickling would build arbitrary objects (run code) is refused
+before anything in it runs. An architecture is named by
+
+* a built-in string: ``mlp:IN,H1,...,Hk,OUT`` (``mlp-ln:`` with LayerNorm), ``resmlp:IN,WIDTH,BLOCKS,OUT``,
+  ``cnn1d:CIN,C1,...,Ck,CLASSES`` / ``cnn2d:...`` (3-wide kernels, global average pooling) and
+  ``resnet1d:CIN,STEM,C1,...,Ck,CLASSES`` / ``resnet2d:...`` (BatchNorm);
+* a JSON object ``{"family": ..., **kwargs}`` for :func:`gnn_align.archs.build_arch`;
+* ``package.module:factory``, a function called with no arguments that returns the ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import archs
+from .errors import GNNAlignError, StateDictError
+from .zoo.storage import atomic_write
+
+
+def _ints(name: str, text: str, least: int) -> list:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if len(vals) < least or min(vals, default=0) <= 0:
+        raise GNNAlignError(f"architecture '{name}:{text}': expected at least {least} positive integers "
+                            "separated by commas")
+    return vals
+
+
+def _builtin(family: str, text: str) -> nn.Module:
+    if family in ("mlp", "mlp-ln"):
+        v = _ints(family, text, 2)
+        return archs.MLP(v[0], v[1:-1], v[-1], layernorm=family == "mlp-ln")
+    if family == "resmlp":
+        v = _ints(family, text, 4)
+        if len(v) != 4:
+            raise GNNAlignError(f"architecture 'resmlp:{text}': expected IN,WIDTH,BLOCKS,OUT")
+        return archs.ResidualMLP(*v)
+    if family in ("cnn1d", "cnn2d"):
+        v = _ints(family, text, 3)
+        return archs.CNN(v[0], v[1:-1], v[-1], dim=int(family[3]))
+    v = _ints(family, text, 4)  # resnet1d / resnet2d
+    return archs.ResNet(v[0], v[1], v[2:-1], v[-1], dim=int(family[6]))
+
+
+BUILTIN_FAMILIES = ("mlp", "mlp-ln", "resmlp", "cnn1d", "cnn2d", "resnet1d", "resnet2d")
+
+
+def build_model(arch: str) -> nn.Module:
+    """The ``nn.Module`` named by ``arch`` (see the module docstring), in eval mode.
+
+    Raises:
+        GNNAlignError: naming ``arch`` when it is none of the accepted forms, or its factory fails.
+    """
+    arch = arch.strip()
+    if arch.startswith("{"):
+        try:
+            return archs.build_arch(json.loads(arch)).eval()
+        except (json.JSONDecodeError, ValueError) as e:
+            raise GNNAlignError(f"architecture {arch}: {e}") from None
+    family, sep, rest = arch.partition(":")
+    if not sep:
+        raise GNNAlignError(f"architecture '{arch}': expected FAMILY:SIZES (one of {', '.join(BUILTIN_FAMILIES)}), "
+                            "a JSON object or package.module:factory")
+    if family in BUILTIN_FAMILIES:
+        return _builtin(family, rest).eval()
+    try:
+        factory = getattr(importlib.import_module(family), rest)
+    except (ImportError, AttributeError) as e:
+        raise GNNAlignError(f"architecture '{arch}': cannot import factory '{rest}' from module '{family}' ({e})") \
+            from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise GNNAlignError(f"architecture '{arch}': the factory returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def load_state_file(path: str | Path) -> dict:
+    """A state dict from a ``.safetensors`` file or a ``.pt``/``.pth`` file (``weights_only=True``).
+
+    Raises:
+        GNNAlignError: naming the file when it is missing, truncated or corrupt, holds anything but
+            tensors, or would need arbitrary unpickling (which is never attempted).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GNNAlignError(f"{path}: file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad headers
+            raise GNNAlignError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    elif path.suffix in (".pt", ".pth"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise GNNAlignError(f"{path}: refused: loading it would unpickle objects other than tensors "
+                                f"(weights_only=True) {first}".rstrip()) from None
+        except (RuntimeError, EOFError, ValueError) as e:
+            raise GNNAlignError(f"{path}: not a readable torch file (truncated or corrupt?): "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+            state = state["state_dict"]
+    else:
+        raise GNNAlignError(f"{path}: unknown model file type '{path.suffix}' (use .safetensors, .pt or .pth)")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GNNAlignError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    return dict(state)
+
+
+def save_state_file(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` (``.safetensors``, or ``.pt``/``.pth``) atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    elif path.suffix in (".pt", ".pth"):
+        atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+    else:
+        raise GNNAlignError(f"{path}: unknown model file type '{path.suffix}' (use .safetensors, .pt or .pth)")
+    return path
+
+
+def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], name: str = "state dict") -> None:
+    """Check that ``state`` fits ``module``: same keys, same shapes, finite values.
+
+    Raises:
+        StateDictError: naming ``name`` and the first missing or unexpected key, the first key whose
+            shape differs (with both shapes), or the first key holding NaN/Inf.
+    """
+    ref = module.state_dict()
+    for k in ref:
+        if k not in state:
+            raise StateDictError(f"{name}: missing key '{k}' (the architecture expects shape {tuple(ref[k].shape)})")
+    for k in state:
+        if k not in ref:
+            raise StateDictError(f"{name}: unexpected key '{k}' (shape {tuple(state[k].shape)}), not in the "
+                                 "architecture")
+    for k, v in ref.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise StateDictError(f"{name}: key '{k}' has shape {tuple(state[k].shape)}, the architecture "
+                                 f"expects {tuple(v.shape)}")
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise StateDictError(f"{name}: key '{k}' contains NaN or Inf values")
+
+
+_TRY_SIZES = (8, 16, 28, 32, 40, 64, 224)
+
+
+@torch.no_grad()
+def example_input(module: nn.Module, batch: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random input batch that ``module`` accepts, found from its first Linear/Conv layer (for
+    convolutions, the first spatial size in (8, 16, 28, 32, 40, 64, 224) that runs).
+
+    Raises:
+        GNNAlignError: when no such input is found; pass one explicitly (``example_input=``).
+    """
+    first = next((m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))), None)
+    dtype = next((p.dtype for p in module.parameters()), torch.get_default_dtype())
+    if isinstance(first, nn.Linear):
+        shapes = [(first.in_features,)]
+    elif first is not None:
+        dim = 1 if isinstance(first, nn.Conv1d) else 2
+        shapes = [(first.in_channels,) + (s,) * dim for s in _TRY_SIZES]
+    else:
+        shapes = []
+    was = module.training
+    module.eval()
+    try:
+        for shape in shapes:
+            x = torch.randn((batch,) + shape, generator=generator, dtype=dtype)
+            try:
+                module(x)
+            except RuntimeError:
+                continue
+            return x
+    finally:
+        module.train(was)
+    raise GNNAlignError(f"cannot guess an input for {type(module).__name__}: pass example inputs "
+                        "(example_input=..., or data=...)")
+
