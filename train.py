@@ -208,16 +208,33 @@ def save_checkpoint(path: Path, trainer: Trainer, epoch: int, best: float) -> No
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+#: settings that do not change what a run computes
+RUNTIME_FIELDS = ("threads", "resume", "bench_pairs")
+
+
+def _same_run(out: Path, cfg: Config) -> bool:
+    """Whether ``out`` holds a checkpointed run of the same config (runtime settings aside)."""
+    if not (out / "config.json").is_file() or not (out / "checkpoint.pt").is_file():
+        return False
+    old = json.loads((out / "config.json").read_text())
+    new = dataclasses.asdict(cfg)
+    return all(old.get(k) == v for k, v in new.items() if k not in RUNTIME_FIELDS)
+
+
 def main(cfg: Config) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    same = _same_run(out, cfg)
     trainer = Trainer(cfg)
     write_json(out / "config.json", dataclasses.asdict(cfg) | {"edge_dim": trainer.edge_dim,
                                                                "aligner": trainer.aligner.config})
     start, best = 0, float("inf")
-    if cfg.resume and (out / "checkpoint.pt").is_file():
+    if same and not cfg.resume:
+        print(f"{out} holds a run with this config: continuing it (its aligner is loaded if it finished; "
+              "use another --out to train afresh)")
+    if (cfg.resume or same) and (out / "checkpoint.pt").is_file():
         ck = torch.load(out / "checkpoint.pt", weights_only=True)
         trainer.aligner.load_state_dict(ck["model"])
         trainer.opt.load_state_dict(ck["opt"])

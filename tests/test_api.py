@@ -86,7 +86,7 @@ def test_function_check_fails_loudly_when_the_symmetry_is_wrong(monkeypatch):
     """Negative control: a method returning a permutation that the spec does not describe (here, a
     permuted output layer, by editing B behind the group action) must be caught."""
     net = MLP(4, [3], 2).double().eval()
-    import gnn_align.api as api
+    from gnn_align import api
 
     def broken(state, perm, spec):  # permutes the output neurons too, which changes the function
         out = apply_permutation(state, perm, spec)

@@ -42,6 +42,14 @@ def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path, 
     # resuming a finished run trains nothing more; resuming after epoch 1 reproduces epoch 2
     again = train.main(_cfg(zoo_root, tmp_path / "run", resume=True))
     assert len((again / "metrics.jsonl").read_text().splitlines()) == 2
+    # the same config again (the main job run twice) loads the finished run instead of retraining it,
+    # (runtime settings such as threads may differ); a changed config trains afresh
+    before = (out / "aligner.safetensors").read_bytes()
+    train.main(_cfg(zoo_root, tmp_path / "run"))
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "aligner.safetensors").read_bytes() == before
+    assert train._same_run(out, _cfg(zoo_root, tmp_path / "run", bench_pairs=3))
+    assert not train._same_run(out, _cfg(zoo_root, tmp_path / "run", lr=1e-4))
     # a run killed during epoch 2 (before its checkpoint) resumes from epoch 1: same schedule, RNG, weights
     validate, calls = train.Trainer.validate, []
 
