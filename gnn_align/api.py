@@ -82,12 +82,12 @@ def _split_data(data) -> tuple:
 
 
 @torch.no_grad()
-def _max_abs_diff(module: nn.Module, before: dict, after: dict, x: torch.Tensor) -> float:
-    net = copy.deepcopy(module).eval()
-    net.load_state_dict(before)
-    y0 = net(x)
-    net.load_state_dict(after)
-    return float((net(x) - y0).abs().max())
+def _max_abs_diff(module: nn.Module, before: dict, after: dict, x: torch.Tensor) -> tuple:
+    """``(max |f_after(x) - f_before(x)|, max |f_before(x)|)``; ``module`` is left holding ``after``."""
+    module.load_state_dict(before)
+    y0 = module(x)
+    module.load_state_dict(after)
+    return float((module(x) - y0).abs().max()), float(y0.abs().max())
 
 
 def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
@@ -142,11 +142,8 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
     perm = table[method][0](ctx)
     seconds = time.perf_counter() - t0
     state = apply_permutation(sb, perm, prep.spec)
-    delta = _max_abs_diff(prep.module, sb, state, prep.example)
+    delta, scale = _max_abs_diff(prep.module, sb, state, prep.example)
     dtype = next(v.dtype for v in sb.values() if v.is_floating_point())
-    with torch.no_grad():
-        prep.module.load_state_dict(sb)
-        scale = float(prep.module(prep.example).abs().max())
     tol = atol if atol is not None else (1e-9 if dtype == torch.float64 else 1e-4) * max(1.0, scale)
     if not delta <= tol:
         raise GNNAlignError(f"permuting B changed its function: max |delta| = {delta:.3e} > {tol:.1e}; the derived "
