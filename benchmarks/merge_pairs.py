@@ -17,18 +17,12 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
-from gnn_align.api import average_states, merge
+from gnn_align.api import merge
 from gnn_align.archs import build_arch
-from gnn_align.metrics import recompute_bn_stats
+from gnn_align.metrics import accuracy
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
 from gnn_align.zoo.storage import atomic_write, write_json
-
-
-@torch.no_grad()
-def accuracy(net, state, task) -> float:
-    net.load_state_dict(state)
-    return float((net.eval()(task.x_test).argmax(-1) == task.y_test).float().mean())
 
 
 def main() -> None:
@@ -49,16 +43,12 @@ def main() -> None:
         m = zoo.member_of(i)
         net, task = build_arch(zoo.members[m]["arch"]).eval(), network_task(zoo, i)
         a, b = zoo.state_dict(i), zoo.state_dict(j)
-        bn = [task.x_train[s:s + 128] for s in range(0, 512, 128)]
-        naive = average_states([a, b])
-        if any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in net.modules()):
-            naive = recompute_bn_stats(net, naive, bn)
-        row = {"pair": [zoo.network_ids[i], zoo.network_ids[j]], "a": accuracy(net, a, task),
-               "b": accuracy(net, b, task), "naive": accuracy(net, naive, task)}
-        for meth in methods:
+        acc = lambda s, t=task, n=net: accuracy(n, s, t.x_test, t.y_test)  # noqa: E731
+        row = {"pair": [zoo.network_ids[i], zoo.network_ids[j]], "a": acc(a), "b": acc(b)}
+        for meth in ["naive"] + methods:  # naive: the plain average (BatchNorm reset alike)
             res = merge([a, b], method=meth, data=(task.x_train[:512], task.y_train[:512]), aligner=aligner,
                         module=net)
-            row[meth] = accuracy(net, res.state, task)
+            row[meth] = acc(res.state)
         rows.append(row)
         print(row)
     cols = ["a", "b", "naive"] + methods

@@ -11,7 +11,7 @@ prints the test loss barrier on the straight line between them, before and after
 
 import gnn_align
 from gnn_align.archs import ResNet
-from gnn_align.metrics import curve_metrics, interpolation_curve
+from gnn_align.metrics import curve_metrics, input_batches, interpolation_curve
 from gnn_align.tasks import load_task
 from gnn_align.zoo import train_networks, unstack_state
 
@@ -26,7 +26,7 @@ def main() -> None:
     res = gnn_align.align(a, b, "gnn", module=net, data=(task.x_train, task.y_train))
     print(f"aligned in {res.seconds * 1000:.1f} ms; groups: {dict(res.spec.group_sizes)}")
     print(f"function check: max |B(x) - aligned B(x)| = {res.max_abs_diff:.2e}")
-    batches = [task.x_train[s:s + 128] for s in range(0, 512, 128)]
+    batches = input_batches(task.x_train)  # the first 512 training inputs
     for name, state in (("naive", b), ("aligned", res.state)):
         curve = interpolation_curve(net, a, state, task.x_test, task.y_test, num_lambdas=11, reset_bn=batches)
         m = curve_metrics(curve)

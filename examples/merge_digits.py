@@ -9,18 +9,11 @@ to the first with the shipped aligner (``gnn``) and with weight matching (``wm``
 
 import argparse
 
-import torch
-
 import gnn_align
 from gnn_align.archs import MLP
+from gnn_align.metrics import accuracy
 from gnn_align.tasks import load_task
 from gnn_align.zoo import train_networks, unstack_state
-
-
-def accuracy(net: torch.nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor) -> float:
-    net.load_state_dict(state)
-    with torch.no_grad():
-        return float((net(x).argmax(-1) == y).float().mean())
 
 
 def main() -> None:
@@ -41,7 +34,6 @@ def main() -> None:
             merged = gnn_align.merge([a, b], method=method, module=net)
             row.append(accuracy(net, merged.state, task.x_test, task.y_test))
         print(f"| {k} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
-
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import GNNAlignError
 from .methods import METHODS, PairContext, aligner_methods
-from .metrics import recompute_bn_stats
+from .metrics import input_batches, recompute_bn_stats
 from .models import check_state
 from .models import example_input as guess_input
 from .permute import apply_permutation
@@ -236,7 +236,7 @@ def merge(models: Sequence, weights: Sequence[float] | None = None, method: str 
     merged = average_states(aligned, weights)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())
     if has_bn and prep.x is not None:
-        merged = recompute_bn_stats(prep.module, merged, [prep.x[s:s + 128] for s in range(0, min(1024, len(prep.x)), 128)])
+        merged = recompute_bn_stats(prep.module, merged, input_batches(prep.x, limit=1024))
     elif has_bn:
         warnings.warn("the merged network has BatchNorm layers but no data was given: its running statistics "
                       "are averages of the models' and may be far off; pass data= to recompute them", stacklevel=2)

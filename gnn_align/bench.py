@@ -21,7 +21,7 @@ from .archs import build_arch
 from .baselines import weight_matching
 from .graph import to_graph
 from .methods import METHODS, WARM_START_SCALE, PairContext, register_aligner, register_method  # noqa: F401 (re-exported)
-from .metrics import curve_metrics, interpolation_curve
+from .metrics import curve_metrics, input_batches, interpolation_curve
 from .permute import apply_permutation
 from .tasks import NETWORK_TASKS, loss_label, network_task
 from .zoo.dataset import ModelZoo
@@ -71,7 +71,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
         task, module, spec = network_task(zoo, i), modules[m], zoo.spec(m)  # j: same task
         losses.add(task.loss)
         a, b = zoo.state_dict(i), zoo.state_dict(j)
-        bn = [task.x_train[s:s + 128] for s in range(0, min(512, len(task.x_train)), 128)] if reset_bn else None
+        bn = input_batches(task.x_train) if reset_bn else None
         for name in methods:
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(seed, i, j))
             t0 = time.perf_counter()

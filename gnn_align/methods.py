@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .baselines import activation_matching, sinkhorn_rebasin, weight_matching
+from .metrics import input_batches
 from .permute import identity_permutation
 
 
@@ -38,9 +39,9 @@ class PairContext:
             raise ValueError(f"method '{method}' needs training data ({what})")
 
 
-def _am_batches(ctx: PairContext, n: int = 512, batch: int = 128) -> list:
+def _am_batches(ctx: PairContext) -> list:
     ctx.need("am")
-    return [ctx.x_train[s:s + batch] for s in range(0, min(n, ctx.x_train.shape[0]), batch)]
+    return input_batches(ctx.x_train)
 
 
 def _wm(c: PairContext, init: dict | None = None) -> dict:

@@ -114,6 +114,24 @@ def recompute_bn_stats(module: nn.Module, state: Mapping[str, torch.Tensor],
     return _reset_bn_stats(net, bns, state, list(batches))
 
 
+def input_batches(x: torch.Tensor, limit: int = 512, size: int = 128) -> list:
+    """The first ``limit`` inputs of ``x`` (all of them if fewer) in batches of ``size``: the data
+    BatchNorm statistics are recomputed on, and activation matching's statistics."""
+    return [x[s:s + size] for s in range(0, min(limit, x.shape[0]), size)]
+
+
+def accuracy(module: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 1024) -> float:
+    """Classification accuracy of the architecture ``module`` holding ``state`` (eval mode; neither
+    ``module``'s values nor its mode are changed)."""
+    was = module.training
+    module.eval()
+    try:
+        return _evaluate(module, dict(state), x, y, "ce", batch_size)[1]
+    finally:
+        module.train(was)
+
+
 @torch.no_grad()
 def _evaluate(net: nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor, loss: str,
               batch_size: int) -> tuple:

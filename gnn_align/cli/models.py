@@ -66,14 +66,6 @@ def _out_ok(path: str) -> Path:
     return out
 
 
-@torch.no_grad()
-def _accuracy(module, state: dict, task) -> float:
-    module.load_state_dict(state)
-    module.eval()
-    out = module(task.x_test)
-    return float((out.argmax(-1) == task.y_test).float().mean()) if task.loss == "ce" else float("nan")
-
-
 def _inspect(args) -> dict:
     module = build_model(args.model)
     if args.file:
@@ -107,7 +99,8 @@ def _align(args) -> dict:
 
 
 def _merge(args) -> dict:
-    from ..api import average_states, merge
+    from ..api import merge
+    from ..metrics import accuracy
 
     out = _out_ok(args.output)
     if len(args.models) < 2:
@@ -120,15 +113,10 @@ def _merge(args) -> dict:
     info = {"models": args.models, "method": args.method, "output": str(out), "bn_reset": res.bn_reset,
             "seconds": sum(r.seconds for r in res.alignments)}
     if task is not None and task.loss == "ce":
-        naive = average_states(states, weights)
-        if res.bn_reset:
-            from ..metrics import recompute_bn_stats
-
-            naive = recompute_bn_stats(module, naive, [task.x_train[s:s + 128]
-                                                            for s in range(0, min(1024, len(task.x_train)), 128)])
-        info |= {"test_accuracy": {"models": [_accuracy(module, s, task) for s in states],
-                                   "naive_average": _accuracy(module, naive, task),
-                                   "aligned_average": _accuracy(module, res.state, task)}}
+        naive = merge(states, weights, "naive", _data(task), module=module).state  # same BatchNorm reset
+        acc = lambda s: accuracy(module, s, task.x_test, task.y_test)  # noqa: E731
+        info |= {"test_accuracy": {"models": [acc(s) for s in states], "naive_average": acc(naive),
+                                   "aligned_average": acc(res.state)}}
     save_state_file(res.state, out)
     if not args.json:
         print(f"merged {len(states)} models ({args.method}, {info['seconds']:.2f} s aligning) -> {out}")
