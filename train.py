@@ -10,7 +10,6 @@ config), ``aligner.safetensors`` (the best weights by validation barrier), ``che
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -23,13 +22,16 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from gnn_align import distributed as ddp
 from gnn_align import to_graph
 from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.bench import evaluate_alignment, register_aligner, run_benchmark, to_markdown, write_results
+from gnn_align.checkpoint import load_training_state, save_training_state
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
 from gnn_align.metrics import matching_accuracy
 from gnn_align.permute import invert_permutation
+from gnn_align.runconfig import parse_dataclass_args
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs, member_weights, planted_pair, sample_networks
 from gnn_align.zoo.storage import atomic_write, write_json
@@ -66,8 +68,9 @@ class Config:
     val_pairs: int = 48  # independent validation pairs (barrier at hard permutations)
     bench_pairs: int = 200  # test pairs of the final benchmark (0: skip it)
     seed: int = 0
-    threads: int = 0  # torch threads (0: torch's default)
+    threads: int = 0  # torch threads per process (0: torch's default)
     resume: bool = False  # continue from OUT/checkpoint.pt
+    checkpoint_every: int = 0  # also checkpoint every this many steps within an epoch (0: at epoch ends)
 
 
 #: named sets of Config defaults (``--preset NAME``; flags given on the command line still win)
@@ -79,22 +82,13 @@ PRESETS = {
 }
 
 
+#: keys of a run's ``config.json`` that train.py derives (ignored when it is read back as ``--config``)
+DERIVED_KEYS = ("edge_dim", "aligner")
+
+
 def parse_config(argv: list | None = None) -> Config:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    known, _ = pre.parse_known_args(argv)
-    defaults = dataclasses.asdict(Config()) | PRESETS.get(known.preset, {})
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="start from a named set of defaults: " + ", ".join(sorted(PRESETS)))
-    for f in dataclasses.fields(Config):
-        if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=defaults[f.name])
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=defaults[f.name])
-    args = vars(parser.parse_args(argv))
-    args.pop("preset")
-    return Config(**args)
+    """Config from the command line: dataclass defaults < ``--preset`` < ``--config FILE`` < flags."""
+    return parse_dataclass_args(Config, argv, PRESETS, DERIVED_KEYS, __doc__.split("\n\n")[0])
 
 
 def ensure_zoo(cfg: Config) -> Path:
@@ -109,13 +103,24 @@ def ensure_zoo(cfg: Config) -> Path:
 
 
 class Trainer:
-    """Holds the zoos, the aligner and the optimiser of one run."""
+    """Holds the zoos, the aligner and the optimiser of one run (one rank of it, when distributed).
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        root = ensure_zoo(cfg)
-        self.train_zoo = ModelZoo(str(root), split="train", log=False)
-        self.val_zoo = ModelZoo(str(root), split="val", log=False)
+    Args:
+        cfg: the run's config.
+        info: this process's rank and world size; every rank draws the same global batch and
+            computes its slice (see :mod:`gnn_align.distributed`).
+    """
+
+    def __init__(self, cfg: Config, info: ddp.DistInfo | None = None):
+        self.cfg, self.info = cfg, info or ddp.DistInfo()
+        info = self.info
+        if cfg.planted_per_step + cfg.unlabelled_per_step < info.world:
+            raise ValueError(f"a global batch of {cfg.planted_per_step} planted + {cfg.unlabelled_per_step} "
+                             f"unlabelled pairs cannot be split over {info.world} ranks (one pair each at least)")
+        with ddp.main_first(info):  # rank 0 builds and caches the zoo; the others then read its files
+            root = ensure_zoo(cfg)
+            self.train_zoo = ModelZoo(str(root), split="train", log=False)
+            self.val_zoo = ModelZoo(str(root), split="val", log=False)
         self.edge_dim = max(ly.edge_len for m in range(len(self.train_zoo.members))
                             for ly in self.train_zoo.spec(m).structure.layers)
         acts = {(m.get("activation", "relu"), float(m["arch"].get("w0", 1.0))) for m in self.train_zoo.members}
@@ -128,6 +133,8 @@ class Trainer:
             self.aligner = GNNAligner(cfg.hidden, cfg.layers, self.edge_dim, edge_hidden=cfg.edge_hidden,
                                       head_scale=cfg.head_scale, probes=cfg.probes,
                                       activation=activation, w0=w0)
+        # DDP all-reduces (averages) the gradients; one process calls the aligner directly
+        self.model = torch.nn.parallel.DistributedDataParallel(self.aligner) if info.active else self.aligner
         self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      amsgrad=True)
         if cfg.schedule not in ("cosine", "none"):
@@ -143,46 +150,73 @@ class Trainer:
                             for i in torch.randint(0, len(self.val_zoo), (cfg.val_planted,), generator=vgen)]
         self.val_pairs = independent_pairs(self.val_zoo, cfg.val_pairs, vgen)
 
+    def save(self, path: Path, **position) -> None:
+        """Checkpoint the run at ``position`` (finished epochs, steps into the next, its loss sums, best)."""
+        save_training_state(path, self.aligner, self.opt, self.sched, self.gen, **position)
+
     def graph(self, state, zoo, member):
         return to_graph(state, zoo.spec(member), edge_dim=self.edge_dim)
 
-    def step(self) -> dict:
+    def draw(self) -> tuple:
+        """The global batch of one step, drawn from the run's generator (the same on every rank).
+
+        Returns:
+            ``(planted, unlabelled)``: planted pairs, and ``(i, j, sel, lam)`` per independent pair
+            (zoo indices, the task-batch rows and the interpolation weight of its task loss).
+        """
         cfg, zoo, gen = self.cfg, self.train_zoo, self.gen
         planted = [planted_pair(zoo, i, gen) for i in sample_networks(zoo, cfg.planted_per_step, gen, self.weights)]
         pairs = (independent_pairs(zoo, cfg.unlabelled_per_step, gen, weights=self.weights)
                  if cfg.unlabelled_per_step else [])
-        # (A, B, member, task of A): B fits the same data (same member; in INR zoos the same signal)
-        states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i), network_task(zoo, i)) for i, j in pairs]
+        unlabelled = []
+        for i, j in pairs:
+            n = network_task(zoo, i).x_train.shape[0]
+            sel = torch.randint(0, n, (cfg.task_batch,), generator=gen)
+            unlabelled.append((i, j, sel, float(torch.rand((), generator=gen))))
+        return planted, unlabelled
+
+    def step(self) -> dict:
+        """One optimiser step on the global batch; returns its losses (summed over ranks)."""
+        cfg, zoo = self.cfg, self.train_zoo
+        planted, unlabelled = self.draw()
+        mine = ddp.shard([("planted", p) for p in planted] + [("pair", u) for u in unlabelled], self.info)
+        planted = [p for kind, p in mine if kind == "planted"]
+        # (A, B, member, task of A, rows, lam): B fits the same data (same member; in INR zoos the same signal)
+        states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i), network_task(zoo, i), sel, lam)
+                  for kind, (i, j, sel, lam) in ((k, u) for k, u in mine if k == "pair")]
         ga = [self.graph(p.a, zoo, p.member) for p in planted] + [self.graph(s[0], zoo, s[2]) for s in states]
         gb = [self.graph(p.b, zoo, p.member) for p in planted] + [self.graph(s[1], zoo, s[2]) for s in states]
-        soft, scores, mask, groups = self.aligner.soft(ga, gb, cfg.sinkhorn_iters, cfg.tau)
-        losses = {}
-        rows = [r for r, (k, _) in enumerate(groups) if k < len(planted)]
-        if rows:
-            targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
-            for t, r in enumerate(rows):
-                k, g = groups[r]
-                inv = invert_permutation(planted[k].perm)[g]
-                targets[t, :len(inv)] = inv
-            losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets)
-        if states:
+        soft, scores, mask, groups = self.model(ga, gb, cfg.sinkhorn_iters, cfg.tau)
+        # losses normalised by the global batch: planted rows counted over all ranks, pairs drawn
+        losses, zero = {}, scores.new_zeros(())
+        if cfg.planted_per_step:
+            rows = [r for r, (k, _) in enumerate(groups) if k < len(planted)]
+            n_rows = ddp.all_reduce_sum(torch.tensor(float(mask[rows].any(-1).sum()) if rows else 0.0), self.info)
+            losses["planted"] = zero
+            if rows:
+                targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
+                for t, r in enumerate(rows):
+                    k, g = groups[r]
+                    inv = invert_permutation(planted[k].perm)[g]
+                    targets[t, :len(inv)] = inv
+                losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
+        if unlabelled:
             mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):]
-            l2, task = 0.0, 0.0
-            for (a, b, member, t), m in zip(states, mats, strict=True):
+            l2, task = zero, zero
+            for (a, b, member, t, sel, lam), m in zip(states, mats, strict=True):
                 spec = zoo.spec(member)
                 l2 = l2 + weight_distance(a, b, m, spec)
-                sel = torch.randint(0, t.x_train.shape[0], (cfg.task_batch,), generator=gen)
-                lam = float(torch.rand((), generator=gen))
                 task = task + interpolation_task_loss(self.modules[member], a, b, m, spec, t.x_train[sel],
                                                       t.y_train[sel], lam, t.loss)
-            losses["l2"], losses["task"] = l2 / len(states), task / len(states)
+            losses["l2"], losses["task"] = l2 / len(unlabelled), task / len(unlabelled)
         total = sum(getattr(cfg, f"w_{k}") * v for k, v in losses.items())
         self.opt.zero_grad()
-        total.backward()
+        (total * ddp.rank_scale(self.info)).backward()
         torch.nn.utils.clip_grad_norm_(self.aligner.parameters(), cfg.clip)
         self.opt.step()
         self.sched.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        summed = ddp.all_reduce_sum(torch.stack([v.detach() for v in losses.values()]), self.info)
+        return dict(zip(losses, summed.tolist(), strict=True))
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -201,15 +235,8 @@ class Trainer:
         return {"val_planted_acc": acc / len(self.val_planted), "val_barrier": sum(barriers) / len(barriers)}
 
 
-def save_checkpoint(path: Path, trainer: Trainer, epoch: int, best: float) -> None:
-    state = {"model": trainer.aligner.state_dict(), "opt": trainer.opt.state_dict(),
-             "sched": trainer.sched.state_dict(), "epoch": epoch,
-             "best": best, "rng": trainer.gen.get_state()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
 #: settings that do not change what a run computes
-RUNTIME_FIELDS = ("threads", "resume", "bench_pairs")
+RUNTIME_FIELDS = ("threads", "resume", "bench_pairs", "checkpoint_every")
 
 
 def _same_run(out: Path, cfg: Config) -> bool:
@@ -218,50 +245,84 @@ def _same_run(out: Path, cfg: Config) -> bool:
         return False
     old = json.loads((out / "config.json").read_text())
     new = dataclasses.asdict(cfg)
-    return all(old.get(k) == v for k, v in new.items() if k not in RUNTIME_FIELDS)
+    return all(old.get(k, Config.__dataclass_fields__[k].default) == v for k, v in new.items()
+               if k not in RUNTIME_FIELDS)
 
 
-def main(cfg: Config) -> Path:
+def train(cfg: Config) -> Trainer:
+    """Train (or continue) the run of ``cfg``; under ``torchrun`` one rank of a data-parallel run.
+
+    Rank 0 writes every file and log; all ranks load the same checkpoint when resuming, and the
+    run ends by checking that every rank holds the same parameters.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    info = ddp.init_distributed("gloo")
+    try:
+        return _train(cfg, info)
+    finally:
+        ddp.shutdown(info)
+
+
+def _train(cfg: Config, info: ddp.DistInfo) -> Trainer:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    main_rank = info.is_main
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
     same = _same_run(out, cfg)
-    trainer = Trainer(cfg)
-    write_json(out / "config.json", dataclasses.asdict(cfg) | {"edge_dim": trainer.edge_dim,
-                                                               "aligner": trainer.aligner.config})
-    start, best = 0, float("inf")
-    if same and not cfg.resume:
+    trainer = Trainer(cfg, info)
+    if main_rank:
+        write_json(out / "config.json", dataclasses.asdict(cfg) | {"edge_dim": trainer.edge_dim,
+                                                                   "aligner": trainer.aligner.config})
+    start, step0, sums0, best = 0, 0, {}, float("inf")
+    if same and not cfg.resume and main_rank:
         print(f"{out} holds a run with this config: continuing it (its aligner is loaded if it finished; "
               "use another --out to train afresh)")
     if (cfg.resume or same) and (out / "checkpoint.pt").is_file():
-        ck = torch.load(out / "checkpoint.pt", weights_only=True)
-        trainer.aligner.load_state_dict(ck["model"])
-        trainer.opt.load_state_dict(ck["opt"])
-        trainer.sched.load_state_dict(ck["sched"])
-        trainer.gen.set_state(ck["rng"])
-        start, best = ck["epoch"], ck["best"]
+        pos = load_training_state(out / "checkpoint.pt", trainer.aligner, trainer.opt, trainer.sched, trainer.gen)
+        start, step0, sums0, best = pos["epoch"], pos.get("step", 0), pos.get("sums", {}), pos["best"]
+        if main_rank and (out / "metrics.jsonl").is_file():  # drop lines of epochs the checkpoint lacks
+            keep = [ln for ln in (out / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["epoch"] <= start]
+            atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(f"{ln}\n" for ln in keep)))
+    if info.active and main_rank:
+        print(f"data-parallel run: {info.world} ranks (gloo), global batch {cfg.planted_per_step} planted + "
+              f"{cfg.unlabelled_per_step} unlabelled pairs per step")
     for epoch in range(start, cfg.epochs):
-        t0, sums = time.perf_counter(), {}
-        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        t0, sums = time.perf_counter(), dict(sums0) if epoch == start else {}
+        first = step0 if epoch == start else 0
+        bar = tqdm(range(first, cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not main_rank, initial=first, total=cfg.steps_per_epoch)
         for s in bar:
             for k, v in trainer.step().items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / (s + 1):.3f}" for k, v in sums.items()})
-        record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 2),
-                  **{f"train_{k}": v / cfg.steps_per_epoch for k, v in sums.items()}, **trainer.validate()}
-        if record["val_barrier"] < best:
-            best = record["val_barrier"]
-            tensors = {k: v.detach().contiguous() for k, v in trainer.aligner.state_dict().items()}
-            atomic_write(out / "aligner.safetensors", lambda tmp, t=tensors: save_file(t, tmp))
-        record["best_val_barrier"] = best
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        save_checkpoint(out / "checkpoint.pt", trainer, epoch + 1, best)
-        print(json.dumps(record))
-    if cfg.bench_pairs:
+            if cfg.checkpoint_every and (s + 1) % cfg.checkpoint_every == 0 and s + 1 < cfg.steps_per_epoch \
+                    and main_rank:
+                trainer.save(out / "checkpoint.pt", epoch=epoch, step=s + 1, sums=sums, best=best)
+        if main_rank:
+            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 2),
+                      **{f"train_{k}": v / cfg.steps_per_epoch for k, v in sums.items()}, **trainer.validate()}
+            if record["val_barrier"] < best:
+                best = record["val_barrier"]
+                tensors = {k: v.detach().contiguous() for k, v in trainer.aligner.state_dict().items()}
+                atomic_write(out / "aligner.safetensors", lambda tmp, t=tensors: save_file(t, tmp))
+            record["best_val_barrier"] = best
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            trainer.save(out / "checkpoint.pt", epoch=epoch + 1, step=0, sums={}, best=best)
+            print(json.dumps(record))
+        ddp.barrier(info)  # the other ranks wait for rank 0's validation and checkpoint
+    ddp.check_ranks_agree(trainer.aligner, info)
+    return trainer
+
+
+def main(cfg: Config) -> Path:
+    """Train, then (rank 0, ``bench_pairs`` > 0) benchmark the best aligner on the zoo's test pairs."""
+    train(cfg)
+    out = Path(cfg.out)
+    if cfg.bench_pairs and int(os.environ.get("RANK", "0")) == 0:
         names = ["naive", "wm", "am", "sinkhorn"] + register_aligner(load_aligner(out))
         res = run_benchmark(Path(cfg.zoo_root) / cfg.zoo, names, num_pairs=cfg.bench_pairs, seed=cfg.seed)
         write_results(res, out / "bench")

@@ -2,10 +2,16 @@
 
 Re-running a build skips every finished shard (its ``.json`` record exists and the shard's checksum
 matches), so an interrupted build resumes where it stopped and ends identical to an uninterrupted one.
+:func:`build_shards` with ``part="i/n"`` trains one slice of the shards (several machines can share a
+folder), :func:`merge` then writes the manifest; :func:`build` does both. Wall-clock times go to the
+build log (``build-log.json``), which is not part of the zoo: every other file depends only on the
+recipe (and on the software and hardware that trained it), byte for byte the same however the work
+was split.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +20,16 @@ from tqdm.auto import tqdm
 
 from gnn_align.tasks import load_task, sine_signals
 from gnn_align.zoo.batched import StackedForward, evaluate, stable_seed, train_networks
-from gnn_align.zoo.storage import MANIFEST, atomic_write, read_json, sha256, write_json, write_shard
+from gnn_align.zoo.storage import (
+    MANIFEST,
+    ZooError,
+    atomic_write,
+    log_seconds,
+    read_json,
+    sha256,
+    write_json,
+    write_shard,
+)
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "zoos"
 
@@ -97,56 +112,147 @@ def _train_shard(member: dict, data: dict, recs: list, progress: bool) -> tuple:
     return state, out, history
 
 
-def build(recipe: dict, root: str | Path = DEFAULT_ROOT, max_shards: int | None = None,
-          progress: bool = True) -> Path | None:
-    """Build (or resume) the zoo of ``recipe`` under ``root/<name>``.
+def parse_part(text: str) -> tuple[int, int]:
+    """Parse a ``--shard`` value ``"i/n"``: slice ``i`` of ``n``, the shards ``k`` with ``k % n == i``.
+
+    Raises:
+        ValueError: unless ``text`` is ``i/n`` with integers ``0 <= i < n``.
+    """
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if m is None or not int(m[1]) < int(m[2]):
+        raise ValueError(f"--shard must be i/n with 0 <= i < n, got '{text}'")
+    return int(m[1]), int(m[2])
+
+
+def _finished(out: Path, shard: dict, recs: list) -> dict | None:
+    """The ``.json`` record of a finished shard, or ``None`` when the shard still has to be trained.
+
+    A shard is finished when its record and file exist, the file's sha256 is the one recorded and the
+    record holds the planned networks (same ids and seeds); an unreadable record counts as unfinished.
+    """
+    path, side = out / shard["file"], out / shard["file"].replace(".safetensors", ".json")
+    if not (side.is_file() and path.is_file()):
+        return None
+    try:
+        done = read_json(side)
+    except ZooError:
+        return None
+    ok = isinstance(done, dict) and [(r.get("id"), r.get("seed")) for r in done.get("networks", [])] == \
+        [(r["id"], r["seed"]) for r in recs]
+    return done if ok and done.get("sha256") == sha256(path) else None
+
+
+def build_shards(recipe: dict, root: str | Path = DEFAULT_ROOT, part: str | None = None,
+                 max_shards: int | None = None, progress: bool = True) -> bool:
+    """Train the unfinished shards of ``recipe`` (of one slice with ``part``) without writing the manifest.
+
+    Each shard and its ``.json`` record are written atomically and its training time goes to the
+    build log (:data:`gnn_align.zoo.storage.BUILD_LOG`). Finished shards are skipped, so several
+    machines can build disjoint slices into one shared folder and re-running a slice trains nothing.
 
     Args:
-        max_shards: train at most this many new shards, then stop without writing the manifest
-            (simulates an interrupted build; ``None`` = build everything).
+        recipe: the zoo recipe (:func:`datasets.recipes.get_recipe`).
+        root: folder holding built zoos; the shards go to ``root/<name>``.
+        part: ``"i/n"``: build only slice ``i`` of ``n`` (the shards ``k`` with ``k % n == i``);
+            ``None`` builds every shard.
+        max_shards: train at most this many new shards, then stop (``None`` = no limit).
+        progress: show progress bars.
 
     Returns:
-        The zoo folder when complete, ``None`` when stopped early by ``max_shards``.
+        ``True`` when every shard of the slice is finished, ``False`` when stopped by ``max_shards``.
+
+    Raises:
+        ValueError: ``part`` is not ``i/n`` with ``0 <= i < n``.
     """
+    i, n = parse_part(part) if part is not None else (0, 1)
     out = Path(root) / recipe["name"]
-    members, networks, shards = plan(recipe)
+    _, networks, shards = plan(recipe)
     data_cache: dict = {}
     trained = 0
-    bar = tqdm(shards, desc=f"zoo {recipe['name']}", disable=not progress, unit="shard")
-    for sh in bar:
-        side = out / sh["file"].replace(".safetensors", ".json")
-        if side.is_file() and (out / sh["file"]).is_file():
-            done = read_json(side)
-            if done.get("sha256") == sha256(out / sh["file"]):
-                sh.update(sha256=done["sha256"], seconds=done["seconds"], history=done["history"])
-                for r in done["networks"]:
-                    networks[r["id"]] = r
-                continue
+    desc = f"zoo {recipe['name']}" + (f" slice {i}/{n}" if part is not None else "")
+    for sh in tqdm(shards[i::n], desc=desc, disable=not progress, unit="shard"):
+        recs = [networks[k] for k in sh["ids"]]
+        if _finished(out, sh, recs) is not None:
+            continue
         if max_shards is not None and trained >= max_shards:
-            return None
+            return False
         m = recipe["members"][sh["member"]]
         if sh["member"] not in data_cache:
             data_cache = {sh["member"]: _member_data(recipe, m)}
         t0 = time.perf_counter()
-        state, recs, history = _train_shard(m, data_cache[sh["member"]],
-                                            [networks[i] for i in sh["ids"]], progress)
+        state, recs, history = _train_shard(m, data_cache[sh["member"]], recs, progress)
         digest = write_shard(out / sh["file"], state, {"zoo": recipe["name"], "version": recipe["version"],
                                                        "member": m["name"], "ids": sh["ids"]})
-        sh.update(sha256=digest, seconds=round(time.perf_counter() - t0, 3), history=history)
-        write_json(side, {"sha256": digest, "seconds": sh["seconds"], "history": history, "networks": recs})
-        for r in recs:
-            networks[r["id"]] = r
+        write_json(out / sh["file"].replace(".safetensors", ".json"),
+                   {"sha256": digest, "history": history, "networks": recs})
+        log_seconds(out, sh["file"], digest, time.perf_counter() - t0)
         trained += 1
+    return True
+
+
+def _cli_args(recipe: dict, root: str | Path) -> str:
+    """The zoo as named on the command line: ``digits-mlp``, plus ``--tiny`` and ``--root`` if needed."""
+    base = recipe["name"].removesuffix("-tiny")
+    args = base + (" --tiny" if base != recipe["name"] else "")
+    return args if Path(root).resolve() == DEFAULT_ROOT.resolve() else f"{args} --root {root}"
+
+
+def merge(recipe: dict, root: str | Path = DEFAULT_ROOT) -> Path:
+    """Write the manifest and histogram of ``recipe``'s zoo from its finished shards; trains nothing.
+
+    Args:
+        recipe: the zoo recipe (:func:`datasets.recipes.get_recipe`).
+        root: folder holding built zoos.
+
+    Returns:
+        The zoo folder ``root/<name>``.
+
+    Raises:
+        ZooError: some shard is missing or does not match its record; names every such shard file
+            and writes nothing.
+    """
+    out = Path(root) / recipe["name"]
+    members, networks, shards = plan(recipe)
+    missing = []
+    for sh in shards:
+        done = _finished(out, sh, [networks[k] for k in sh["ids"]])
+        if done is None:
+            missing.append(sh["file"])
+            continue
+        sh.update(sha256=done["sha256"], history=done["history"])
+        for r in done["networks"]:
+            networks[r["id"]] = r
+    if missing:
+        raise ZooError(f"zoo {recipe['name']} ({out}): {len(missing)} of {len(shards)} shards not built yet "
+                       f"(or not matching their .json record): {', '.join(missing)}; run `python -m datasets "
+                       f"build {_cli_args(recipe, root)} --shard i/n` for the missing slices, then merge again")
     for m, entry in zip(recipe["members"], members, strict=True):
         entry["loss"] = "mse" if m["task"] == "sine" else "ce"
         entry["input_shape"] = [1] if m["task"] == "sine" else list(load_task(m["task"]).x_train.shape[1:])
     manifest = {"name": recipe["name"], "version": recipe["version"], "recipe": recipe, "members": members,
                 "shards": [{k: v for k, v in sh.items() if k != "ids"} | {"num_networks": len(sh["ids"])}
                            for sh in shards],
-                "networks": networks, "build_seconds": round(sum(sh["seconds"] for sh in shards), 2)}
+                "networks": networks}
     write_json(out / MANIFEST, manifest)
     plot_histogram(manifest, out / "test_accuracy.png")
     return out
+
+
+def build(recipe: dict, root: str | Path = DEFAULT_ROOT, max_shards: int | None = None,
+          progress: bool = True) -> Path | None:
+    """Build (or resume) the whole zoo of ``recipe`` under ``root/<name>``: every shard, then :func:`merge`.
+
+    Args:
+        recipe: the zoo recipe (:func:`datasets.recipes.get_recipe`).
+        root: folder holding built zoos.
+        max_shards: train at most this many new shards, then stop without writing the manifest
+            (simulates an interrupted build; ``None`` = build everything).
+        progress: show progress bars.
+
+    Returns:
+        The zoo folder when complete, ``None`` when stopped early by ``max_shards``.
+    """
+    return merge(recipe, root) if build_shards(recipe, root, max_shards=max_shards, progress=progress) else None
 
 
 def plot_histogram(manifest: dict, path: Path) -> None:

@@ -81,9 +81,18 @@ class GNNAligner(nn.Module):
         return scores, m, groups
 
     def soft(self, graphs_a, graphs_b, n_iters: int = 20, tau: float = 1.0) -> tuple:
-        """Differentiable soft permutations (masked Sinkhorn of the scores), for training."""
+        """Differentiable soft permutations (masked Sinkhorn of the scores), for training.
+
+        Returns:
+            ``(soft, scores, mask, groups)``: the Sinkhorn matrices, then as :meth:`scores`.
+        """
         scores, mask, groups = self.scores(graphs_a, graphs_b)
         return sinkhorn(scores, n_iters=n_iters, tau=tau, mask=mask), scores, mask, groups
+
+    def forward(self, graphs_a, graphs_b, n_iters: int = 20, tau: float = 1.0) -> tuple:
+        """:meth:`soft` (the training pass; ``forward`` so that wrappers such as
+        ``DistributedDataParallel`` see it)."""
+        return self.soft(graphs_a, graphs_b, n_iters, tau)
 
     @torch.no_grad()
     def predict(self, graphs_a: Sequence[NetGraph], graphs_b: Sequence[NetGraph]) -> list:

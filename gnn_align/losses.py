@@ -22,15 +22,19 @@ from .spec import PermutationSpec
 from .zoo.batched import task_loss
 
 
-def planted_cross_entropy(scores: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
+def planted_cross_entropy(scores: Tensor, mask: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     """Cross-entropy of every real row of the scores against the true partner column.
+
+    Args:
+        reduction: ``mean`` over the real rows, or ``sum`` (data-parallel training divides the
+            sum by the global number of rows).
 
     Shapes:
         scores, mask: (G, n, n); targets: (G, n) long (entries beyond a group's size are ignored).
     """
     logits = scores.masked_fill(~mask, float("-inf"))
     rows = mask.any(-1)
-    return nn.functional.cross_entropy(logits[rows], targets[rows])
+    return nn.functional.cross_entropy(logits[rows], targets[rows], reduction=reduction)
 
 
 def pair_matrices(soft: Tensor, mask: Tensor, groups: Sequence, num_pairs: int) -> list:

@@ -10,6 +10,7 @@ import torch
 
 from gnn_align.models import build_model, load_state_file, save_state_file
 from gnn_align.tasks import load_task
+from gnn_align.testing import MarkerPickle
 from gnn_align.zoo import train_networks, unstack_state
 
 ARCH = "mlp:64,32,32,10"
@@ -77,16 +78,6 @@ def test_eval_writes_the_curve_and_png(models):
     assert len(curve["curve"]["loss"]) == 5 and curve["barrier_deepalign"] >= 0
 
 
-class Evil:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
 def test_bad_inputs_end_with_one_line_and_write_nothing(models, tmp_path):
     _, (a, b) = models
     state = load_state_file(a)
@@ -97,7 +88,7 @@ def test_bad_inputs_end_with_one_line_and_write_nothing(models, tmp_path):
     raw = a.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 3])
     marker = tmp_path / "pwned"
-    torch.save({k: Evil(marker) if k == "0.bias" else v for k, v in state.items()}, tmp_path / "evil.pt")
+    torch.save({k: MarkerPickle(marker) if k == "0.bias" else v for k, v in state.items()}, tmp_path / "evil.pt")
     cases = [
         ((a, b, "--model", "mlp:64,16,32,10"), "key '0.weight' has shape (32, 64), the architecture expects (16, 64)"),
         ((a, tmp_path / "nan.safetensors", "--model", ARCH), "key '2.bias' contains NaN or Inf"),

@@ -9,18 +9,7 @@ import torch
 from gnn_align.archs import CNN, MLP, ResidualMLP, ResNet
 from gnn_align.errors import GNNAlignError, StateDictError
 from gnn_align.models import build_model, check_state, example_input, load_state_file, save_state_file
-
-
-class Evil:
-    """Unpickling this touches a marker file: proof that the loader ran pickled code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+from gnn_align.testing import MarkerPickle
 
 
 def test_builtin_architecture_strings():
@@ -65,7 +54,7 @@ def test_state_files_round_trip_and_refuse_what_they_cannot_trust(tmp_path):
     assert load_state_file(tmp_path / "ckpt.pt").keys() == state.keys()
     # a pickle that would run code: refused, and the code never ran
     marker = tmp_path / "pwned"
-    torch.save({"w": torch.zeros(1), "x": Evil(marker)}, tmp_path / "evil.pt")
+    torch.save({"w": torch.zeros(1), "x": MarkerPickle(marker)}, tmp_path / "evil.pt")
     assert not marker.exists()
     with pytest.raises(GNNAlignError, match="evil.pt: refused"):
         load_state_file(tmp_path / "evil.pt")

@@ -1,13 +1,25 @@
 """train.py end to end on a tiny zoo: outputs, resume, loading the best aligner."""
 
+import dataclasses
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 
 import train
 from datasets.build import build
 from datasets.recipes import get_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +93,104 @@ def test_preset_sets_defaults_and_flags_still_win():
     cfg = train.parse_config(["--preset", "mixed", "--epochs", "2", "--zoo", "other"])
     assert cfg.epochs == 2 and cfg.zoo == "other" and cfg.planted_per_step == train.PRESETS["mixed"]["planted_per_step"]
     assert train.parse_config([]) == train.Config()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg, folder):
+    """One rank of a data-parallel run (torch.multiprocessing target): trains, saves its parameters."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    trainer = train.train(cfg)
+    save_file({k: v.contiguous() for k, v in trainer.aligner.state_dict().items()}, f"{folder}/rank{rank}.safetensors")
+
+
+def test_two_process_gloo_run_equals_one_process_run_with_the_same_global_batch(zoo_root, tmp_path):
+    torch.set_default_dtype(torch.float32)  # as in the spawned ranks (the suite's default is float64)
+    cfg = _cfg(zoo_root, tmp_path / "ddp", epochs=2, steps_per_epoch=3, planted_per_step=2, unlabelled_per_step=2,
+               threads=1)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # ranks end identical
+    # rank 0 alone wrote the run's files; its checkpoint holds the final parameters
+    assert [json.loads(s)["epoch"] for s in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    single = train.train(dataclasses.replace(cfg, out=str(tmp_path / "one"))).aligner.state_dict()
+    diff = max(float((single[k] - ranks[0][k]).abs().max()) for k in single)
+    assert diff < 1e-5, diff
+    # negative control: a 1-process run on half the global batch (one rank's share) is not the same run
+    half = train.train(dataclasses.replace(cfg, out=str(tmp_path / "half"), planted_per_step=1,
+                                           unlabelled_per_step=1)).aligner.state_dict()
+    assert max(float((half[k] - ranks[0][k]).abs().max()) for k in half) > 100 * max(diff, 1e-7)
+    # same losses logged: rank 0 logs the global batch's losses
+    logs = [[json.loads(s) for s in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("ddp", "one")]
+    for a, b in zip(*logs, strict=True):
+        assert a["train_planted"] == pytest.approx(b["train_planted"], rel=1e-5)
+        assert a["train_task"] == pytest.approx(b["train_task"], rel=1e-5)
+
+
+def _write_config(cfg, path):
+    path.write_text(json.dumps(dataclasses.asdict(cfg)))
+    return path
+
+
+def _train_cmd(*args):
+    return [sys.executable, str(ROOT / "train.py"), *args]
+
+
+def test_torchrun_reads_the_same_config_file_and_only_rank_0_writes(zoo_root, tmp_path):
+    torch.set_default_dtype(torch.float32)
+    cfg = _cfg(zoo_root, tmp_path / "one", epochs=1, steps_per_epoch=2, planted_per_step=2, unlabelled_per_step=2,
+               threads=1)
+    path = _write_config(cfg, tmp_path / "cfg.json")
+    assert train.parse_config(["--config", str(path)]) == cfg
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "train.py"), "--config", str(path), "--out", str(tmp_path / "ddp")],
+                         check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count('"epoch": 1') == 1  # one rank logs
+    single = train.train(cfg).aligner.state_dict()
+    ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["model"]
+    assert max(float((single[k] - ddp[k]).abs().max()) for k in single) < 1e-5
+    # a config file with a field train.py does not know is refused, naming the field
+    (tmp_path / "bad.json").write_text(json.dumps({"hidden": 8, "hiden": 9}))
+    with pytest.raises(SystemExit, match="bad.json: unknown field.*hiden"):
+        train.parse_config(["--config", str(tmp_path / "bad.json")])
+
+
+def _position(checkpoint, cfg):
+    """Steps a checkpoint has done."""
+    return checkpoint["epoch"] * cfg.steps_per_epoch + checkpoint["step"]
+
+
+def test_run_killed_with_sigkill_resumes_to_the_same_weights(zoo_root, tmp_path):
+    cfg = _cfg(zoo_root, tmp_path / "full", epochs=2, steps_per_epoch=8, checkpoint_every=1, threads=1)
+    path = _write_config(cfg, tmp_path / "cfg.json")
+    full = subprocess.run(_train_cmd("--config", str(path)), check=False, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_cmd("--config", str(path), "--out", str(cut)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck, total = cut / "checkpoint.pt", cfg.epochs * cfg.steps_per_epoch
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # kill once a few steps are checkpointed
+        if ck.is_file() and _position(torch.load(ck, weights_only=True), cfg) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= _position(torch.load(ck, weights_only=True), cfg) < total  # killed mid-run
+    again = subprocess.run(_train_cmd("--config", str(path), "--out", str(cut), "--resume"),
+                           check=False, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(ck, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["rng"], b["rng"])
+    assert [json.loads(s)["epoch"] for s in (cut / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (cut / "aligner.safetensors").read_bytes() == (tmp_path / "full" / "aligner.safetensors").read_bytes()

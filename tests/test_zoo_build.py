@@ -1,20 +1,32 @@
-"""Zoo recipes and builds: tiny builds of every recipe, determinism, resume, splits, default sizes."""
+"""Zoo recipes and builds: tiny builds of every recipe, determinism, resume, sharded builds, splits, sizes."""
 
 import json
+import re
 
 import pytest
 import torch
 
+import datasets.build as build_mod
 from datasets.__main__ import card, main
-from datasets.build import build, plan
+from datasets.build import build, build_shards, merge, plan
 from datasets.recipes import RECIPES, get_recipe
 from gnn_align import spec_from_module
 from gnn_align.archs import build_arch
-from gnn_align.zoo.storage import ZooError, load_manifest, read_shard
+from gnn_align.zoo.storage import BUILD_LOG, ZooError, load_manifest, read_shard
 
 
 def _files(root):
     return {p.name: p.read_bytes() for p in sorted(root.glob("shard-*.safetensors"))}
+
+
+def _zoo_files(root):
+    """Every file of a zoo folder but the build log (wall-clock times, not part of the zoo), by name."""
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.name != BUILD_LOG}
+
+
+def _four_shard_recipe():
+    """The tiny digits-mlp recipe in shards of one network: 4 shards, so slices interleave."""
+    return dict(get_recipe("digits-mlp", tiny=True), shard_size=1)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -99,13 +111,83 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "digits-mlp" in capsys.readouterr().out
 
 
-def test_manifest_pointing_at_missing_shard_is_refused(tmp_path):
+# -- sharded builds -------------------------------------------------------------------------------
+def test_sharded_build_equals_unsharded_build_byte_for_byte(tmp_path):
+    recipe = _four_shard_recipe()
+    whole = build(recipe, tmp_path / "whole", progress=False)
+    assert build_shards(recipe, tmp_path / "split", part="1/2", progress=False)
+    assert build_shards(recipe, tmp_path / "split", part="0/2", progress=False)
+    split = tmp_path / "split" / recipe["name"]
+    assert not (split / "manifest.json").exists()  # slices never write the manifest
+    assert merge(recipe, tmp_path / "split") == split
+    files = _zoo_files(whole)
+    assert set(files) == {"manifest.json", "test_accuracy.png"} | {
+        f"shard-{k:05d}.{ext}" for k in range(4) for ext in ("safetensors", "json")}
+    assert _zoo_files(split) == files
+    for root in (whole, split):  # timing lives in the build log only, one entry per shard
+        assert "seconds" not in files["manifest.json"].decode()
+        assert sorted(json.loads((root / BUILD_LOG).read_text())["shards"]) == sorted(
+            f"shard-{k:05d}.safetensors" for k in range(4))
+
+
+def test_merge_before_every_slice_is_built_names_the_missing_shards(tmp_path):
+    recipe = _four_shard_recipe()
+    assert build_shards(recipe, tmp_path, part="0/2", progress=False)  # shards 0 and 2
+    out = tmp_path / recipe["name"]
+    shard0 = out / "shard-00000.safetensors"
+    data = bytearray(shard0.read_bytes())
+    data[-1] ^= 1  # shard 0 no longer matches the checksum in its record
+    shard0.write_bytes(bytes(data))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ZooError) as err:
+        merge(recipe, tmp_path)
+    msg = str(err.value)
+    assert "3 of 4 shards not built yet" in msg and "shard-00002" not in msg
+    assert "shard-00000.safetensors, shard-00001.safetensors, shard-00003.safetensors" in msg
+    assert f"python -m datasets build digits-mlp --tiny --root {tmp_path} --shard i/n" in msg
+    assert sorted(p.name for p in out.iterdir()) == before and "manifest.json" not in before
+
+
+def test_rerunning_a_slice_trains_nothing_new(tmp_path, monkeypatch, capsys):
+    trained = []
+    original = build_mod._train_shard
+
+    def counting(member, data, recs, progress):
+        trained.append([r["id"] for r in recs])
+        return original(member, data, recs, progress)
+
+    monkeypatch.setattr(build_mod, "_train_shard", counting)
+    cli = ["digits-mlp", "--tiny", "--root", str(tmp_path)]
+    assert main(["build", *cli, "--shard", "1/2"]) == 0 and trained == [[2, 3]]
+    out = tmp_path / "digits-mlp-tiny"
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["build", *cli, "--shard", "1/2"]) == 0 and trained == [[2, 3]]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    assert "run `merge` once all slices are done" in capsys.readouterr().out
+    assert main(["merge", *cli]) == 2
+    assert "1 of 2 shards not built yet" in capsys.readouterr().err
+    assert main(["build", *cli, "--shard", "0/2"]) == 0 and trained == [[2, 3], [0, 1]]
+    assert main(["merge", *cli]) == 0 and "networks: 4" in capsys.readouterr().out
+    assert main(["build", *cli]) == 0 and len(trained) == 2  # a plain build of a finished zoo trains nothing
+
+
+def test_bad_shard_values_are_refused(tmp_path, capsys):
+    for bad in ["3/2", "2/2", "-1/2", "0/0", "1", "a/b", "1/2/3", "", "1.0/2"]:
+        assert main(["build", "digits-mlp", "--tiny", "--root", str(tmp_path), f"--shard={bad}"]) == 2
+        assert f"--shard must be i/n with 0 <= i < n, got '{bad}'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=re.escape("got '3/2'")):
+        build_shards(get_recipe("digits-mlp", tiny=True), tmp_path, part="3/2")
+
+
+def test_card_reads_the_build_time_from_the_log(tmp_path):
     out = build(get_recipe("digits-mlp", tiny=True), tmp_path, progress=False)
-    (out / "shard-00001.safetensors").unlink()
-    with pytest.raises(ZooError, match="shard-00001.safetensors: shard listed in the manifest is missing"):
-        load_manifest(out)
+    assert re.search(r"build time: \d+ s of training", card(out))
+    (out / BUILD_LOG).unlink()
+    assert "build time: unknown" in card(out)
     man = json.loads((out / "manifest.json").read_text())
-    man["networks"] = []
-    (out / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(ZooError, match="the zoo is empty"):
-        load_manifest(out)
+    (out / "manifest.json").write_text(json.dumps(dict(man, build_seconds=1234.5)))  # a zoo built before the log
+    assert "build time: 1234 s of training" in card(out)
+    (out / BUILD_LOG).write_text("{not json")
+    with pytest.warns(UserWarning, match="build-log.json: not valid JSON"):
+        assert "build time: 1234 s" in card(out)

@@ -1,6 +1,8 @@
 """ModelZoo (lazy graphs over a built zoo), augmentations, independent and planted pairs."""
 
+import json
 import os
+import re
 
 import pytest
 import torch
@@ -173,16 +175,55 @@ def test_processed_cache(tiny_zoo, monkeypatch):
     assert calls == ["train", None, "train"] and changed.processed_file_names[0] != name1
 
 
-def test_corrupted_shard(tiny_zoo):
-    root, _ = tiny_zoo
+def _empty_zoo(root):
+    man = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps(dict(man, networks=[])))
+    return root / "manifest.json", "the zoo is empty"
+
+
+def _missing_shard(root):
+    (root / "shard-00001.safetensors").unlink()
+    return root / "shard-00001.safetensors", "shard listed in the manifest is missing"
+
+
+def _truncated_shard(root):
     path = root / "shard-00001.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ZooError, match="shard-00001.safetensors"):
+    return path, "checksum mismatch"
+
+
+def _manifest_not_json(root):
+    path = root / "manifest.json"
+    path.write_text(path.read_text()[:-40])
+    return path, "not valid JSON"
+
+
+def _checksum_mismatch(root):
+    path = root / "shard-00002.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # same size, one weight changed
+    path.write_bytes(bytes(data))
+    return path, "checksum mismatch"
+
+
+@pytest.mark.parametrize("damage", [_empty_zoo, _missing_shard, _truncated_shard, _manifest_not_json,
+                                    _checksum_mismatch], ids=lambda f: f.__name__.strip("_"))
+def test_hostile_zoo_is_refused_naming_the_file_and_left_as_it_was(tiny_zoo, damage):
+    root, _ = tiny_zoo
+    path, reason = damage(root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(ZooError, match=re.escape(str(path)) + ".*" + reason):
         ModelZoo(root)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_only_the_shards_a_view_needs_are_read(tiny_zoo):
+    root, _ = tiny_zoo
+    _truncated_shard(root)
     with pytest.raises(ZooError, match="shard-00001.safetensors"):
         ModelZoo(root, "train")
-    # only the shards a view needs are read: "val" (ids 2 and 9) lives in shards 0 and 2
+    # "val" (ids 2 and 9) lives in shards 0 and 2
     assert ModelZoo(root, "val").network_ids == [2, 9]
 
 

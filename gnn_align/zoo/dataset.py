@@ -72,7 +72,14 @@ class ModelZoo(InMemoryDataset):
         self.name = str(self._manifest["name"])
         self.version = self._manifest["version"]
         self._specs: dict = {}
-        super().__init__(root, transform, log=log, force_reload=force_reload)
+        processed = Path(root) / "processed"
+        fresh = not processed.exists()
+        try:
+            super().__init__(root, transform, log=log, force_reload=force_reload)
+        except ZooError:
+            if fresh and processed.is_dir() and not any(processed.iterdir()):
+                processed.rmdir()  # PyG creates it before process(): a refused zoo is left as it was
+            raise
         self._load(self.processed_paths[0])
 
     # -- PyG dataset plumbing -------------------------------------------------------------------

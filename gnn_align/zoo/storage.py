@@ -5,6 +5,9 @@ A built zoo is a folder::
     manifest.json              recipe, members (architectures), shards, one record per network
     shard-00000.safetensors    key -> (n, *shape): the state dicts of n networks of one member
     shard-00000.json           the shard's own records (written after the shard; marks it finished)
+    test_accuracy.png          histogram of the networks' test accuracy (or loss)
+    build-log.json             training seconds per shard; not part of the zoo's content (every other
+                               file is the same byte for byte however the build was split)
 
 Network records carry ``id``, ``member``, ``shard``, ``row`` (index in the shard), ``seed``,
 ``split`` (``train``/``val``/``test``, or ``heldout`` for held-out architectures) and the metrics
@@ -17,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -25,6 +29,9 @@ from safetensors.torch import load_file, save_file
 from ..errors import GNNAlignError
 
 MANIFEST = "manifest.json"
+#: wall-clock training time of each shard; not part of the zoo (it differs between runs and machines)
+BUILD_LOG = "build-log.json"
+BUILD_LOG_ABOUT = "training seconds of each shard, keyed by shard file; not part of the zoo's content"
 
 
 class ZooError(GNNAlignError):
@@ -58,6 +65,7 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path) -> dict:
+    """Parse the JSON file ``path``; a missing or malformed file raises :class:`ZooError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"{path}: file not found")
@@ -92,6 +100,7 @@ def read_shard(path: str | Path, expected_sha256: str | None = None) -> dict:
 
 
 def sha256(path: str | Path) -> str:
+    """Hex sha256 of the file ``path``, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -119,3 +128,65 @@ def load_manifest(root: str | Path) -> dict:
             raise ZooError(f"{root / sh['file']}: shard listed in the manifest is missing")
     return man
 
+
+def read_build_log(root: str | Path) -> dict:
+    """Read the zoo's :data:`BUILD_LOG`; an absent or unreadable log reads as empty.
+
+    An unreadable log only costs the build times, so it is ignored with a warning naming the file.
+
+    Args:
+        root: the zoo folder.
+
+    Returns:
+        ``{"about": ..., "shards": {shard file: {"sha256": ..., "seconds": ...}}}``.
+    """
+    path = Path(root) / BUILD_LOG
+    log: dict = {}
+    if path.is_file():
+        try:
+            log = read_json(path)
+        except ZooError as e:
+            warnings.warn(f"{e}; ignoring it (it only records build times)", stacklevel=2)
+    shards = log.get("shards") if isinstance(log, dict) else None
+    return {"about": BUILD_LOG_ABOUT, "shards": dict(shards) if isinstance(shards, dict) else {}}
+
+
+def log_seconds(root: str | Path, file: str, digest: str, seconds: float) -> None:
+    """Record the training time of one shard in the zoo's :data:`BUILD_LOG` (atomically).
+
+    The log is re-read just before each rewrite, so builds of several slices into one folder keep
+    each other's entries, except when two of them rewrite it at the same instant (then one entry is
+    lost; the zoo itself is unaffected).
+
+    Args:
+        root: the zoo folder.
+        file: the shard's file name (the log's key).
+        digest: the shard's sha256, so that a time is only reported for the shard it was measured on.
+        seconds: wall-clock seconds spent training the shard.
+    """
+    log = read_build_log(root)
+    log["shards"][file] = {"sha256": digest, "seconds": round(seconds, 3)}
+    write_json(Path(root) / BUILD_LOG, log)
+
+
+def build_seconds(root: str | Path, manifest: dict) -> float | None:
+    """Training seconds of a zoo, summed over its shards; ``None`` when unknown.
+
+    Args:
+        root: the zoo folder.
+        manifest: its manifest (:func:`load_manifest`).
+
+    Returns:
+        The sum over the manifest's shards of the times in the build log, when the log has a time
+        for every shard as it is now (same sha256); else the manifest's ``build_seconds`` (written by
+        builds before the log existed), else ``None``.
+    """
+    logged = read_build_log(root)["shards"]
+    total = 0.0
+    for sh in manifest["shards"]:
+        entry = logged.get(sh["file"])
+        if not isinstance(entry, dict) or entry.get("sha256") != sh.get("sha256") or \
+                not isinstance(entry.get("seconds"), (int, float)):
+            return manifest.get("build_seconds")
+        total += entry["seconds"]
+    return round(total, 2) if manifest["shards"] else manifest.get("build_seconds")
