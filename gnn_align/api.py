@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import GNNAlignError
+from .memory import check_aligner_memory, graph_size
 from .methods import METHODS, PairContext, aligner_methods
 from .metrics import input_batches, recompute_bn_stats
 from .models import check_state
@@ -135,6 +136,9 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
 
             aligner = load_pretrained()
         _check_coverage(aligner, prep.spec, prep.module)
+        # a graph too large for the encoder is refused before anything is allocated
+        check_aligner_memory(type(prep.module).__name__, graph_size(prep.spec), aligner.config,
+                             float_bytes=next(aligner.parameters()).element_size())
         table = aligner_methods(aligner)
     sa, sb = prep.states[a], prep.states[b]
     ctx = PairContext(prep.module, prep.spec, sa, sb, prep.x, prep.y, loss, prep.gen)

@@ -142,3 +142,16 @@ def test_pretrained_aligner_ships_and_warns_outside_its_training_zoo():
     k7 = CNN(1, [4, 4], 3, dim=2, kernel_size=7).eval()  # 49-value kernels: more than the aligner reads
     with pytest.raises(ga.GNNAlignError, match="edges of at most"):
         ga.align(k7, k7, "gnn")
+
+
+def test_align_refuses_a_graph_too_large_for_the_encoder_before_running_it(monkeypatch):
+    import gnn_align.memory.estimate as estimate
+
+    net = MLP(8, [6, 6], 3).float().eval()
+    ran = []
+    monkeypatch.setattr(estimate, "available_memory_mb", lambda: 1.0)  # 1 MB free
+    monkeypatch.setattr(type(load_pretrained()), "predict", lambda *a, **k: ran.append(1))
+    with pytest.raises(ga.GNNAlignError, match=r"MLP: .* edges need ~\d+ MB for the aligner, 1 MB available.*wm"):
+        ga.align(net, net.state_dict(), "gnn")
+    assert not ran
+    assert ga.align(net, net.state_dict(), "wm").max_abs_diff == 0.0  # weight matching needs no estimate
