@@ -315,6 +315,7 @@ def _train(cfg: Config, info: ddp.DistInfo) -> Trainer:
             print(json.dumps(record))
         ddp.barrier(info)  # the other ranks wait for rank 0's validation and checkpoint
     ddp.check_ranks_agree(trainer.aligner, info)
+    trainer.model = trainer.aligner  # free the DDP wrapper now: freed after the process group, it can hang
     return trainer
 
 

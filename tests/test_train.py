@@ -148,9 +148,13 @@ def test_torchrun_reads_the_same_config_file_and_only_rank_0_writes(zoo_root, tm
                threads=1)
     path = _write_config(cfg, tmp_path / "cfg.json")
     assert train.parse_config(["--config", str(path)]) == cfg
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(ROOT / "train.py"), "--config", str(path), "--out", str(tmp_path / "ddp")],
-                         check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    try:
+        # static rendezvous on the loopback address (no hostname lookup; --standalone resolves the host)
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(ROOT / "train.py"), "--config", str(path), "--out", str(tmp_path / "ddp")],
+                             check=False, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"torchrun did not finish in 240 s:\n{e.stdout}\n{e.stderr}")
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count('"epoch": 1') == 1  # one rank logs
     single = train.train(cfg).aligner.state_dict()
