@@ -183,7 +183,7 @@ class Trainer:
         planted = [p for kind, p in mine if kind == "planted"]
         # (A, B, member, task of A, rows, lam): B fits the same data (same member; in INR zoos the same signal)
         states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i), network_task(zoo, i), sel, lam)
-                  for kind, (i, j, sel, lam) in ((k, u) for k, u in mine if k == "pair")]
+                  for i, j, sel, lam in (u for kind, u in mine if kind == "pair")]
         ga = [self.graph(p.a, zoo, p.member) for p in planted] + [self.graph(s[0], zoo, s[2]) for s in states]
         gb = [self.graph(p.b, zoo, p.member) for p in planted] + [self.graph(s[1], zoo, s[2]) for s in states]
         soft, scores, mask, groups = self.model(ga, gb, cfg.sinkhorn_iters, cfg.tau)
