@@ -6,10 +6,17 @@ the task loss of the interpolated network. Writes to ``--out``: ``config.json`` 
 config), ``aligner.safetensors`` (the best weights by validation barrier), ``checkpoint.pt``
 (weights, optimiser and RNG state, for ``--resume``; loaded with ``weights_only=True``) and
 ``metrics.jsonl`` (one line per epoch).
+
+With ``--ema D`` the weights validated and saved are an exponential moving average of the trained
+ones (decay ``min(D, (1 + t) / (10 + t))`` after step ``t``). ``--select wm_ratio`` picks the best
+epoch by the geometric mean, over the validation members, of the aligner's mean barrier divided by
+weight matching's on the same pairs: a scale-free criterion, where the plain mean barrier
+(``--select barrier``) is dominated by the architectures with the largest barriers.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -28,7 +35,9 @@ from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.bench import evaluate_alignment, register_aligner, run_benchmark, to_markdown, write_results
 from gnn_align.checkpoint import load_training_state, save_training_state
+from gnn_align.errors import GNNAlignError
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
+from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import matching_accuracy
 from gnn_align.permute import invert_permutation
 from gnn_align.runconfig import parse_dataclass_args
@@ -71,6 +80,8 @@ class Config:
     threads: int = 0  # torch threads per process (0: torch's default)
     resume: bool = False  # continue from OUT/checkpoint.pt
     checkpoint_every: int = 0  # also checkpoint every this many steps within an epoch (0: at epoch ends)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (0: off)
+    select: str = "barrier"  # best epoch by: barrier (mean validation barrier) or wm_ratio (relative to WM)
 
 
 #: named sets of Config defaults (``--preset NAME``; flags given on the command line still win)
@@ -137,6 +148,12 @@ class Trainer:
         self.model = torch.nn.parallel.DistributedDataParallel(self.aligner) if info.active else self.aligner
         self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      amsgrad=True)
+        if cfg.select not in SELECT:
+            raise ValueError(f"select must be one of {list(SELECT)}, got '{cfg.select}'")
+        if not 0.0 <= cfg.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")
+        # the averaged weights: what is validated and saved when ema > 0
+        self.ema = copy.deepcopy(self.aligner).eval().requires_grad_(False) if cfg.ema else None
         if cfg.schedule not in ("cosine", "none"):
             raise ValueError(f"schedule must be 'cosine' or 'none', got '{cfg.schedule}'")
         total = max(cfg.epochs * cfg.steps_per_epoch, 1)
@@ -149,10 +166,46 @@ class Trainer:
         self.val_planted = [planted_pair(self.val_zoo, int(i), vgen)
                             for i in torch.randint(0, len(self.val_zoo), (cfg.val_planted,), generator=vgen)]
         self.val_pairs = independent_pairs(self.val_zoo, cfg.val_pairs, vgen)
+        self.val_wm = ([self.barrier(i, j, METHODS["wm"][0]) for i, j in self.val_pairs]
+                       if cfg.select == "wm_ratio" else None)
+
+    @property
+    def best_model(self) -> GNNAligner:
+        """The weights that are validated and saved: the moving average, or the trained weights."""
+        return self.ema if self.ema is not None else self.aligner
+
+    def barrier(self, i: int, j: int, method) -> float:
+        """Deep-Align barrier of validation networks ``i`` and ``j`` aligned by ``method(PairContext)``."""
+        zoo = self.val_zoo
+        a, b, member = zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i)
+        spec, t = zoo.spec(member), network_task(zoo, i)
+        ctx = PairContext(self.modules[member], spec, a, b, t.x_train, t.y_train, t.loss,
+                          torch.Generator().manual_seed(i * 100_003 + j))
+        return evaluate_alignment(self.modules[member], a, b, method(ctx), spec, t)[0]["barrier_deepalign"]
 
     def save(self, path: Path, **position) -> None:
         """Checkpoint the run at ``position`` (finished epochs, steps into the next, its loss sums, best)."""
-        save_training_state(path, self.aligner, self.opt, self.sched, self.gen, **position)
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        save_training_state(path, self.aligner, self.opt, self.sched, self.gen, **position, **extra)
+
+    def load(self, path: Path) -> dict:
+        """Restore a checkpoint written by :meth:`save`; returns its position."""
+        pos = load_training_state(path, self.aligner, self.opt, self.sched, self.gen)
+        ema = pos.pop("ema", None)
+        if (ema is None) != (self.ema is None):
+            raise GNNAlignError(f"{path}: checkpoint {'lacks' if ema is None else 'has'} moving-average "
+                                f"weights but this run has ema={self.cfg.ema}")
+        if ema is not None:
+            self.ema.load_state_dict(ema)
+        return pos
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the averaged weights towards the trained ones (after the optimiser's step)."""
+        t = self.sched.last_epoch  # optimiser steps taken so far
+        decay = min(self.cfg.ema, (1 + t) / (10 + t))
+        for e, w in zip(self.ema.state_dict().values(), self.aligner.state_dict().values(), strict=True):
+            e.lerp_(w, 1.0 - decay) if e.is_floating_point() else e.copy_(w)
 
     def graph(self, state, zoo, member):
         return to_graph(state, zoo.spec(member), edge_dim=self.edge_dim)
@@ -215,24 +268,46 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.aligner.parameters(), cfg.clip)
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self.update_ema()
         summed = ddp.all_reduce_sum(torch.stack([v.detach() for v in losses.values()]), self.info)
         return dict(zip(losses, summed.tolist(), strict=True))
 
     @torch.no_grad()
     def validate(self) -> dict:
-        al, zoo = self.aligner.eval(), self.val_zoo
+        """Planted accuracy and mean barrier on the validation pairs (and, with ``select=wm_ratio``,
+        the geometric mean over members of the barrier relative to weight matching's)."""
+        al, zoo = self.best_model, self.val_zoo
+        was_training = al.training
+        al.eval()
         preds = al.predict([self.graph(p.a, zoo, p.member) for p in self.val_planted],
                            [self.graph(p.b, zoo, p.member) for p in self.val_planted])
         acc = sum(matching_accuracy(pr, invert_permutation(p.perm)) for pr, p in zip(preds, self.val_planted,
                                                                                         strict=True))
-        barriers = []
-        for i, j in self.val_pairs:
-            a, b, member = zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i)
-            spec, t = zoo.spec(member), network_task(zoo, i)
-            perm = al.predict([self.graph(a, zoo, member)], [self.graph(b, zoo, member)])[0]
-            barriers.append(evaluate_alignment(self.modules[member], a, b, perm, spec, t)[0]["barrier_deepalign"])
-        al.train()
-        return {"val_planted_acc": acc / len(self.val_planted), "val_barrier": sum(barriers) / len(barriers)}
+        barriers = [self.barrier(i, j, lambda c: al.align(c.state_a, c.state_b, c.spec)) for i, j in self.val_pairs]
+        al.train(was_training)
+        record = {"val_planted_acc": acc / len(self.val_planted), "val_barrier": sum(barriers) / len(barriers)}
+        if self.val_wm is not None:
+            record["val_wm_ratio"] = wm_ratio([zoo.member_of(i) for i, _ in self.val_pairs], barriers, self.val_wm)
+        return record
+
+
+def wm_ratio(members: list, barriers: list, wm: list) -> float:
+    """Geometric mean over members of (sum of ``barriers``) / (sum of ``wm``) on each member's pairs.
+
+    Members whose weight-matching barriers sum to 0 are skipped (their ratio is undefined).
+    """
+    logs = []
+    for m in sorted(set(members)):
+        got = sum(b for b, k in zip(barriers, members, strict=True) if k == m)
+        ref = sum(w for w, k in zip(wm, members, strict=True) if k == m)
+        if ref > 0:
+            logs.append(math.log(max(got, 1e-12) / ref))
+    return math.exp(sum(logs) / len(logs)) if logs else float("nan")
+
+
+#: validation criteria ``--select`` chooses from: the record key whose minimum marks the best epoch
+SELECT = {"barrier": "val_barrier", "wm_ratio": "val_wm_ratio"}
 
 
 #: settings that do not change what a run computes
@@ -279,7 +354,7 @@ def _train(cfg: Config, info: ddp.DistInfo) -> Trainer:
         print(f"{out} holds a run with this config: continuing it (its aligner is loaded if it finished; "
               "use another --out to train afresh)")
     if (cfg.resume or same) and (out / "checkpoint.pt").is_file():
-        pos = load_training_state(out / "checkpoint.pt", trainer.aligner, trainer.opt, trainer.sched, trainer.gen)
+        pos = trainer.load(out / "checkpoint.pt")
         start, step0, sums0, best = pos["epoch"], pos.get("step", 0), pos.get("sums", {}), pos["best"]
         if main_rank and (out / "metrics.jsonl").is_file():  # drop lines of epochs the checkpoint lacks
             keep = [ln for ln in (out / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["epoch"] <= start]
@@ -302,11 +377,11 @@ def _train(cfg: Config, info: ddp.DistInfo) -> Trainer:
         if main_rank:
             record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 2),
                       **{f"train_{k}": v / cfg.steps_per_epoch for k, v in sums.items()}, **trainer.validate()}
-            if record["val_barrier"] < best:
-                best = record["val_barrier"]
-                tensors = {k: v.detach().contiguous() for k, v in trainer.aligner.state_dict().items()}
+            if record[SELECT[cfg.select]] < best:
+                best = record[SELECT[cfg.select]]
+                tensors = {k: v.detach().contiguous() for k, v in trainer.best_model.state_dict().items()}
                 atomic_write(out / "aligner.safetensors", lambda tmp, t=tensors: save_file(t, tmp))
-            record["best_val_barrier"] = best
+            record[f"best_{SELECT[cfg.select]}"] = best
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()

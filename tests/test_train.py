@@ -39,6 +39,22 @@ def _cfg(zoo_root, out, **kw):
     return train.Config(**(base | kw))
 
 
+def _interrupt_in_epoch_2(monkeypatch, cfg):
+    """Run ``cfg`` and interrupt it at its second validation: epoch 2 is done but not checkpointed."""
+    validate, calls = train.Trainer.validate, []
+
+    def killed_in_epoch_2(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return validate(self)
+
+    monkeypatch.setattr(train.Trainer, "validate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(cfg)
+    monkeypatch.undo()
+
+
 def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path, monkeypatch):
     torch.set_default_dtype(torch.float32)
     out = train.main(_cfg(zoo_root, tmp_path / "run"))
@@ -63,23 +79,64 @@ def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path, 
     assert train._same_run(out, _cfg(zoo_root, tmp_path / "run", bench_pairs=3))
     assert not train._same_run(out, _cfg(zoo_root, tmp_path / "run", lr=1e-4))
     # a run killed during epoch 2 (before its checkpoint) resumes from epoch 1: same schedule, RNG, weights
-    validate, calls = train.Trainer.validate, []
-
-    def killed_in_epoch_2(self):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return validate(self)
-
-    monkeypatch.setattr(train.Trainer, "validate", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(_cfg(zoo_root, tmp_path / "cut"))
-    monkeypatch.undo()
+    _interrupt_in_epoch_2(monkeypatch, _cfg(zoo_root, tmp_path / "cut"))
     cut = train.main(_cfg(zoo_root, tmp_path / "cut", resume=True))
     assert [json.loads(s)["epoch"] for s in (cut / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     full = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     resumed = torch.load(cut / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_moving_average_is_what_is_validated_saved_and_resumed(zoo_root, tmp_path, monkeypatch):
+    torch.set_default_dtype(torch.float32)
+    cfg = _cfg(zoo_root, tmp_path / "ema", ema=0.9, select="wm_ratio", val_pairs=2)
+    # one step by hand: the average moves by 1 - min(0.9, 2/11) towards the stepped weights
+    trainer = train.Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.aligner.state_dict().items()}
+    trainer.step()
+    after = trainer.aligner.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed
+    for k in changed:
+        expect = before[k] + (after[k] - before[k]) * (1 - 2 / 11)
+        torch.testing.assert_close(trainer.ema.state_dict()[k], expect, rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(trainer.ema.state_dict()[k], after[k])  # control: not the raw weights
+    assert all(not p.requires_grad for p in trainer.ema.parameters())
+    # the saved aligner is the average of the best epoch, selected by the ratio to weight matching
+    out = train.main(dataclasses.replace(cfg, epochs=1))
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    saved = load_file(out / "aligner.safetensors")
+    assert all(torch.equal(saved[k], ck["ema"][k]) for k in saved)
+    assert any(not torch.equal(saved[k], ck["model"][k]) for k in saved)
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["val_wm_ratio"] > 0 and record["best_val_wm_ratio"] == record["val_wm_ratio"]
+    # killed in epoch 2 and resumed: the same average as an uninterrupted run
+    full = train.main(dataclasses.replace(cfg, out=str(tmp_path / "full")))
+    _interrupt_in_epoch_2(monkeypatch, dataclasses.replace(cfg, out=str(tmp_path / "cut")))
+    cut = train.main(dataclasses.replace(cfg, out=str(tmp_path / "cut"), resume=True))
+    a = torch.load(full / "checkpoint.pt", weights_only=True)["ema"]
+    b = torch.load(cut / "checkpoint.pt", weights_only=True)["ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a checkpoint with an average cannot continue a run without one (and the reverse)
+    with pytest.raises(train.GNNAlignError, match="checkpoint.pt: checkpoint has moving-average weights"):
+        train.Trainer(dataclasses.replace(cfg, ema=0.0)).load(full / "checkpoint.pt")
+    plain = train.main(_cfg(zoo_root, tmp_path / "plain", epochs=1))
+    with pytest.raises(train.GNNAlignError, match="lacks moving-average weights but this run has ema=0.9"):
+        train.Trainer(cfg).load(plain / "checkpoint.pt")
+
+
+def test_wm_ratio_is_the_geometric_mean_of_per_member_ratios():
+    # member 0: (1 + 3) / (2 + 2) = 1; member 1: 2 / 1 = 2; member 2: WM sums to 0, skipped
+    got = train.wm_ratio([0, 0, 1, 2], [1.0, 3.0, 2.0, 5.0], [2.0, 2.0, 1.0, 0.0])
+    assert got == pytest.approx(2 ** 0.5, rel=1e-12)
+    assert train.wm_ratio([0], [1.0], [0.0]) != train.wm_ratio([0], [1.0], [0.0])  # NaN: nothing to compare
+
+
+@pytest.mark.parametrize("field, value, message", [("select", "loss", "select must be one of"),
+                                                    ("ema", 1.0, r"ema must be in \[0, 1\)")])
+def test_bad_selection_settings_are_refused(zoo_root, tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        train.Trainer(_cfg(zoo_root, tmp_path / "bad", **{field: value}))
 
 
 def test_config_cli_is_generated_from_the_dataclass():
