@@ -170,8 +170,9 @@ class Trainer:
         self.val_planted = [planted_pair(self.val_zoo, int(i), vgen)
                             for i in torch.randint(0, len(self.val_zoo), (cfg.val_planted,), generator=vgen)]
         self.val_pairs = independent_pairs(self.val_zoo, cfg.val_pairs, vgen)
+        # weight matching's validation barriers, once (only rank 0 validates)
         self.val_wm = ([self.barrier(i, j, METHODS["wm"][0]) for i, j in self.val_pairs]
-                       if cfg.select == "wm_ratio" else None)
+                       if cfg.select == "wm_ratio" and info.is_main else None)
 
     @property
     def best_model(self) -> GNNAligner:
