@@ -3,7 +3,7 @@
 Self-supervised: planted pairs (A, pi . augment(A)) with known pi (cross-entropy of each neuron
 against its partner), plus independent pairs scored by the weight distance after soft alignment and
 the task loss of the interpolated network. Writes to ``--out``: ``config.json`` (the resolved
-config), ``aligner.safetensors`` (the best weights by validation barrier), ``checkpoint.pt``
+config), ``aligner.safetensors`` (the weights of the best validation epoch), ``checkpoint.pt``
 (weights, optimiser and RNG state, for ``--resume``; loaded with ``weights_only=True``) and
 ``metrics.jsonl`` (one line per epoch).
 
