@@ -91,7 +91,7 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
 
     The sum is multiplied by :data:`SAFETY` (1.2) and :data:`FIXED_MB` (8) is added.
 
-    Calibration, on 2 CPU cores with 1 torch thread, the shipped aligner (``hidden=32``,
+    Calibration, on 2 CPU cores with 1 torch thread, the shipped aligner (``hidden=64``,
     ``num_layers=0``, ``probes=128``, ``edge_dim=10``), float32: the peak RSS rise of one
     ``gnn_align.align(a, b, method="gnn")`` call measured by ``benchmarks/scale.py``, against this
     estimate with ``params`` and ``group_widths`` given:
@@ -99,19 +99,19 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     ============================================================  ==========  ========  ========  =====
     model                                                         edges       measured  estimate  ratio
     ============================================================  ==========  ========  ========  =====
-    mlp:64,64,64,64,10                                            12,928      7 MB      23 MB     3.29
-    mlp:64,128,128,128,10                                         42,240      17 MB     44 MB     2.68
-    mlp:64,256,256,256,10                                         150,016     54 MB     113 MB    2.10
-    mlp:64,512,512,512,10                                         562,176     232 MB    351 MB    1.51
-    mlp:64,1024,1024,1024,10                                      2,172,928   749 MB    1237 MB   1.65
-    mlp:64,2048,2048,2048,10                                      8,540,160   2759 MB   4645 MB   1.68
-    cnn2d:3,64,128,256,512,512,10                                 439,488     244 MB    360 MB    1.47
-    cnn2d:3,64,64,128,128,256,256,256,512,512,512,512,512,512,10  1,639,616   634 MB    1243 MB   1.96
-    mlp:64,4096,4096,4096,10 (gnn only, --max-edges 40000000)     33,857,536  10547 MB  18006 MB  1.71
+    mlp:64,64,64,64,10                                            12,928      7 MB      23 MB     3.26
+    mlp:64,128,128,128,10                                         42,240      20 MB     45 MB     2.27
+    mlp:64,256,256,256,10                                         150,016     67 MB     113 MB    1.69
+    mlp:64,512,512,512,10                                         562,176     203 MB    353 MB    1.73
+    mlp:64,1024,1024,1024,10                                      2,172,928   786 MB    1241 MB   1.58
+    mlp:64,2048,2048,2048,10                                      8,540,160   2790 MB   4652 MB   1.67
+    cnn2d:3,64,128,256,512,512,10                                 439,488     257 MB    362 MB    1.41
+    cnn2d:3,64,64,128,128,256,256,256,512,512,512,512,512,512,10  1,639,616   689 MB    1248 MB   1.81
+    mlp:64,4096,4096,4096,10 (gnn only, --max-edges 40000000)     33,857,536  10547 MB  18021 MB  1.71
     ============================================================  ==========  ========  ========  =====
 
-    An upper bound everywhere, within 1.5-2x from half a million edges (the MLPs of 2M to 34M edges
-    measured 326 to 361 bytes an edge), up to 3.3x on the smallest graphs, where :data:`FIXED_MB`
+    An upper bound everywhere, within 1.4-1.8x from half a million edges (the MLPs of 2M to 34M edges
+    measured 327 to 379 bytes an edge), up to 3.3x on the smallest graphs, where :data:`FIXED_MB`
     dominates.
 
     With message passing (random aligners, ``GNNAligner.align`` alone): ``hidden=32, num_layers=1,
