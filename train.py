@@ -54,8 +54,10 @@ class Config:
     zoo_root: str = "data/zoos"  # folder of built zoos
     out: str = "runs/digits-mlp"  # run folder
     hidden: int = 32  # encoder width
-    layers: int = 0  # NetConv rounds (node + edge states) after the probe pass
-    edge_hidden: int = 4  # edge state width
+    layers: int = 0  # message-passing rounds after the probe pass
+    conv: str = "weight"  # message passing: weight (WeightConv, dense, no edge states) or edge (NetConv)
+    scale_invariant: bool = True  # node parameters divided by their RMS over their layer
+    edge_hidden: int = 4  # edge state width (conv=edge)
     head_scale: float = 5.0  # initial scale s of the scores s² cos(f_A, f_B)
     probes: int = 128  # probe channels (network run on learned virtual inputs/outputs; 0: none)
     epochs: int = 3
@@ -147,7 +149,8 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.aligner = GNNAligner(cfg.hidden, cfg.layers, self.edge_dim, edge_hidden=cfg.edge_hidden,
                                       head_scale=cfg.head_scale, probes=cfg.probes,
-                                      activation=activation, w0=w0)
+                                      activation=activation, w0=w0, conv=cfg.conv,
+                                      scale_invariant=cfg.scale_invariant)
         # DDP all-reduces (averages) the gradients; one process calls the aligner directly
         self.model = torch.nn.parallel.DistributedDataParallel(self.aligner) if info.active else self.aligner
         self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,

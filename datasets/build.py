@@ -69,7 +69,7 @@ def plan(recipe: dict) -> tuple:
     for mi, m in enumerate(recipe["members"]):
         views = recipe.get("views", 1) if m["task"] == "sine" else 1
         units = _splits(recipe, m, -(-m["count"] // views))
-        entry = {k: m[k] for k in ("name", "arch", "task", "activation", "heldout", "count", "train")}
+        entry = {k: m[k] for k in ("name", "arch", "task", "activation", "heldout", "count", "train", "recipe")}
         members.append(entry)
         ids = []
         for i in range(m["count"]):

@@ -19,9 +19,9 @@ def _mlp(d_in: int, width: int, depth: int, d_out: int = 10, layernorm: bool = F
     return arch
 
 
-def _member(name, arch, task, count, train, activation="relu", heldout=False) -> dict:
+def _member(name, arch, task, count, train, activation="relu", heldout=False, recipe="default") -> dict:
     return {"name": name, "arch": arch, "task": task, "count": count, "activation": activation,
-            "heldout": heldout, "train": train}
+            "heldout": heldout, "train": train, "recipe": recipe}
 
 
 DIGITS_MLP_TRAIN = {"epochs": 20, "lr": 5e-3, "batch_size": 64}
@@ -65,6 +65,51 @@ def _mixed_members() -> list:
     return m
 
 
+#: training recipes of the ``recipes`` zoo (keyword arguments of ``gnn_align.zoo.train_networks``, plus an
+#: MLP's ``dropout``); the learning rates are the MLP's (see ``_FAMILY_LR``)
+TRAIN_RECIPES = {
+    "adamw-cos": {"optimizer": "adamw", "lr": 5e-3, "schedule": "cosine", "epochs": 20, "batch_size": 64},
+    "sgd-step-wd": {"optimizer": "sgd", "lr": 0.05, "schedule": "step", "weight_decay": 5e-4, "epochs": 30,
+                    "batch_size": 32},
+    "adam-const-ls": {"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "label_smoothing": 0.1,
+                      "epochs": 40, "batch_size": 128},
+    "sgd-cos-drop-noise": {"optimizer": "sgd", "lr": 0.1, "schedule": "cosine", "weight_decay": 1e-4,
+                           "dropout": 0.1, "input_noise": 0.1, "epochs": 20, "batch_size": 64},
+    "adamw-under-wd": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-2, "epochs": 5, "batch_size": 64,
+                       "init_scale": 0.5},
+    "adam-over": {"optimizer": "adam", "lr": 5e-3, "schedule": "constant", "epochs": 80, "batch_size": 128,
+                  "init_scale": 2.0},
+}
+#: held-out recipes: new combinations of the values above (never trained on)
+HELDOUT_RECIPES = {
+    "sgd-cos-wd-ls": {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4,
+                      "label_smoothing": 0.1, "epochs": 25, "batch_size": 64},
+    "adamw-step-drop-noise": {"optimizer": "adamw", "lr": 3e-3, "schedule": "step", "weight_decay": 5e-3,
+                              "dropout": 0.2, "input_noise": 0.2, "epochs": 15, "batch_size": 32,
+                              "init_scale": 1.5},
+}
+#: learning-rate multipliers per family: (adaptive optimisers, SGD)
+_FAMILY_LR = {"mlp": (1.0, 1.0), "cnn": (4.0, 1.5), "resnet": (2.0, 1.0)}
+
+
+def _recipe_members() -> list:
+    m = []
+    families = [("mlp", "digits-mlp", _mlp(64, 64, 3), "digits", 96, 64),
+                ("cnn", "digits-cnn", DIGITS_CNN, "digits-2d", 48, 64),
+                ("resnet", "digits-resnet", DIGITS_RESNET, "digits-2d", 48, 64)]
+    for fam, prefix, arch, task, count, count_heldout in families:
+        for heldout, table in ((False, TRAIN_RECIPES), (True, HELDOUT_RECIPES)):
+            for rname, r in table.items():
+                train, a = dict(r), dict(arch)
+                dropout = train.pop("dropout", 0.0)
+                if fam == "mlp" and dropout:  # dropout is an MLP option; conv nets train without it
+                    a["dropout"] = dropout
+                train["lr"] *= _FAMILY_LR[fam][train["optimizer"] == "sgd"]
+                m.append(_member(f"{prefix}-{rname}", a, task, count_heldout if heldout else count, train,
+                                 heldout=heldout, recipe=rname))
+    return m
+
+
 def _residual_members() -> list:
     m = []
     for w, b in [(16, 2), (32, 2), (64, 2), (48, 3)]:
@@ -94,6 +139,12 @@ RECIPES = {
     # residual nets of several widths (and a deeper residual MLP), for planted-pair recovery: the mixed
     # zoo trains on one width per residual family (digits-resnet-8-16, digits-resmlp-w32-b2)
     "residual": {"version": 1, "splits": {"test": 1.0}, "members": _residual_members()},
+    # every member a (family, training recipe): MLPs, CNNs and BatchNorm ResNets on digits, each trained
+    # by 6 recipes (optimiser, schedule, weight decay, label smoothing, batch size, epochs, dropout, input
+    # noise, initial scale); 2 held-out recipes per family for testing generalisation across recipes
+    "recipes": {"version": 1, "members": _recipe_members()},
+    # the aligner's training zoo: every member of `mixed` and of `recipes` (other seeds than theirs)
+    "mixed-recipes": {"version": 1, "members": _mixed_members() + _recipe_members()},
     "digits-mlp-shift": {"version": 1, "splits": {"test": 1.0}, "members": [
         _member("digits-mlp-shift", _mlp(64, 64, 3), "digits-shift", 1000, DIGITS_MLP_TRAIN)]},
 }

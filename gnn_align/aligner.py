@@ -34,15 +34,20 @@ class GNNAligner(nn.Module):
         probes: probe channels of the encoder's :class:`~gnn_align.nn.ProbePass` (0: none).
         activation, w0: the hidden activation of the networks it aligns (``relu``, ``tanh``, or
             ``sine`` with SIREN's frequency ``w0``), used by the probe pass.
+        conv: the message-passing layer, ``weight`` (:class:`~gnn_align.nn.WeightConv`) or ``edge``
+            (:class:`~gnn_align.nn.NetConv`).
+        scale_invariant: normalise node parameters per layer (:func:`~gnn_align.nn.encoder.nodeset_normalize`).
     """
 
     def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, edge_hidden: int = 16,
-                 head_scale: float = 1.0, probes: int = 0, activation: str = "relu", w0: float = 1.0):
+                 head_scale: float = 1.0, probes: int = 0, activation: str = "relu", w0: float = 1.0,
+                 conv: str = "weight", scale_invariant: bool = True):
         super().__init__()
         self.config = {"hidden": hidden, "num_layers": num_layers, "edge_dim": edge_dim, "edge_hidden": edge_hidden,
-                       "head_scale": head_scale, "probes": probes, "activation": activation, "w0": w0}
+                       "head_scale": head_scale, "probes": probes, "activation": activation, "w0": w0,
+                       "conv": conv, "scale_invariant": scale_invariant}
         self.encoder = NetEncoder(hidden, num_layers, edge_dim, edge_hidden=edge_hidden, probes=probes,
-                                  activation=activation, w0=w0)
+                                  activation=activation, w0=w0, conv=conv, scale_invariant=scale_invariant)
         self.head = MatchingHead(head_scale)
 
     def reset_parameters(self) -> None:

@@ -36,10 +36,11 @@ class MLP(nn.Sequential):
         out_features: output size.
         activation: one of relu, gelu, silu, tanh, sigmoid, leaky_relu.
         layernorm: put a LayerNorm after every hidden Linear.
+        dropout: dropout probability after every hidden activation (0: no Dropout module).
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
-                 activation: str = "relu", layernorm: bool = False):
+                 activation: str = "relu", layernorm: bool = False, dropout: float = 0.0):
         layers: list = []
         d = in_features
         for h in hidden:
@@ -47,6 +48,8 @@ class MLP(nn.Sequential):
             if layernorm:
                 layers.append(nn.LayerNorm(h))
             layers.append(_act(activation))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
             d = h
         layers.append(nn.Linear(d, out_features))
         super().__init__(*layers)

@@ -45,7 +45,7 @@ def parse_dataclass_args(cls: type, argv: Sequence | None = None, presets: Mappi
     """Build ``cls`` from a command line with one ``--field-name`` flag per dataclass field.
 
     Args:
-        cls: the config dataclass (bool fields become switches).
+        cls: the config dataclass (bool fields become switches: --name and --no-name).
         argv: the arguments (``None``: ``sys.argv[1:]``).
         presets: named dicts of field defaults, chosen with ``--preset NAME``.
         derived: keys of a config file to ignore (see :func:`read_config_file`).
@@ -68,7 +68,7 @@ def parse_dataclass_args(cls: type, argv: Sequence | None = None, presets: Mappi
     for f in dataclasses.fields(cls):
         flag = f"--{f.name.replace('_', '-')}"
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=defaults[f.name])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=defaults[f.name])
         else:
             parser.add_argument(flag, type=type(f.default), default=defaults[f.name])
     args = vars(parser.parse_args(argv))

@@ -4,5 +4,6 @@ from .conv import NetConv
 from .encoder import NetEncoder, sinusoidal
 from .head import MatchingHead, pool_groups
 from .probe import ProbePass
+from .weight_conv import WeightConv
 
-__all__ = ["MatchingHead", "NetConv", "NetEncoder", "ProbePass", "pool_groups", "sinusoidal"]
+__all__ = ["MatchingHead", "NetConv", "NetEncoder", "ProbePass", "WeightConv", "pool_groups", "sinusoidal"]

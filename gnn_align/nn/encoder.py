@@ -10,8 +10,35 @@ from torch_geometric.utils import scatter
 
 from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
+from .blocks import DST0, NDST, SKIP
 from .conv import NetConv
 from .probe import ProbePass
+from .weight_conv import WeightConv
+
+#: message-passing layers the encoder can run: ``weight`` (:class:`WeightConv`, dense, no edge
+#: states) or ``edge`` (:class:`NetConv`, sparse, node and edge states)
+CONVS = ("weight", "edge")
+
+
+def nodeset_normalize(x: Tensor, g, eps: float = 1e-12) -> Tensor:
+    """Divide every column of ``x`` by its root mean square over the node's node set (the targets of
+    one weight layer; nodes that no layer writes, the inputs, form sets of one).
+
+    Scaling a layer's weights and biases by ``c > 0`` (and the next layer's weights by ``1 / c``,
+    a symmetry of ReLU networks) scales its biases and BatchNorm statistics by ``c`` (``c²`` for
+    the variance); the result does not change. What it gives up: the level of a layer's biases
+    against its weights (scaling the biases alone is no symmetry); the probe pass, which runs the
+    network, still sees it. Shapes: x (N, F) -> (N, F).
+    """
+    b = g.blocks[g.blocks[:, SKIP] == 0]
+    set_id = torch.arange(x.shape[0], device=x.device)
+    lens = b[:, NDST]
+    if len(b):
+        first = torch.repeat_interleave(b[:, DST0], lens)
+        offset = torch.arange(int(lens.sum()), device=x.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+        set_id[first + offset] = first
+    ms = scatter(x * x, set_id, dim=0, dim_size=x.shape[0], reduce="mean")[set_id]
+    return x / (ms + eps).sqrt()
 
 
 def sinusoidal(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
@@ -25,7 +52,8 @@ def sinusoidal(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
 class NetEncoder(nn.Module):
     r"""Embeds every neuron of a batch of network graphs.
 
-    Node inputs: the node's parameters (bias, normalisation weight/bias and statistics), its type
+    Node inputs: the node's parameters (bias, normalisation weight/bias and statistics; with
+    ``scale_invariant`` each divided by its RMS over the node's layer, :func:`nodeset_normalize`), its type
     (input/hidden/output), sinusoidal encodings of its depth from the input and from the output
     (so one encoder reads networks of any depth), and — for input and output neurons only — a
     sinusoidal encoding of their fixed index. Hidden neurons get no identity, so the encoder is
@@ -37,6 +65,10 @@ class NetEncoder(nn.Module):
     ``[w_h * normalize(h), w_p * probe responses]`` with learned gains (so the matching head sees
     the canonical probe features directly, and message passing refines them).
 
+    Message passing: ``num_layers`` rounds of :class:`WeightConv` (``conv="weight"``: messages are
+    the network's weights times node states, computed per dense weight block) or of
+    :class:`NetConv` (``conv="edge"``: node and edge states, sparse).
+
     Args:
         hidden: width of node and edge states.
         num_layers: rounds of :class:`NetConv` message passing.
@@ -45,6 +77,8 @@ class NetEncoder(nn.Module):
         edge_hidden: width of edge states.
         probes: probe channels of the :class:`ProbePass` (0: none).
         activation, w0: the activation the :class:`ProbePass` runs the networks with.
+        conv: ``"weight"`` or ``"edge"`` (see above).
+        scale_invariant: normalise the node parameters per layer (see above).
 
     Shapes:
         - **input:** a :class:`torch_geometric.data.Batch` of NetGraphs (or one NetGraph)
@@ -53,13 +87,18 @@ class NetEncoder(nn.Module):
     """
 
     def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, pos_dim: int = 16,
-                 edge_hidden: int = 16, probes: int = 0, activation: str = "relu", w0: float = 1.0):
+                 edge_hidden: int = 16, probes: int = 0, activation: str = "relu", w0: float = 1.0,
+                 conv: str = "weight", scale_invariant: bool = True):
         super().__init__()
+        if conv not in CONVS:
+            raise ValueError(f"unknown conv '{conv}'; choose from {', '.join(CONVS)}")
         self.hidden, self.edge_dim, self.pos_dim, self.probes = hidden, edge_dim, pos_dim, probes
+        self.conv, self.scale_invariant = conv, scale_invariant
         self.probe = ProbePass(probes, edge_dim, activation=activation, w0=w0) if probes else None
         self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * pos_dim + 2 * probes, hidden)
-        self.edge_in = nn.Linear(edge_dim + 2, edge_hidden)
-        self.convs = nn.ModuleList(NetConv(hidden, edge_hidden) for _ in range(num_layers))
+        self.edge_in = nn.Linear(edge_dim + 2, edge_hidden) if conv == "edge" else None  # edge states
+        self.convs = nn.ModuleList(WeightConv(hidden, edge_dim) if conv == "weight" else NetConv(hidden, edge_hidden)
+                                   for _ in range(num_layers))
         self.gains = nn.Parameter(torch.empty(2)) if probes else None
         self.reset_parameters()
 
@@ -69,7 +108,8 @@ class NetEncoder(nn.Module):
             with torch.no_grad():
                 self.gains.copy_(torch.tensor([0.5, 1.0]))
         self.node_in.reset_parameters()
-        self.edge_in.reset_parameters()
+        if self.edge_in is not None:
+            self.edge_in.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
 
@@ -78,8 +118,9 @@ class NetEncoder(nn.Module):
         max_depth = scatter(g.node_depth, batch, reduce="max")[batch]
         fixed = (g.node_type != NODE_HIDDEN).unsqueeze(-1)
         dtype = self.node_in.weight.dtype
+        x = g.x.to(dtype)
         return torch.cat([
-            g.x.to(dtype),
+            nodeset_normalize(x, g) if self.scale_invariant else x,
             nn.functional.one_hot(g.node_type, 3).to(dtype),
             sinusoidal(g.node_depth, self.pos_dim).to(dtype),
             sinusoidal(max_depth - g.node_depth, self.pos_dim).to(dtype),
@@ -91,9 +132,14 @@ class NetEncoder(nn.Module):
             raise ValueError(f"graphs have edge_dim={g.edge_attr.shape[1]}, the encoder expects "
                              f"{self.edge_dim}; build them with to_graph(..., edge_dim={self.edge_dim})")
         dtype = self.node_in.weight.dtype
+        if (self.scale_invariant or self.conv == "weight") and getattr(g, "blocks", None) is None:
+            raise ValueError("the graph has no 'blocks' (made by an older gnn_align?); rebuild it with to_graph")
         probe = self.probe(g) if self.probe is not None else None
         h = self.node_in(self.node_features(g, probe))
-        if len(self.convs):
+        if self.conv == "weight":
+            for conv in self.convs:
+                h = conv.forward_blocks(h, g)
+        elif len(self.convs):
             e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
                 (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))
             for conv in self.convs:

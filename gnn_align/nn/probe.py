@@ -9,7 +9,9 @@ from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
 
 _BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
     "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
-_EDGE0, _SRC0, _NSRC, _DST0, _NDST, _SKIP = range(6)  # columns of NetGraph.blocks
+from .blocks import DST0 as _DST0
+from .blocks import SRC0 as _SRC0
+from .blocks import push_blocks
 
 #: activation name -> function of (pre-activation, w0); ``sine`` is SIREN's sin(w0 z)
 ACTIVATIONS = {"relu": lambda z, w0: z.relu(), "tanh": lambda z, w0: z.tanh(), "sine": lambda z, w0: (w0 * z).sin()}
@@ -91,32 +93,6 @@ class ProbePass(nn.Module):
             level = new
         raise ValueError("the network graph has a cycle")
 
-    def _push(self, g, blocks: Tensor, h: Tensor, read: Tensor, reverse: bool, rows: tuple) -> Tensor:
-        """``out[target] += sum_k read[k] * W_k @ h[source]`` over ``blocks`` (targets and sources
-        swap, and ``W`` is transposed, with ``reverse``); skips add ``h[source]``. Blocks of equal
-        shape run as one batched product. Targets lie in ``rows = (r0, r1)``.
-        Shapes: h (N, K) -> (r1 - r0, K)."""
-        out = h.new_zeros(rows[1] - rows[0], h.shape[1])
-        kinds = blocks[:, [_NSRC, _NDST, _SKIP]]
-        for n_src, n_dst, skip in torch.unique(kinds, dim=0).tolist():
-            b = blocks[(kinds == kinds.new_tensor([n_src, n_dst, skip])).all(1)]
-            src = b[:, _SRC0, None] + torch.arange(n_src, device=b.device)  # (G, n_src) node rows
-            dst = b[:, _DST0, None] + torch.arange(n_dst, device=b.device)
-            if reverse:
-                src, dst = dst, src
-            dst = dst.flatten() - rows[0]
-            if skip:
-                out = out.index_add(0, dst, h[src.flatten()])
-                continue
-            w = g.edge_attr[b[:, _EDGE0, None] + torch.arange(n_dst * n_src, device=b.device)]
-            w = w.to(h.dtype).view(len(b), n_dst, n_src, -1)  # (G, targets, sources, d)
-            d = w.shape[-1]
-            w = w.permute(0, 3, 2, 1) if reverse else w.permute(0, 3, 1, 2)  # (G, d, rows, cols)
-            y = torch.matmul(w.reshape(len(b), d * w.shape[2], w.shape[3]), h[src])  # (G, d * rows, K)
-            y = (y.view(len(b), d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
-            out = out.index_add(0, dst, y.reshape(-1, h.shape[1]))
-        return out
-
     def forward(self, g) -> Tensor:
         dtype = self.read_fwd.dtype
         if getattr(g, "blocks", None) is None:
@@ -146,7 +122,7 @@ class ProbePass(nn.Module):
         to_level = level[order][blocks[:, _DST0]]
         for d in range(1, top + 1):
             r = slice(start[d], start[d + 1])
-            new = self._push(g, blocks[to_level == d], a, self.read_fwd, False, (r.start, r.stop)) \
+            new = push_blocks(g.edge_attr, blocks[to_level == d], a, self.read_fwd, False, (r.start, r.stop)) \
                 + x[r, _BIAS:_BIAS + 1]
             bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
             z[r] = new
@@ -157,7 +133,7 @@ class ProbePass(nn.Module):
         from_level = level[order][blocks[:, _SRC0]]
         for d in range(top - 1, 0, -1):
             r = slice(start[d], start[d + 1])
-            agg = self._push(g, blocks[from_level == d], gb, self.read_bwd, True, (r.start, r.stop))
+            agg = push_blocks(g.edge_attr, blocks[from_level == d], gb, self.read_bwd, True, (r.start, r.stop))
             gb[r] = torch.where(is_out[r], gb[r], agg)
         z[:start[1]] = 0.0  # no forward response at the inputs, no backward one at the outputs
         gb = torch.where(is_out, 0.0, gb)

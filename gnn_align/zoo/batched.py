@@ -10,6 +10,7 @@ BatchNorm statistics are tracked per network.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -60,7 +61,8 @@ class StackedForward:
     def __init__(self, arch: dict):
         self.module = build_arch(arch).to("meta")
         self.param_keys = [k for k, _ in self.module.named_parameters()]
-        self._fn = vmap(lambda p, b, x: functional_call(self.module, (p, b), (x,)))
+        # "different": dropout (the only random op of an arch) draws its own mask for every network
+        self._fn = vmap(lambda p, b, x: functional_call(self.module, (p, b), (x,)), randomness="different")
 
     def split(self, stacked: dict) -> tuple:
         params = {k: v for k, v in stacked.items() if k in self.param_keys}
@@ -71,11 +73,12 @@ class StackedForward:
         return self._fn(params, buffers, x)
 
 
-def task_loss(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+def task_loss(out: torch.Tensor, y: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-network mean loss. Shapes: out (M, B, C), y (M, B) labels or (M, B, C) targets -> (M,)."""
     if loss == "ce":
         m, b, c = out.shape
-        return F.cross_entropy(out.reshape(m * b, c), y.reshape(-1), reduction="none").view(m, b).mean(1)
+        return F.cross_entropy(out.reshape(m * b, c), y.reshape(-1), reduction="none",
+                               label_smoothing=label_smoothing).view(m, b).mean(1)
     if loss == "mse":
         return ((out - y) ** 2).flatten(1).mean(1)
     raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
@@ -109,20 +112,61 @@ def evaluate(fwd: StackedForward, stacked: dict, x: torch.Tensor, y: torch.Tenso
     return res
 
 
+#: the training recipe's choices (see :func:`train_networks`)
+OPTIMIZERS, SCHEDULES = ("adamw", "adam", "sgd"), ("cosine", "constant", "step")
+
+
+def _optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay), Adam or SGD with momentum (both with L2 weight decay). Every one
+    updates element-wise, so the networks of a stack still train independently."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'; choose from {', '.join(OPTIMIZERS)}")
+
+
+def lr_factor(schedule: str, t: int, total: int, warm: int) -> float:
+    """Learning-rate multiplier at step ``t`` of ``total``: linear warmup over ``warm`` steps, then
+    ``cosine`` (to 0 at the last step), ``constant``, or ``step`` (x0.1 at 50% and again at 75%)."""
+    if schedule == "cosine":
+        # in float32, as zoos built before the other schedules existed were
+        after = (0.5 * (1 + torch.cos(torch.tensor(math.pi * min(t, total) / total)))).item()
+    elif schedule == "constant":
+        after = 1.0
+    elif schedule == "step":
+        after = 0.1 ** ((t >= total // 2) + (t >= 3 * total // 4))
+    else:
+        raise ValueError(f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
+    return min((t + 1) / warm, after)
+
+
 def train_networks(arch: dict, x_train: torch.Tensor, y_train: torch.Tensor, seeds: Sequence[int], *,
                    loss: str = "ce", epochs: int = 20, batch_size: int = 64, lr: float = 1e-2,
-                   weight_decay: float = 0.0, warmup_epochs: float = 1.0, per_network_targets: bool = False,
+                   weight_decay: float = 0.0, warmup_epochs: float = 1.0, optimizer: str = "adamw",
+                   momentum: float = 0.9, schedule: str = "cosine", label_smoothing: float = 0.0,
+                   init_scale: float = 1.0, input_noise: float = 0.0, per_network_targets: bool = False,
                    progress: bool = True, desc: str = "training") -> tuple:
-    """Train ``len(seeds)`` networks of ``arch`` at once with AdamW and a warmup + cosine schedule.
+    """Train ``len(seeds)`` networks of ``arch`` at once, by one training recipe.
 
-    Network m is initialised from ``seeds[m]`` (in the dtype of ``x_train``) and sees the training set in its own order (drawn
-    from ``stable_seed(seeds[m], "data")``). The learning rate anneals to zero at the last step.
+    Network m is initialised from ``seeds[m]`` (in the dtype of ``x_train``) and sees the training
+    set in its own order (drawn from ``stable_seed(seeds[m], "data")``); its input noise and dropout
+    masks are drawn from generators seeded by the same seeds, so a build is deterministic. The
+    default recipe is AdamW with a one-epoch warmup and a cosine schedule to zero.
 
     Args:
-        arch: architecture config.
+        arch: architecture config (``dropout`` in an MLP's config is the recipe's dropout).
         x_train: (N, *input) inputs shared by all networks.
         y_train: (N,) labels / (N, C) targets, or (M, N, ...) when ``per_network_targets``.
         seeds: one seed per network.
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (with ``momentum``).
+        schedule: ``cosine``, ``constant`` or ``step`` (see :func:`lr_factor`), after the warmup.
+        label_smoothing: cross-entropy label smoothing.
+        init_scale: multiplies every initial weight matrix/kernel (biases and norms unchanged).
+        input_noise: augmentation: Gaussian noise of this many input standard deviations is
+            added to every training batch.
 
     Returns:
         ``(stacked_state, history)``: trained states (M, ...) per key, and the mean training loss of
@@ -133,31 +177,39 @@ def train_networks(arch: dict, x_train: torch.Tensor, y_train: torch.Tensor, see
         raise ValueError(f"training set of {n} samples is smaller than batch_size={batch_size}")
     fwd = StackedForward(arch)
     init = {k: v.to(x_train.dtype) if v.is_floating_point() else v for k, v in init_states(arch, seeds).items()}
+    if init_scale != 1.0:
+        init = {k: v * init_scale if k.endswith("weight") and v.dim() > 2 else v for k, v in init.items()}
     params, buffers = fwd.split(init)
     params = {k: v.requires_grad_() for k, v in params.items()}
-    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=weight_decay)
+    opt = _optimizer(optimizer, params.values(), lr, weight_decay, momentum)
     steps_per_epoch = n // batch_size
     total, warm = epochs * steps_per_epoch, max(1, int(warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min((t + 1) / warm, 0.5 * (1 + torch.cos(
-        torch.tensor(torch.pi * min(t, total) / total)).item())))
+    lr_factor(schedule, 0, total, warm)  # an unknown schedule fails before training
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(schedule, t, total, warm))
     data_gens = [torch.Generator().manual_seed(stable_seed(s, "data")) for s in seeds]
+    noise_gen = torch.Generator().manual_seed(stable_seed(*seeds, "noise"))
+    x_std = float(x_train.std()) if input_noise else 0.0
     history = []
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        order = torch.stack([torch.randperm(n, generator=g) for g in data_gens])
-        running = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[:, step * batch_size:(step + 1) * batch_size]
-            out = fwd(params, buffers, x_train[idx], train=True)
-            losses = task_loss(out, _targets(y_train, idx, per_network_targets), loss)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
-            sched.step()
-            running += float(losses.detach().mean())
-        history.append(running / steps_per_epoch)
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: seed it, restore it after
+        torch.manual_seed(stable_seed(*seeds, "dropout"))
+        for _ in bar:
+            order = torch.stack([torch.randperm(n, generator=g) for g in data_gens])
+            running = 0.0
+            for step in range(steps_per_epoch):
+                idx = order[:, step * batch_size:(step + 1) * batch_size]
+                xb = x_train[idx]
+                if input_noise:
+                    xb = xb + input_noise * x_std * torch.randn(xb.shape, generator=noise_gen, dtype=xb.dtype)
+                out = fwd(params, buffers, xb, train=True)
+                losses = task_loss(out, _targets(y_train, idx, per_network_targets), loss, label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+                sched.step()
+                running += float(losses.detach().mean())
+            history.append(running / steps_per_epoch)
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
     state = {k: v.detach() for k, v in {**params, **buffers}.items()}
     order = list(build_arch(arch).state_dict())
     return {k: state[k].contiguous() for k in order}, history
-

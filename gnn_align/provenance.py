@@ -1,0 +1,54 @@
+"""Provenance of a result file: the command, the commit, the software and the aligner that produced it."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def git_commit(path: str | Path = ".") -> str:
+    """The commit checked out at ``path`` (with ``+dirty`` when the work tree has changes), or ``unknown``."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=path, capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return "unknown"
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 (first 16 hex digits) of a model's state dict: every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def provenance(argv: list | None = None, aligner: str | None = None,
+               aligner_model: torch.nn.Module | None = None) -> dict:
+    """What a result file records about how it was made.
+
+    Args:
+        argv: the command line (default ``sys.argv``).
+        aligner: how the aligner was named on the command line (a run folder, ``pretrained``, ...).
+        aligner_model: the aligner itself, to record its weights hash and config.
+    """
+    argv = sys.argv if argv is None else argv
+    out = {"command": "python " + shlex.join(argv), "commit": git_commit(Path(__file__).resolve().parent),
+           "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if aligner is not None:
+        out["aligner"] = aligner
+    if aligner_model is not None:
+        out["aligner_weights_sha256"] = weights_hash(aligner_model)
+        out["aligner_config"] = getattr(aligner_model, "config", None)
+    return out
