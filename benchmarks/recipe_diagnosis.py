@@ -94,7 +94,7 @@ def run(args) -> dict:
                     s["test_acc"] = zoo.record(k)["test_acc"]
                     for key in STATS:
                         stats[key].append(s[key])
-            bn = input_batches(task.x_train) if any(k.startswith("running") for k in a) else None
+            bn = input_batches(task.x_train) if any(k.endswith("running_mean") for k in a) else None
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(args.seed, i, j))
             for name in barriers:
                 t0 = time.perf_counter()

@@ -12,6 +12,8 @@ Graph contract (:class:`NetGraph`):
   layer runs from input neuron ``i`` to output neuron ``o`` and carries ``weight.reshape(out, n_in, k)
   [o, i]`` (a kernel, or the ``k`` entries of a flattened feature map) centre-padded to ``edge_dim``
   columns, so :func:`from_graph` is slicing and reshaping and the round trip is exact.
+  ``kernel_cols`` (1, edge_dim) bool marks the columns some layer (or skip) writes; the others are
+  zero on every edge (batched: one row per graph).
   ``edge_type`` is 0 for weights and 1 for **residual skips**: a residual addition ``y = x + f(x)``
   appears as identity edges ``x_i -> f(x)_i`` (value 1 in the centre column), and layers that read
   ``y`` read the node set of ``f(x)``. Both node sets share one group and positions.
@@ -108,11 +110,14 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         k = ly.edge_len
         attr[e0:e0 + n_out * n_in, (d - k) // 2:(d - k) // 2 + k] = state_dict[ly.weight].reshape(n_out * n_in, k)
     attr[sk["edge_type"] == EDGE_SKIP, (d - 1) // 2] = 1
+    cols = torch.zeros(1, d, dtype=torch.bool)
+    for k in {ly.edge_len for ly in st.layers} | {1}:
+        cols[0, (d - k) // 2:(d - k) // 2 + k] = True
     extra = [state_dict[k].reshape(-1).to(torch.float64) for k, _, _ in st.extras]
     return NetGraph(x=x, edge_index=sk["edge_index"], edge_attr=attr, edge_type=sk["edge_type"],
                     node_type=sk["node_type"], node_depth=sk["node_depth"], perm_group=sk["perm_group"],
                     perm_pos=sk["perm_pos"], num_groups=len(spec.group_sizes), group_names=list(spec.group_sizes),
-                    blocks=sk["blocks"], extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64),
+                    blocks=sk["blocks"], kernel_cols=cols, extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64),
                     num_nodes=n)
 
 

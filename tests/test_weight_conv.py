@@ -95,3 +95,10 @@ def test_scale_invariant_encoder_keeps_its_equivariance():
     graph = to_graph(a, spec, edge_dim=9)
     perm = random_permutation(spec, torch.Generator().manual_seed(2))
     assert equivariance_error(_encoder(True), graph, _src_of(graph, perm)) < 1e-12
+
+
+def test_kernel_cols_mark_exactly_the_written_edge_columns():
+    graphs = [to_graph(_state(name)[3], _state(name)[2], edge_dim=9) for name in FAMS]
+    for g in graphs + [Batch.from_data_list(graphs)]:
+        assert torch.equal(g.kernel_cols.any(0), g.edge_attr.ne(0).any(0))  # random weights: none is 0
+    assert int(graphs[0].kernel_cols.sum()) == 1 and int(graphs[1].kernel_cols.sum()) == 9  # MLP, 3x3 CNN

@@ -8,6 +8,18 @@ from torch import Tensor
 EDGE0, SRC0, NSRC, DST0, NDST, SKIP = range(6)  #: columns of ``NetGraph.blocks``
 
 
+def used_columns(g, *reads: Tensor) -> tuple:
+    """``(edge_attr, *reads)`` without the edge feature columns that no layer of the graph(s) ``g``
+    writes (kernels are centre-padded to the longest one: an MLP's edges use one column of ten):
+    :func:`push_blocks` gives the same result on either, in a fraction of the time. The columns come
+    from ``g.kernel_cols`` (or, for graphs without it, from the nonzero ones)."""
+    cols = getattr(g, "kernel_cols", None)
+    used = g.edge_attr.ne(0).any(0) if cols is None else cols.any(0)
+    if bool(used.all()):
+        return (g.edge_attr, *reads)
+    return (g.edge_attr[:, used], *(r[used] for r in reads))
+
+
 def push_blocks(edge_attr: Tensor, blocks: Tensor, h: Tensor, read: Tensor, reverse: bool = False,
                 rows: tuple | None = None) -> Tensor:
     r"""Sum, over the edge blocks, each block's weights applied to the node states of its sources.

@@ -11,7 +11,7 @@ _BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in 
     "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
 from .blocks import DST0 as _DST0
 from .blocks import SRC0 as _SRC0
-from .blocks import push_blocks
+from .blocks import push_blocks, used_columns
 
 #: activation name -> function of (pre-activation, w0); ``sine`` is SIREN's sin(w0 z)
 ACTIVATIONS = {"relu": lambda z, w0: z.relu(), "tanh": lambda z, w0: z.tanh(), "sine": lambda z, w0: (w0 * z).sin()}
@@ -112,6 +112,7 @@ class ProbePass(nn.Module):
         blocks = g.blocks.clone()
         blocks[:, _SRC0], blocks[:, _DST0] = pos[blocks[:, _SRC0]], pos[blocks[:, _DST0]]
         x, kind = g.x.to(dtype)[order], g.node_type[order]
+        attr, read_fwd, read_bwd = used_columns(g, self.read_fwd, self.read_bwd)
         idx = torch.where(fixed, g.perm_pos, 0)[order]
         has_bn = (x[:, _RUN_VAR] > 0)[:, None]
         bn_scale = x[:, _NORM_W:_NORM_W + 1] / (x[:, _RUN_VAR:_RUN_VAR + 1] + 1e-5).sqrt()
@@ -122,7 +123,7 @@ class ProbePass(nn.Module):
         to_level = level[order][blocks[:, _DST0]]
         for d in range(1, top + 1):
             r = slice(start[d], start[d + 1])
-            new = push_blocks(g.edge_attr, blocks[to_level == d], a, self.read_fwd, False, (r.start, r.stop)) \
+            new = push_blocks(attr, blocks[to_level == d], a, read_fwd, False, (r.start, r.stop)) \
                 + x[r, _BIAS:_BIAS + 1]
             bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
             z[r] = new
@@ -133,7 +134,7 @@ class ProbePass(nn.Module):
         from_level = level[order][blocks[:, _SRC0]]
         for d in range(top - 1, 0, -1):
             r = slice(start[d], start[d + 1])
-            agg = push_blocks(g.edge_attr, blocks[from_level == d], gb, self.read_bwd, True, (r.start, r.stop))
+            agg = push_blocks(attr, blocks[from_level == d], gb, read_bwd, True, (r.start, r.stop))
             gb[r] = torch.where(is_out[r], gb[r], agg)
         z[:start[1]] = 0.0  # no forward response at the inputs, no backward one at the outputs
         gb = torch.where(is_out, 0.0, gb)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from ..graph import EDGE_SKIP
-from .blocks import push_blocks
+from .blocks import push_blocks, used_columns
 from .conv import mlp
 
 
@@ -82,8 +82,9 @@ class WeightConv(MessagePassing):
 
     def forward_blocks(self, h: Tensor, g) -> Tensor:
         """:meth:`forward` over the dense weight blocks of ``g`` (a NetGraph or a batch of them)."""
-        fwd = push_blocks(g.edge_attr, g.blocks, self.lin_fwd(h), self.read_fwd)
-        bwd = push_blocks(g.edge_attr, g.blocks, self.lin_bwd(h), self.read_bwd, reverse=True)
+        attr, read_fwd, read_bwd = used_columns(g, self.read_fwd, self.read_bwd)
+        fwd = push_blocks(attr, g.blocks, self.lin_fwd(h), read_fwd)
+        bwd = push_blocks(attr, g.blocks, self.lin_bwd(h), read_bwd, reverse=True)
         return self._update(h, fwd, bwd)
 
     def __repr__(self) -> str:
