@@ -101,7 +101,7 @@ PRESETS = {
     "v2": {"zoo": "mixed-recipes", "out": "runs/v2", "hidden": 64, "layers": 2, "conv": "weight",
            "scale_invariant": True, "epochs": 24, "steps_per_epoch": 150, "planted_per_step": 4,
            "unlabelled_per_step": 4, "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2",
-           "ema": 0.995, "select": "wm_ratio", "val_pairs": 144, "bench_pairs": 0},
+           "ema": 0.995, "select": "wm_ratio", "val_pairs": 64, "bench_pairs": 0},
 }
 
 

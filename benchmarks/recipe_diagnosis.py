@@ -23,18 +23,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gnn_align.aligner import load_aligner  # noqa: E402
-from gnn_align.archs import build_arch  # noqa: E402
-from gnn_align.bench import evaluate_alignment, pair_generator  # noqa: E402
-from gnn_align.methods import METHODS, PairContext  # noqa: E402
-from gnn_align.metrics import input_batches  # noqa: E402
-from gnn_align.pretrained import load_pretrained  # noqa: E402
-from gnn_align.provenance import provenance  # noqa: E402
-from gnn_align.tasks import network_task  # noqa: E402
-from gnn_align.zoo import ModelZoo, independent_pairs  # noqa: E402
-from gnn_align.zoo.storage import atomic_write, write_json  # noqa: E402
+from gnn_align.aligner import load_aligner
+from gnn_align.archs import build_arch
+from gnn_align.bench import evaluate_alignment, pair_generator
+from gnn_align.methods import METHODS, PairContext
+from gnn_align.metrics import input_batches
+from gnn_align.pretrained import load_pretrained
+from gnn_align.provenance import provenance, write_report
+from gnn_align.tasks import network_task
+from gnn_align.zoo import ModelZoo, independent_pairs
+from gnn_align.zoo.storage import atomic_write
 
 STATS = ("gain", "bias_rms", "dead", "logit_std", "test_acc")
 
@@ -124,7 +122,7 @@ def run(args) -> dict:
 
 
 def _spearman(x: list, y: list) -> float:
-    rank = lambda v: torch.tensor(v, dtype=torch.float64).argsort().argsort().double()  # noqa: E731
+    rank = lambda v: torch.tensor(v, dtype=torch.float64).argsort().argsort().double()
     rx, ry = rank(x), rank(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-12))
@@ -133,8 +131,8 @@ def _spearman(x: list, y: list) -> float:
 def markdown(res: dict) -> str:
     head = ["member", "split", "wm", "am", "gnn", "gnn-probe", "gnn/wm", "gnn/am", "gain", "bias rms",
             "dead", "logit std", "test acc"]
-    lines = [f"**{res['zoo']}**: {res['pairs_per_member']} seeded pairs per member (seed {res['seed']}), mean "
-             "Deep-Align barrier (BatchNorm reset on data for every method where the net has it)", "",
+    lines = [(f"**{res['zoo']}**: {res['pairs_per_member']} seeded pairs per member (seed {res['seed']}), mean "
+              "Deep-Align barrier (BatchNorm reset on data for every method where the net has it)"), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in res["rows"]:
         lines.append(f"| {r['member']} | {r['split']} | {r['barrier_wm']:.4f} | {r['barrier_am']:.4f} | "
@@ -179,12 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/recipe-diagnosis")
     args = p.parse_args(argv)
     res = run(args)
-    out = Path(args.out)
-    write_json(out / "diagnosis.json", res)
-    atomic_write(out / "diagnosis.md", lambda tmp: Path(tmp).write_text(markdown(res)))
-    plot(res, out / "diagnosis.png")
-    print(markdown(res))
-    print(f"wrote {out}/diagnosis.json, diagnosis.md, diagnosis.png")
+    write_report(args.out, "diagnosis", res, markdown(res), plot)
     return 0
 
 

@@ -79,8 +79,10 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     * the encoder's largest transient, the larger of the :class:`~gnn_align.nn.ProbePass` (per weight
       block: the gathered edge features, their transposed copy and the gather index, ``2E (2 f d + 8)``
       with every block counted at once, where the real peak holds one level's blocks) and, with
-      ``num_layers > 0``, :class:`~gnn_align.nn.NetConv` (edge inputs, edge states, the messages of
-      both directions: ``2E (f (d + 2 + 8 He + 4 H) + 16)``);
+      ``num_layers > 0``, the message passing: :class:`~gnn_align.nn.WeightConv` (``conv="weight"``)
+      gathers the weight blocks as the probe pass does; :class:`~gnn_align.nn.NetConv`
+      (``conv="edge"``) holds edge inputs, edge states and the messages of both directions:
+      ``2E (f (d + 2 + 8 He + 4 H) + 16)``;
     * per node of both graphs, ``f (K (2d + 6) + 4H + 64)`` bytes: a level's probe products, the
       forward and backward probe states, node inputs and states;
     * the matching head: one padded ``width x width`` score matrix per group (the scores, their
@@ -114,7 +116,7 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     measured 327 to 379 bytes an edge), up to 3.3x on the smallest graphs, where :data:`FIXED_MB`
     dominates.
 
-    With message passing (random aligners, ``GNNAligner.align`` alone): ``hidden=32, num_layers=1,
+    With NetConv message passing (``conv="edge"``, random aligners, ``GNNAligner.align`` alone): ``hidden=32, num_layers=1,
     edge_hidden=4, probes=128``: 185 MB measured, 329 estimated (mlp:64,256,256,256,10) and 635 / 1141
     (mlp:64,512,512,512,10); ``hidden=64, num_layers=2, edge_hidden=16, probes=0, edge_dim=1``:
     316 / 575 and 1059 / 2108.
@@ -132,12 +134,14 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     Returns:
         the estimated peak in MB (monotone in every size).
     """
-    cfg = {"hidden": 64, "num_layers": 4, "edge_hidden": 16, "probes": 0} | dict(aligner_config)
+    cfg = {"hidden": 64, "num_layers": 4, "edge_hidden": 16, "probes": 0, "conv": "weight"} | dict(aligner_config)
     k, h, he, layers = int(cfg["probes"]), int(cfg["hidden"]), int(cfg["edge_hidden"]), int(cfg["num_layers"])
     e, n, d, f, i = int(num_edges), int(num_nodes), int(edge_dim), int(float_bytes), _INDEX
     graphs = e * (4 * f * d + 9 * i)
-    probe = 2 * e * (2 * f * d + i) if k else 0
-    conv = 2 * e * (f * (d + 2 + 8 * he + 4 * h) + 2 * i) if layers else 0
+    blocks = 2 * e * (2 * f * d + i)  # the gathered weight blocks of a dense pass
+    probe = blocks if k else 0
+    edge_states = 2 * e * (f * (d + 2 + 8 * he + 4 * h) + 2 * i)
+    conv = (blocks if cfg["conv"] == "weight" else edge_states) if layers else 0
     nodes = 2 * n * f * (k * (2 * d + 6) + 4 * h + 64)
     width = max(group_widths, default=0)
     head = ((3 * f + 3) * len(group_widths) + 16) * width * width

@@ -1,14 +1,14 @@
-"""Ablation of the aligner's parts: several trained aligners scored on the same seeded pairs of every
-member of a zoo, next to weight matching and activation matching.
+"""Several trained aligners scored on the same seeded pairs of every member of a zoo, next to weight
+matching and activation matching: the ablation of the aligner's parts, and its acceptance tables.
 
 Each ``--run NAME=RUN_DIR`` is a ``train.py`` run (e.g. probe pass only / message passing only /
-both, trained with the same budget). For every member of the zoo's test split (and, with
+both, trained with the same budget), or ``NAME=pretrained`` for the aligner shipped in the package. For every member of the zoo's test split (and, with
 ``--heldout-pairs``, its heldout split) the same pairs are aligned by every method; BatchNorm
 statistics are reset on data for every interpolated network. The table gives each member's mean
 Deep-Align barrier, and per family the geometric mean over members of (method / WM). Writes
 ``ablation.json``, ``ablation.md`` and ``ablation.png``.
 
-    python benchmarks/ablation.py --zoo mixed-recipes --run probe=runs/abl-probe \\
+    python benchmarks/compare.py --zoo mixed-recipes --run probe=runs/abl-probe \\
         --run mp=runs/abl-mp --run both=runs/abl-both --out benchmarks/ablation
 """
 
@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gnn_align.aligner import load_aligner  # noqa: E402
-from gnn_align.bench import register_aligner, run_benchmark  # noqa: E402
-from gnn_align.provenance import provenance, weights_hash  # noqa: E402
-from gnn_align.zoo import ModelZoo  # noqa: E402
-from gnn_align.zoo.storage import ZooError, atomic_write, write_json  # noqa: E402
+from gnn_align.aligner import load_aligner
+from gnn_align.bench import register_aligner, run_benchmark
+from gnn_align.pretrained import load_pretrained
+from gnn_align.provenance import provenance, weights_hash, write_report
+from gnn_align.zoo import ModelZoo
+from gnn_align.zoo.storage import ZooError, atomic_write
 
 
 def family(member: dict) -> str:
@@ -43,7 +42,7 @@ def run(args) -> dict:
     names = []
     info = {}
     for name, path in runs.items():
-        al = load_aligner(path)
+        al = load_pretrained() if path == "pretrained" else load_aligner(path)
         names += register_aligner(al, name=name)[:1]
         info[name] = {"run": path, "weights_sha256": weights_hash(al), "config": al.config}
     methods = ["wm", "am", *names]
@@ -76,8 +75,8 @@ def run(args) -> dict:
 
 def markdown(res: dict) -> str:
     m = res["methods"]
-    lines = [f"**{res['zoo']}**: mean Deep-Align barrier on the same seeded pairs (seed {res['seed']}) for every "
-             "method; BatchNorm reset on data for every interpolated network.", "",
+    lines = [(f"**{res['zoo']}**: mean Deep-Align barrier on the same seeded pairs (seed {res['seed']}) for every "
+              "method; BatchNorm reset on data for every interpolated network."), "",
              "Per family: geometric mean over its members of (method barrier / WM barrier); lower is better.", "",
              "| family | members | " + " | ".join(m) + " |", "|---|---|" + "---|" * len(m)]
     for fam, s in res["summary_over_wm"].items():
@@ -109,7 +108,7 @@ def plot(res: dict, path: Path) -> None:
     ax.axhline(1.0, color="gray", lw=0.8, label="wm")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(fams))], fams)
     ax.set_ylabel("barrier / WM barrier (geo. mean)")
-    ax.set_title(f"{res['zoo']}: ablation")
+    ax.set_title(f"{res['zoo']}: {', '.join(res['runs'])} against weight matching")
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -120,22 +119,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
     p.add_argument("--root", default="data/zoos")
-    p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR")
+    p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
+                   help="an aligner to score: a train.py run folder, or 'pretrained' (the shipped one)")
     p.add_argument("--pairs", type=int, default=16, help="pairs per trained-on member")
     p.add_argument("--heldout-pairs", type=int, default=16, help="pairs per held-out member (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--name", default="ablation", help="file stem of the results (default ablation)")
     p.add_argument("--out", default="benchmarks/ablation")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args)
-    out = Path(args.out)
-    write_json(out / "ablation.json", res)
-    atomic_write(out / "ablation.md", lambda tmp: Path(tmp).write_text(markdown(res)))
-    plot(res, out / "ablation.png")
-    print(markdown(res))
-    print(f"wrote {out}/ablation.json, ablation.md, ablation.png")
+    write_report(args.out, args.name, res, markdown(res), plot)
     return 0
 
 
