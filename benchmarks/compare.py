@@ -2,7 +2,7 @@
 matching and activation matching: the ablation of the aligner's parts, and its acceptance tables.
 
 Each ``--run NAME=RUN_DIR`` is a ``train.py`` run (e.g. probe pass only / message passing only /
-both, trained with the same budget), or ``NAME=pretrained`` for the aligner shipped in the package. For every member of the zoo's test split (and, with
+both, trained with the same budget), or ``NAME=pretrained[:ALIGNER]`` for an aligner shipped in the package. For every member of the zoo's test split (and, with
 ``--heldout-pairs``, its heldout split) the same pairs are aligned by every method; BatchNorm
 statistics are reset on data for every interpolated network. The table gives each member's mean
 Deep-Align barrier, and per family the geometric mean over members of (method / WM). Writes
@@ -42,7 +42,10 @@ def run(args) -> dict:
     names = []
     info = {}
     for name, path in runs.items():
-        al = load_pretrained() if path == "pretrained" else load_aligner(path)
+        if path == "pretrained" or path.startswith("pretrained:"):
+            al = load_pretrained(*path.split(":")[1:])
+        else:
+            al = load_aligner(path)
         names += register_aligner(al, name=name)[:1]
         info[name] = {"run": path, "weights_sha256": weights_hash(al), "config": al.config}
     methods = ["wm", "am", *names]
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--zoo", required=True)
     p.add_argument("--root", default="data/zoos")
     p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
-                   help="an aligner to score: a train.py run folder, or 'pretrained' (the shipped one)")
+                   help="an aligner to score: a train.py run folder, 'pretrained' (the shipped default) or "
+                        "'pretrained:NAME'")
     p.add_argument("--pairs", type=int, default=16, help="pairs per trained-on member")
     p.add_argument("--heldout-pairs", type=int, default=16, help="pairs per held-out member (0: skip)")
     p.add_argument("--seed", type=int, default=0)
