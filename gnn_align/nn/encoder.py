@@ -71,7 +71,7 @@ class NetEncoder(nn.Module):
 
     Args:
         hidden: width of node and edge states.
-        num_layers: rounds of :class:`NetConv` message passing.
+        num_layers: rounds of message passing (see ``conv``).
         edge_dim: edge feature width the graphs are built with (``to_graph(..., edge_dim=)``).
         pos_dim: width of each sinusoidal encoding.
         edge_hidden: width of edge states.

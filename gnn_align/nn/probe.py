@@ -6,12 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
-
-_BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
-    "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
 from .blocks import DST0 as _DST0
 from .blocks import SRC0 as _SRC0
 from .blocks import push_blocks, used_columns
+
+_BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
+    "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
 
 #: activation name -> function of (pre-activation, w0); ``sine`` is SIREN's sin(w0 z)
 ACTIVATIONS = {"relu": lambda z, w0: z.relu(), "tanh": lambda z, w0: z.tanh(), "sine": lambda z, w0: (w0 * z).sin()}

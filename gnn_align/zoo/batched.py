@@ -152,8 +152,9 @@ def train_networks(arch: dict, x_train: torch.Tensor, y_train: torch.Tensor, see
     """Train ``len(seeds)`` networks of ``arch`` at once, by one training recipe.
 
     Network m is initialised from ``seeds[m]`` (in the dtype of ``x_train``) and sees the training
-    set in its own order (drawn from ``stable_seed(seeds[m], "data")``); its input noise and dropout
-    masks are drawn from generators seeded by the same seeds, so a build is deterministic. The
+    set in its own order (drawn from ``stable_seed(seeds[m], "data")``). Input noise and dropout
+    masks are drawn for the whole stack from generators seeded by all of ``seeds`` (so a network's
+    draws depend on its stack-mates), which keeps a build deterministic. The
     default recipe is AdamW with a one-epoch warmup and a cosine schedule to zero.
 
     Args:
