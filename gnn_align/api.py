@@ -24,10 +24,11 @@ from .metrics import input_batches, recompute_bn_stats
 from .models import check_state
 from .models import example_input as guess_input
 from .permute import apply_permutation
+from .refine import AUTO_BUDGET
 from .spec import PermutationSpec
 from .trace import spec_from_module
 
-ALIGN_METHODS = ("gnn", "wm", "am", "sinkhorn", "gnn+wm", "gnn+sinkhorn")
+ALIGN_METHODS = ("auto", "gnn", "wm", "am", "sinkhorn", "ste", "gnn+wm", "gnn+sinkhorn", "gnn+ste")
 
 
 @dataclass
@@ -42,6 +43,8 @@ class AlignResult:
         max_abs_diff: max |B(x) - aligned B(x)| on the example inputs (a permutation must not change
             B's function; :func:`align` raises when it does).
         method, spec: the method and the permutation symmetry used.
+        info: for refining methods and ``auto``: which answer was kept, every candidate's midpoint
+            loss on held-out data and seconds (:class:`~gnn_align.refine.Outcome`).
     """
 
     perm: dict
@@ -51,6 +54,7 @@ class AlignResult:
     method: str
     spec: PermutationSpec = field(repr=False)
     module: nn.Module = field(repr=False)
+    info: dict = field(default_factory=dict)
 
     def model(self) -> nn.Module:
         """A copy of the architecture holding B aligned to A (eval mode)."""
@@ -59,9 +63,9 @@ class AlignResult:
         return net
 
     def summary(self) -> dict:
-        """JSON-ready figures: method, seconds, max |Δ| and group sizes."""
+        """JSON-ready figures: method, seconds, max |Δ|, group sizes and :attr:`info`."""
         return {"method": self.method, "seconds": self.seconds, "max_abs_diff": self.max_abs_diff,
-                "groups": dict(self.spec.group_sizes)}
+                "groups": dict(self.spec.group_sizes)} | ({"info": self.info} if self.info else {})
 
 
 def _state(model, name: str) -> dict:
@@ -126,22 +130,33 @@ class _Prepared:
         self.spec = spec_from_module(self.module, example_input[:8])
 
 
-def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None) -> AlignResult:
+def _gnn_table(prep: _Prepared, aligner) -> dict:
+    """:func:`aligner_methods` of ``aligner`` (default the shipped one), once it is known to fit the model."""
+    if aligner is None:
+        from .pretrained import load_pretrained
+
+        aligner = load_pretrained()
+    _check_coverage(aligner, prep.spec, prep.module)
+    # a graph too large for the encoder is refused before anything is allocated
+    check_aligner_memory(type(prep.module).__name__, graph_size(prep.spec), aligner.config,
+                         float_bytes=next(aligner.parameters()).element_size())
+    return aligner_methods(aligner)
+
+
+def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None,
+         budget: float = AUTO_BUDGET) -> AlignResult:
     if method not in ALIGN_METHODS and method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALIGN_METHODS)}")
-    table = METHODS
+    table, note = METHODS, ""
     if method.startswith("gnn"):
-        if aligner is None:
-            from .pretrained import load_pretrained
-
-            aligner = load_pretrained()
-        _check_coverage(aligner, prep.spec, prep.module)
-        # a graph too large for the encoder is refused before anything is allocated
-        check_aligner_memory(type(prep.module).__name__, graph_size(prep.spec), aligner.config,
-                             float_bytes=next(aligner.parameters()).element_size())
-        table = aligner_methods(aligner)
+        table = _gnn_table(prep, aligner)
+    elif method == "auto":
+        try:
+            table = _gnn_table(prep, aligner)
+        except GNNAlignError as e:  # the aligner cannot read this model: choose among the others
+            note = f"gnn left out: {e}"
     sa, sb = prep.states[a], prep.states[b]
-    ctx = PairContext(prep.module, prep.spec, sa, sb, prep.x, prep.y, loss, prep.gen)
+    ctx = PairContext(prep.module, prep.spec, sa, sb, prep.x, prep.y, loss, prep.gen, budget)
     t0 = time.perf_counter()
     perm = table[method][0](ctx)
     seconds = time.perf_counter() - t0
@@ -152,20 +167,24 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
     if not delta <= tol:
         raise GNNAlignError(f"permuting B changed its function: max |delta| = {delta:.3e} > {tol:.1e}; the derived "
                             "symmetry does not hold for this model (please report it)")
-    return AlignResult(perm, state, seconds, delta, method, prep.spec, prep.module)
+    info = ctx.info | ({"note": "; ".join(filter(None, [ctx.info.get("note"), note]))} if note else {})
+    return AlignResult(perm, state, seconds, delta, method, prep.spec, prep.module, info)
 
 
-def align(model_a, model_b, method: str = "gnn", aligner=None, data=None, *, module: nn.Module | None = None,
+def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, module: nn.Module | None = None,
           example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
-          atol: float | None = None) -> AlignResult:
+          atol: float | None = None, budget: float = AUTO_BUDGET) -> AlignResult:
     """Align B to A: find the permutation of B's hidden neurons that best matches A.
 
     Args:
         model_a, model_b: two networks of one architecture (``nn.Module`` s, or state dicts with
             ``module=``).
         method: ``gnn`` (a learned aligner, one forward pass), ``wm`` (weight matching), ``am``
-            (activation matching; needs inputs), ``sinkhorn`` (Sinkhorn re-basin; needs inputs and
-            targets), ``gnn+wm`` or ``gnn+sinkhorn`` (the learned prediction refined by the optimiser).
+            (activation matching; needs inputs), ``sinkhorn`` or ``ste`` (Sinkhorn or straight-through
+            re-basin; need inputs and targets), ``gnn+wm``, ``gnn+sinkhorn`` or ``gnn+ste`` (the
+            learned prediction refined by the optimiser, kept when the refinement does worse), or
+            ``auto`` (with inputs and targets, the best of gnn, wm, am and gnn+wm on held-out data,
+            refined within ``budget``; without data, gnn: see :mod:`gnn_align.refine`).
         aligner: a :class:`~gnn_align.aligner.GNNAligner` for the ``gnn`` methods; default the
             pretrained one shipped in the package (which warns on models unlike its training zoo).
         data: training inputs ``x``, or ``(x, y)``: used by ``am`` and ``sinkhorn``, and as example inputs.
@@ -175,6 +194,7 @@ def align(model_a, model_b, method: str = "gnn", aligner=None, data=None, *, mod
         loss: ``ce`` or ``mse``, the task loss of ``sinkhorn``.
         seed: seed of the methods' random choices.
         atol: tolerance of the function check (default 1e-4, or 1e-9 in float64, times max(1, max |B(x)|)).
+        budget: seconds ``auto`` may spend (its candidates always run; refinement gets what is left).
 
     Returns:
         :class:`AlignResult`.
@@ -185,7 +205,7 @@ def align(model_a, model_b, method: str = "gnn", aligner=None, data=None, *, mod
         GNNAlignError: the permuted B does not compute what B computes.
     """
     prep = _Prepared([model_a, model_b], module, data, example_input, seed)
-    return _run(prep, 0, 1, method, aligner, loss, atol)
+    return _run(prep, 0, 1, method, aligner, loss, atol, budget)
 
 
 @dataclass
@@ -215,10 +235,10 @@ def average_states(states: Sequence[Mapping], weights: Sequence[float] | None = 
             for k, v in states[0].items()}
 
 
-def merge(models: Sequence, weights: Sequence[float] | None = None, method: str = "gnn", data=None, *,
+def merge(models: Sequence, weights: Sequence[float] | None = None, method: str = "auto", data=None, *,
           aligner=None, module: nn.Module | None = None, reference: int = 0,
           example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
-          progress: bool = False) -> MergeResult:
+          progress: bool = False, budget: float = AUTO_BUDGET) -> MergeResult:
     """Align every model to ``models[reference]`` with ``method`` (see :func:`align`), then average.
 
     With BatchNorm layers, the merged network's running statistics are recomputed on ``data``'s
@@ -233,7 +253,7 @@ def merge(models: Sequence, weights: Sequence[float] | None = None, method: str 
         raise ValueError(f"reference {reference} is not a model index (0..{len(models) - 1})")
     prep = _Prepared(list(models), module, data, example_input, seed)
     others = [k for k in range(len(models)) if k != reference]
-    results = [_run(prep, reference, k, method, aligner, loss, None)
+    results = [_run(prep, reference, k, method, aligner, loss, None, budget)
                for k in tqdm(others, desc=f"aligning to model {reference}", disable=not progress)]
     aligned = [r.state for r in results]
     aligned.insert(reference, prep.states[reference])

@@ -78,8 +78,9 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
             perm = METHODS[name][0](ctx)
             seconds = time.perf_counter() - t0
             metrics, curve = evaluate_alignment(module, a, b, perm, spec, task, num_lambdas, bn)
+            kept = {"kept": ctx.info["kept"]} if "kept" in ctx.info else {}  # refiners and auto
             rows[name].append(dict(metrics, seconds=seconds, pair=[zoo.network_ids[i],
-                                   zoo.network_ids[j]], curve=curve["loss"]))
+                                   zoo.network_ids[j]], curve=curve["loss"], **kept))
     return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": split, "member": member,
             "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
             "loss": "+".join(sorted(losses)),
@@ -89,6 +90,9 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
 
 def _summary(rows: list, data: str) -> dict:
     out = {"data": data, "median_seconds": statistics.median(r["seconds"] for r in rows)}
+    kept = [r["kept"] for r in rows if "kept" in r]
+    if kept:  # how often each answer was kept, by a refiner's acceptance test or auto's choice
+        out["kept"] = {k: kept.count(k) for k in sorted(set(kept))}
     for k in METRICS:
         vals = [r[k] for r in rows if k in r]
         if vals:
@@ -100,7 +104,7 @@ def _summary(rows: list, data: str) -> dict:
 
 
 def to_markdown(res: dict) -> str:
-    head = ["method"] + [f"{k} (mean ± std)" for k in METRICS] + ["median s/pair", "data used"]
+    head = ["method"] + [f"{k} (mean ± std)" for k in METRICS] + ["median s/pair", "data used", "kept (pairs)"]
     lines = [f"**{res['zoo']}**" + (f" / {res['member']}" if res.get("member") else "")
              + f" v{res['zoo_version']}: {res['pairs']} {res.get('split', 'test')} pairs (seed {res['seed']}), "
              f"{res['num_lambdas']} λ, test {loss_label(res.get('loss', 'ce'))}; torch threads {res['torch_threads']}"
@@ -109,7 +113,8 @@ def to_markdown(res: dict) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in res["methods"].items():
         cells = [name] + [f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" if k in s else "–" for k in METRICS]
-        lines.append("| " + " | ".join(cells + [f"{s['median_seconds'] * 1000:.1f} ms", s["data"]]) + " |")
+        kept = ", ".join(f"{k} {n}" for k, n in s.get("kept", {}).items()) or "–"
+        lines.append("| " + " | ".join(cells + [f"{s['median_seconds'] * 1000:.1f} ms", s["data"], kept]) + " |")
     return "\n".join(lines) + "\n"
 
 

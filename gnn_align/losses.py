@@ -21,6 +21,9 @@ from .permute import apply_permutation_matrix
 from .spec import PermutationSpec
 from .zoo.batched import task_loss
 
+#: BatchNorm buffers (copied before a train-mode forward writes into them)
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
 
 def planted_cross_entropy(scores: Tensor, mask: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     """Cross-entropy of every real row of the scores against the true partner column.
@@ -56,19 +59,35 @@ def weight_distance(state_a: Mapping, state_b: Mapping, mats: Mapping, spec: Per
     return sum(((state_a[k] - pb[k]) ** 2).mean() for k in spec.learnable_keys())
 
 
+def state_task_loss(module: nn.Module, state: Mapping, x: Tensor, y: Tensor, loss: str = "ce") -> Tensor:
+    """Task loss of the architecture ``module`` holding ``state`` on ``(x, y)``, differentiable in ``state``.
+
+    The network runs in eval mode except its BatchNorm layers, which normalise with the statistics
+    of the batch ``x``: the running statistics stored in ``state`` belong to the networks it was made
+    from (for an interpolated or permuted-and-averaged network, averages that match none of its
+    layers), while batch statistics always match the weights being evaluated. ``state``'s running
+    statistics are not updated (BatchNorm writes into copies). Neither ``module``'s values nor its
+    modes are changed.
+    """
+    state = {k: v.clone() if k.endswith(_BN_BUFFERS) else v for k, v in state.items()}
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    try:
+        out = functional_call(module, state, (x,))
+    finally:
+        for m, was in modes.items():
+            m.train(was)
+    return task_loss(out[None], y[None], loss)[0]
+
+
 def interpolation_task_loss(module: nn.Module, state_a: Mapping, state_b: Mapping, mats: Mapping,
                             spec: PermutationSpec, x: Tensor, y: Tensor, lam: float, loss: str = "ce") -> Tensor:
-    """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (eval mode).
-
-    Gradients flow through the learnable tensors only: buffers (BatchNorm running statistics) enter
-    as constants, since ``batch_norm`` cannot differentiate its running statistics."""
+    """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (:func:`state_task_loss`:
+    BatchNorm on the batch's statistics). Gradients flow through the learnable tensors only."""
     learnable = set(spec.learnable_keys())
     mixed = {k: v if k in learnable else v.detach()
              for k, v in interpolate(state_a, apply_permutation_matrix(state_b, mats, spec), lam).items()}
-    was = module.training
-    module.eval()
-    try:
-        out = functional_call(module, mixed, (x,))
-    finally:
-        module.train(was)
-    return task_loss(out[None], y[None], loss)[0]
+    return state_task_loss(module, mixed, x, y, loss)

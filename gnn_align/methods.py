@@ -7,14 +7,18 @@ to A, in the convention of :mod:`gnn_align.permute`.
 
 from __future__ import annotations
 
+import dataclasses
+import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .baselines import activation_matching, sinkhorn_rebasin, weight_matching
+from .baselines import activation_matching, matching_objective, sinkhorn_rebasin, ste_rebasin, weight_matching
 from .metrics import input_batches
 from .permute import identity_permutation
+from .refine import AUTO_BUDGET, SCORE_LIMIT, auto_align, keep_better, midpoint_loss, split_scoring
 
 
 @dataclass
@@ -31,6 +35,8 @@ class PairContext:
     y_train: torch.Tensor | None
     loss: str
     generator: torch.Generator
+    budget: float = AUTO_BUDGET  # seconds ``auto`` may spend
+    info: dict = field(default_factory=dict)  # what a refining or choosing method did (Outcome.as_dict())
 
     def need(self, method: str, targets: bool = False) -> None:
         """Raise a ValueError naming ``method`` when the inputs (and ``targets``) it needs are missing."""
@@ -61,13 +67,83 @@ def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0)
                             steps=SINKHORN_STEPS, init=init, init_scale=init_scale, generator=c.generator).perm
 
 
+#: steps, learning rate and batch of STE re-basin (tuned on validation pairs of digits-mlp)
+STE_STEPS, STE_LR, STE_BATCH = 60, 0.05, 256
+_STE_DATA = f"train split, {STE_STEPS} steps of batches of {STE_BATCH}"
+
+
+def _ste(c: PairContext, init: dict | None = None, budget: float | None = None) -> dict:
+    c.need("ste", targets=True)
+    return ste_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss, steps=STE_STEPS,
+                       lr=STE_LR, batch_size=STE_BATCH, init=init, budget=budget, generator=c.generator).perm
+
+
+def _am(c: PairContext) -> dict:
+    return activation_matching(c.module, c.state_a, c.state_b, c.spec, _am_batches(c)).perm
+
+
+def _scorer(c: PairContext) -> Callable | None:
+    """Midpoint loss on (up to SCORE_LIMIT of) the context's data; None without inputs and targets."""
+    if c.x_train is None or c.y_train is None:
+        return None
+    x, y = c.x_train[:SCORE_LIMIT], c.y_train[:SCORE_LIMIT]
+    return lambda perm: midpoint_loss(c.module, c.spec, c.state_a, c.state_b, perm, x, y, c.loss)
+
+
+def refined(name: str, base: Callable, refiner: Callable, own_test: Callable | None = None) -> Callable:
+    """The method ``name`` = ``refiner(ctx, init=base(ctx))``, returning the base's answer instead when the
+    refined one fails ``own_test`` or, with data, has a higher midpoint loss (:func:`~gnn_align.refine.keep_better`).
+    What was kept goes to ``ctx.info``."""
+    def method(c: PairContext) -> dict:
+        t0 = time.perf_counter()
+        start = base(c)
+        t1 = time.perf_counter()
+        perm = refiner(c, init=start)
+        b = name.split("+")[0]
+        perm, out = keep_better((b, start, t1 - t0), (name, perm, time.perf_counter() - t1), _scorer(c), own_test)
+        c.info.update(out.as_dict())
+        return perm
+
+    return method
+
+
+def _wm_accepts(c: PairContext) -> Callable:
+    return lambda before, after: (matching_objective(c.state_a, c.state_b, after, c.spec)
+                                  >= matching_objective(c.state_a, c.state_b, before, c.spec))
+
+
+def auto_method(gnn: Callable | None) -> Callable:
+    """``auto``: with inputs and targets, the best of gnn (when ``gnn`` is given), wm, am and gnn+wm by
+    the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by STE
+    re-basin within ``ctx.budget`` seconds; without, ``gnn`` (or ``wm``) with a one-line warning."""
+    def method(c: PairContext) -> dict:
+        if c.x_train is None or c.y_train is None:
+            fallback = "gnn" if gnn is not None else "wm"
+            warnings.warn(f"auto: no data (inputs and targets) given, using {fallback}", stacklevel=2)
+            c.info.update(kept=fallback, note="no data")
+            return gnn(c) if gnn is not None else _wm(c)
+        xf, yf, xs, ys = split_scoring(c.x_train, c.y_train)
+        fit = dataclasses.replace(c, x_train=xf, y_train=yf, info={})
+        cands = {} if gnn is None else {"gnn": lambda _: gnn(fit)}
+        cands |= {"wm": lambda _: _wm(fit), "am": lambda _: _am(fit)}
+        if gnn is not None:
+            cands["gnn+wm"] = lambda init: _wm(fit, init=init)
+        score = lambda perm: midpoint_loss(c.module, c.spec, c.state_a, c.state_b, perm, xs, ys, c.loss)
+        perm, out = auto_align(cands, lambda init, left: _ste(fit, init=init, budget=left), score, c.budget)
+        c.info.update(out.as_dict())
+        return perm
+
+    return method
+
+
 #: method name -> (function of a PairContext returning a permutation, data it uses)
 METHODS: dict = {
     "naive": (lambda c: identity_permutation(c.spec), "none"),
     "wm": (_wm, "none"),
-    "am": (lambda c: activation_matching(c.module, c.state_a, c.state_b, c.spec, _am_batches(c)).perm,
-           "train split, first 512 inputs"),
+    "am": (_am, "train split, first 512 inputs"),
     "sinkhorn": (_sinkhorn, _SINKHORN_DATA),
+    "ste": (_ste, _STE_DATA),
+    "auto": (auto_method(None), "train split: 80% to fit, 20% (≤ 1024) to choose"),
 }
 
 
@@ -77,14 +153,20 @@ def register_method(name: str, fn: Callable, data: str = "none") -> None:
 
 
 def aligner_methods(aligner, name: str = "gnn") -> dict:
-    """Methods of a trained :class:`~gnn_align.aligner.GNNAligner`: ``name`` (its prediction),
-    ``name+wm`` and ``name+sinkhorn`` (the prediction as the optimiser's starting permutation; the
-    time includes the prediction), as ``{method: (function, data it uses)}``."""
+    """Methods of a trained :class:`~gnn_align.aligner.GNNAligner`: ``name`` (its prediction);
+    ``name+wm``, ``name+sinkhorn`` and ``name+ste`` (the prediction as the optimiser's starting
+    permutation, kept when the refinement does worse; the time includes the prediction); and
+    ``auto`` (:func:`auto_method`), as ``{method: (function, data it uses)}``."""
     def gnn(c: PairContext) -> dict:
         return aligner.align(c.state_a, c.state_b, c.spec)
 
-    return {name: (gnn, "none"), f"{name}+wm": (lambda c: _wm(c, init=gnn(c)), "none"),
-            f"{name}+sinkhorn": (lambda c: _sinkhorn(c, init=gnn(c), init_scale=WARM_START_SCALE), _SINKHORN_DATA)}
+    sink = lambda c, init: _sinkhorn(c, init=init, init_scale=WARM_START_SCALE)
+    keep = " (train split, when given, to keep the better)"
+    return {name: (gnn, "none"),
+            f"{name}+wm": (lambda c: refined(f"{name}+wm", gnn, _wm, _wm_accepts(c))(c), "none" + keep),
+            f"{name}+sinkhorn": (refined(f"{name}+sinkhorn", gnn, sink), _SINKHORN_DATA + keep),
+            f"{name}+ste": (refined(f"{name}+ste", gnn, _ste), _STE_DATA + keep),
+            "auto": (auto_method(gnn), METHODS["auto"][1])}
 
 
 def register_aligner(aligner, name: str = "gnn") -> list:

@@ -64,7 +64,9 @@ def test_align_needs_data_for_data_methods_and_knows_its_methods():
         ga.align(net, net, "nope")
     with pytest.raises(TypeError, match="module="):
         ga.align(net.state_dict(), net.state_dict(), "wm")
-    assert set(ALIGN_METHODS) == {"gnn", "wm", "am", "sinkhorn", "gnn+wm", "gnn+sinkhorn"}
+    assert set(ALIGN_METHODS) == {"auto", "gnn", "wm", "am", "sinkhorn", "ste", "gnn+wm", "gnn+sinkhorn", "gnn+ste"}
+    with pytest.raises(ValueError, match="'ste' needs training data \\(inputs and targets"):
+        ga.align(net, net, "ste", data=torch.randn(8, 4))
 
 
 def test_align_rejects_bad_models_naming_the_key():

@@ -58,7 +58,9 @@ def test_learned_aligner_methods_join_the_same_table(tiny_zoo):
     torch.manual_seed(0)
     names = register_aligner(GNNAligner(hidden=8, num_layers=1, edge_dim=9, edge_hidden=4).eval())
     res = run_benchmark(tiny_zoo, ["naive", "wm"] + names, num_pairs=2, progress=False)
-    assert list(res["methods"]) == ["naive", "wm", "gnn", "gnn+wm", "gnn+sinkhorn"]
+    assert list(res["methods"]) == ["naive", "wm", "gnn", "gnn+wm", "gnn+sinkhorn", "gnn+ste", "auto"]
+    for m in ("gnn+wm", "auto"):  # what the refiner kept, or auto chose, is counted over the pairs
+        assert sum(res["methods"][m]["kept"].values()) == 2
     pairs = [p["pair"] for p in res["methods"]["naive"]["per_pair"]]
     for s in res["methods"].values():  # every method is scored on the same pairs
         assert [p["pair"] for p in s["per_pair"]] == pairs

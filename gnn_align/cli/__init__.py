@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import jobs, models, studies
 
@@ -34,6 +35,8 @@ def main(argv: list | None = None) -> int:
         rest = argv[1:]
     else:
         args, rest = parser.parse_args(argv), []
+    shown = warnings.formatwarning  # warnings (e.g. auto without data) print as one line
+    warnings.formatwarning = lambda message, *_, **__: f"gnn-align: note: {' '.join(str(message).split())}\n"
     try:
         if hasattr(args, "forward"):
             return jobs.run(args, rest)
@@ -44,6 +47,8 @@ def main(argv: list | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"gnn-align: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

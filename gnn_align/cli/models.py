@@ -15,6 +15,7 @@ import torch
 
 from ..errors import GNNAlignError
 from ..models import build_model, check_state, example_input, load_state_file, save_state_file
+from ..refine import AUTO_BUDGET
 
 MODEL_HELP = ("architecture: mlp:IN,H1,..,OUT | mlp-ln:... | resmlp:IN,WIDTH,BLOCKS,OUT | cnn1d/cnn2d:CIN,C1,..,CLASSES "
               "| resnet1d/resnet2d:CIN,STEM,C1,..,CLASSES | a JSON object {\"family\": ...} | package.module:factory")
@@ -86,7 +87,7 @@ def _align(args) -> dict:
     module, (a, b) = _load(args, [args.a, args.b])
     task = _task(args.data)
     res = align(a, b, args.method, aligner=_aligner(args.aligner), data=_data(task), module=module,
-                loss=task.loss if task else "ce", seed=args.seed)
+                loss=task.loss if task else "ce", seed=args.seed, budget=args.budget)
     dist = lambda s: float(sum(((a[k] - s[k]).double() ** 2).sum() for k in a if a[k].is_floating_point())) ** 0.5
     info = res.summary() | {"a": args.a, "b": args.b, "output": str(out), "distance_before": dist(b),
                             "distance_after": dist(res.state)}
@@ -95,7 +96,19 @@ def _align(args) -> dict:
         print(f"aligned {args.b} to {args.a} with {args.method} in {res.seconds:.3f} s\n"
               f"  weight distance |A - B|: {info['distance_before']:.4f} -> {info['distance_after']:.4f}\n"
               f"  function check: max |B(x) - aligned B(x)| = {res.max_abs_diff:.2e}\n  written: {out}")
+        _print_outcome(res.info)
     return info
+
+
+def _print_outcome(info: dict) -> None:
+    """The candidates a refining method or ``auto`` scored, and which it kept."""
+    if info.get("scores"):
+        print("| candidate | midpoint loss (held out) | seconds |\n|---|---|---|")
+        for name, score in info["scores"].items():
+            mark = " (kept)" if name == info["kept"] else ""
+            print(f"| {name}{mark} | {score:.4f} | {info['seconds'].get(name, float('nan')):.3f} |")
+    elif info.get("kept"):
+        print(f"  kept: {info['kept']}" + (f" ({info['note']})" if info.get("note") else ""))
 
 
 def _merge(args) -> dict:
@@ -109,12 +122,14 @@ def _merge(args) -> dict:
     module, states = _load(args, args.models)
     task = _task(args.data)
     res = merge(states, weights, args.method, _data(task), aligner=_aligner(args.aligner), module=module,
-                loss=task.loss if task else "ce", seed=args.seed, progress=not args.json)
+                loss=task.loss if task else "ce", seed=args.seed, progress=not args.json, budget=args.budget)
     info = {"models": args.models, "method": args.method, "output": str(out), "bn_reset": res.bn_reset,
-            "seconds": sum(r.seconds for r in res.alignments)}
+            "seconds": sum(r.seconds for r in res.alignments),
+            "alignments": [dict(model=p, **r.info) for p, r in zip(args.models[1:], res.alignments, strict=True)
+                           if r.info]}
     if task is not None and task.loss == "ce":
         naive = merge(states, weights, "naive", _data(task), module=module).state  # same BatchNorm reset
-        acc = lambda s: accuracy(module, s, task.x_test, task.y_test)  # noqa: E731
+        acc = lambda s: accuracy(module, s, task.x_test, task.y_test)
         info |= {"test_accuracy": {"models": [acc(s) for s in states], "naive_average": acc(naive),
                                    "aligned_average": acc(res.state)}}
     save_state_file(res.state, out)
@@ -175,8 +190,11 @@ def _common(p: argparse.ArgumentParser, methods: bool = True, output: bool = Fal
         p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--model", required=True, help=MODEL_HELP)
     if methods:
-        p.add_argument("--method", default="gnn", help="gnn (default: the pretrained aligner), wm, am, sinkhorn, "
-                       "gnn+wm, gnn+sinkhorn (am and sinkhorn need --data)")
+        p.add_argument("--method", default="auto", help="auto (default: with --data, the best of gnn, wm, am and "
+                       "gnn+wm on held-out data, refined within --budget; without, gnn), gnn (the pretrained aligner), "
+                       "wm, am, sinkhorn, ste, gnn+wm, gnn+sinkhorn, gnn+ste (am, sinkhorn and ste need --data)")
+        p.add_argument("--budget", type=float, default=AUTO_BUDGET, help=f"seconds auto may spend per pair "
+                       f"(default {AUTO_BUDGET})")
         p.add_argument("--aligner", default=None, help="a train.py run folder or the name of a shipped aligner "
                        "(default: the shipped one)")
         p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")

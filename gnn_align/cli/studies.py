@@ -84,17 +84,20 @@ def _guarded(args: argparse.Namespace, compute):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..aligner import load_aligner
     from ..bench import dumps, register_aligner, run_benchmark, to_markdown, write_results
+    from ..provenance import provenance
+    from .models import _aligner
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
     def compute() -> dict:
-        if args.aligner:
-            register_aligner(load_aligner(args.aligner))
-        return run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
-                             num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json,
-                             split=args.split, member=args.member)
+        aligner = _aligner(args.aligner)
+        if aligner is not None:
+            register_aligner(aligner)
+        res = run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
+                            num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json,
+                            split=args.split, member=args.member)
+        return res | {"provenance": provenance(aligner=args.aligner, aligner_model=aligner)}
 
     res = _guarded(args, compute)
     if res is None:
@@ -166,9 +169,10 @@ def add_parsers(sub) -> None:
                        "`python -m datasets build NAME`)")
     bench.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
     bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, "
-                       "sinkhorn; with --aligner also gnn, gnn+wm, gnn+sinkhorn")
-    bench.add_argument("--aligner", default=None, help="a train.py run folder: adds its best aligner as methods "
-                       "gnn, gnn+wm (its prediction refined by weight matching) and gnn+sinkhorn")
+                       "sinkhorn, ste, auto; with --aligner also gnn, gnn+wm, gnn+sinkhorn, gnn+ste")
+    bench.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name: adds it "
+                       "as methods gnn, gnn+wm, gnn+sinkhorn, gnn+ste (its prediction refined by the optimiser) "
+                       "and makes auto consider it")
     bench.add_argument("--pairs", type=int, default=100, help="number of test pairs (default 100)")
     bench.add_argument("--split", default="test", help="split the pairs come from: test (default) or heldout "
                        "(a zoo's held-out architectures)")
