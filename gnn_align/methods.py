@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .baselines import activation_matching, matching_objective, sinkhorn_rebasin, ste_rebasin, weight_matching
+from .baselines.ste import STE_BATCH, STE_STEPS
 from .metrics import input_batches
 from .permute import identity_permutation
 from .refine import AUTO_BUDGET, SCORE_LIMIT, auto_align, keep_better, midpoint_loss, split_scoring
@@ -67,15 +68,13 @@ def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0)
                             steps=SINKHORN_STEPS, init=init, init_scale=init_scale, generator=c.generator).perm
 
 
-#: steps, learning rate and batch of STE re-basin (tuned on validation pairs of digits-mlp)
-STE_STEPS, STE_LR, STE_BATCH = 60, 0.05, 256
 _STE_DATA = f"train split, {STE_STEPS} steps of batches of {STE_BATCH}"
 
 
 def _ste(c: PairContext, init: dict | None = None, budget: float | None = None) -> dict:
     c.need("ste", targets=True)
-    return ste_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss, steps=STE_STEPS,
-                       lr=STE_LR, batch_size=STE_BATCH, init=init, budget=budget, generator=c.generator).perm
+    return ste_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss, init=init,
+                       budget=budget, generator=c.generator).perm
 
 
 def _am(c: PairContext) -> dict:

@@ -22,9 +22,13 @@ from ..permute import apply_permutation, identity_permutation
 from ..spec import PermutationSpec
 from .weight_matching import MatchResult, weight_matching
 
+#: default steps, learning rate (relative to each tensor's RMS) and batch size, tuned on digits-mlp validation pairs
+STE_STEPS, STE_LR, STE_BATCH = 60, 0.05, 256
+
 
 def ste_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: PermutationSpec, x: torch.Tensor,
-                y: torch.Tensor, *, loss: str = "ce", steps: int = 60, batch_size: int = 256, lr: float = 0.01,
+                y: torch.Tensor, *, loss: str = "ce", steps: int = STE_STEPS, batch_size: int = STE_BATCH,
+                lr: float = STE_LR,
                 lam: float | None = 0.5, init: Mapping | None = None, budget: float | None = None,
                 generator: torch.Generator | None = None) -> MatchResult:
     """Align B to A with the straight-through estimator.
@@ -34,8 +38,9 @@ def ste_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: Per
         x, y: training data; each step draws a batch of ``batch_size`` from ``generator``.
         steps: at most this many steps (Adam, learning rate ``lr`` relative to each tensor's RMS).
         lam: the interpolation point of the loss (``None``: uniform in [0, 1], drawn every step).
-        init: starting permutation: ``W`` starts at ``init . theta_B``, so the first projection is
-            ``init``. Default: ``W`` starts at ``theta_A`` (its projection is weight matching's answer).
+        init: where the first projection's weight matching starts (default the identity). ``W``
+            always starts at ``theta_A``: started on B's orbit (at ``init . theta_B``) its projection
+            barely moves (digits-mlp validation pairs: 0.061 against 0.049, 16 pairs).
         budget: stop after this many seconds (checked after every step); ``None``: run all steps.
         generator: source of the batches and of weight matching's group order.
 
@@ -45,14 +50,13 @@ def ste_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: Per
     """
     t0 = time.perf_counter()
     keys = spec.learnable_keys()
-    start = apply_permutation(state_b, init, spec) if init is not None else state_a
-    scale = {k: float(start[k].detach().pow(2).mean().sqrt()) or 1.0 for k in keys}
+    scale = {k: float(state_a[k].detach().pow(2).mean().sqrt()) or 1.0 for k in keys}
     # W is stored divided by each tensor's RMS, so one learning rate suits every layer
-    free = {k: (start[k].detach() / scale[k]).clone().requires_grad_() for k in keys}
+    free = {k: (state_a[k].detach() / scale[k]).clone().requires_grad_() for k in keys}
     opt = torch.optim.Adam(free.values(), lr=lr)
     perm = dict(init) if init is not None else identity_permutation(spec)
     history = []
-    for step in range(steps):
+    for _ in range(steps):
         w = {k: v.detach() * scale[k] for k, v in free.items()}
         perm = weight_matching(w, state_b, spec, init=perm, generator=generator, max_iter=5).perm
         proj = apply_permutation(state_b, perm, spec)
