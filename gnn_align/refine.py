@@ -13,9 +13,9 @@ when inputs and targets are given, scores no worse than X (:func:`keep_better`).
 is recorded in :attr:`Outcome.kept`.
 
 **auto** (:func:`auto_align`): hold out a slice of the data, run the cheap candidates on the rest
-(``gnn``, ``wm``, ``am``, ``gnn+wm``), score each on the held-out slice, refine the best with STE
-re-basin for what is left of a time budget, and return the best of all, with every candidate's
-score and time.
+(``gnn``, ``wm``, ``am``, ``gnn+wm``), score each on the held-out slice, refine the best with a short
+Sinkhorn re-basin (at most 60 steps at learning rate 0.3, stopped when the time budget is spent),
+and return the best of all, with every candidate's score and time.
 """
 
 from __future__ import annotations
@@ -100,18 +100,20 @@ def keep_better(base: tuple, refined: tuple, score: Callable | None, own_test: C
     return (rperm if out.kept == rname else bperm), out
 
 
-def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: float = AUTO_BUDGET) -> tuple:
+def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: float = AUTO_BUDGET,
+               refiner: str = "sinkhorn") -> tuple:
     """The best of ``candidates``, then refined, by ``score`` (lower is better).
 
     Args:
         candidates: name -> ``fn(init or None) -> perm``, run in order; a candidate whose name is
             ``"X+Y"`` gets X's answer as ``init`` (skipped when X failed or was not run).
-        refine: ``fn(init_perm, seconds_left) -> perm``, run from the best candidate when time is left.
+        refine: ``fn(init_perm, seconds_left) -> perm``, run from the best candidate when time is left;
+            its answer is named ``"BEST+REFINER"``.
         score: ``fn(perm) -> float`` on held-out data.
         budget: seconds for everything; candidates run in full, refinement gets what is left.
 
     Returns:
-        ``(perm, Outcome)``; the Outcome names the winner (``"best+refine"`` for the refinement) and
+        ``(perm, Outcome)``; the Outcome names the winner and
         holds every candidate's score and seconds.
     """
     t0 = time.perf_counter()
@@ -127,7 +129,7 @@ def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: f
     best = min(out.scores, key=out.scores.get)
     left = budget - (time.perf_counter() - t0)
     if left > 0:
-        name = f"{best}+ste"
+        name = f"{best}+{refiner}"
         t = time.perf_counter()
         perms[name] = refine(perms[best], left)
         out.seconds[name] = time.perf_counter() - t

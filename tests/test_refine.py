@@ -136,12 +136,12 @@ def test_auto_picks_each_candidate_when_it_wins(winner):
     best = winner if winner != "refine" else "gnn"
     assert seen["gnn+wm"] is answers["gnn"] and seen["refine"] is answers[best]
     assert perm is (refined_answer if winner == "refine" else answers[winner])
-    assert out.kept == (f"{best}+ste" if winner == "refine" else winner)
-    assert set(out.scores) == set(out.seconds) == set(names) | {f"{best}+ste"}
+    assert out.kept == (f"{best}+sinkhorn" if winner == "refine" else winner)
+    assert set(out.scores) == set(out.seconds) == set(names) | {f"{best}+sinkhorn"}
 
 
 def test_auto_skips_refinement_without_time_and_falls_back_without_data():
-    perm, out = auto_align({"wm": lambda _: {"g": torch.tensor([0])}}, lambda i, t: pytest.fail("no time left"),
+    _, out = auto_align({"wm": lambda _: {"g": torch.tensor([0])}}, lambda i, t: pytest.fail("no time left"),
                            lambda p: 1.0, budget=0.0)
     assert out.kept == "wm" and list(out.scores) == ["wm"]
     net = MLP(4, [3], 2).eval()
@@ -187,3 +187,14 @@ def test_new_methods_through_the_api_keep_the_function():
             assert res.max_abs_diff <= 1e-12
             if method != "ste":
                 assert res.info["kept"] in (method, "gnn")
+
+
+def test_sinkhorn_respects_its_budget():
+    ctx = _pair()
+    from gnn_align.baselines import sinkhorn_rebasin
+
+    res = sinkhorn_rebasin(ctx.module, ctx.state_a, ctx.state_b, ctx.spec, ctx.x_train, ctx.y_train, steps=50,
+                           budget=0.0, generator=torch.Generator().manual_seed(0))
+    assert res.iterations == 1
+    assert sinkhorn_rebasin(ctx.module, ctx.state_a, ctx.state_b, ctx.spec, ctx.x_train, ctx.y_train,
+                            steps=3).iterations == 3

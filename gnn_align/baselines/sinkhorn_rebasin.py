@@ -14,6 +14,7 @@ Measured on 4 digits-mlp test pairs (150 steps, Deep-Align barrier): soft forwar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -30,7 +31,8 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
                      x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce", steps: int = 150,
                      batch_size: int = 256, lr: float = 0.1, tau: float = 1.0, n_iters: int = 20,
                      init: Mapping | None = None, init_scale: float = 1.0, straight_through: bool = False,
-                     generator: torch.Generator | None = None, checkpoints: Sequence[int] = ()) -> MatchResult:
+                     generator: torch.Generator | None = None, checkpoints: Sequence[int] = (),
+                     budget: float | None = None) -> MatchResult:
     """Align B to A with Sinkhorn re-basin.
 
     Args:
@@ -45,10 +47,13 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
             soft permutation.
         checkpoints: step counts (0 = before the first step) after which the Hungarian decode of the
             logits is recorded in the result's ``trace``.
+        budget: stop after this many seconds (checked after every step); ``None``: run all steps.
 
     Returns:
-        :class:`MatchResult` with the hard permutation of the final logits (Hungarian).
+        :class:`MatchResult` with the hard permutation of the final logits (Hungarian); ``iterations``:
+        the steps taken.
     """
+    t0 = time.perf_counter()
     start = dict(init or identity_permutation(spec))
     dtype = next(v for v in state_a.values() if v.is_floating_point()).dtype
     logits = {g: (init_scale * perm_to_matrix(start[g], dtype=dtype)).requires_grad_()
@@ -79,4 +84,6 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
         opt.step()
         if step + 1 in marks:
             trace.append((step + 1, decode()))
-    return MatchResult(decode(), iterations=steps, trace=trace)
+        if budget is not None and time.perf_counter() - t0 > budget:
+            break
+    return MatchResult(decode(), iterations=step + 1 if steps else 0, trace=trace)
