@@ -5,18 +5,33 @@ The foundation: a network's permutation symmetry as a :class:`PermutationSpec` (
 graph (:func:`to_graph` / :func:`from_graph`).
 """
 
-from .api import AlignResult, MergeResult, align, merge
-from .errors import GNNAlignError, PermutationError, StateDictError, UnsupportedLayerError
-from .graph import NetGraph, from_graph, global_group, relabel, to_graph
-from .permute import (
-                      apply_permutation,
-                      compose_permutations,
-                      identity_permutation,
-                      invert_permutation,
-                      random_permutation,
-)
-from .spec import Axis, NetStructure, PermutationSpec
-from .trace import spec_from_module
+import importlib
+
+# name -> submodule: imported on first use (PEP 562), so that ``import gnn_align`` and the CLI's
+# ``--help`` import neither torch nor torch_geometric; torch_geometric loads only with graphs or
+# the learned aligner
+_LAZY = {
+    **dict.fromkeys(("AlignResult", "MergeResult", "align", "merge"), "api"),
+    **dict.fromkeys(("GNNAlignError", "PermutationError", "StateDictError", "UnsupportedLayerError"), "errors"),
+    **dict.fromkeys(("NetGraph", "from_graph", "global_group", "relabel", "to_graph"), "graph"),
+    **dict.fromkeys(("apply_permutation", "compose_permutations", "identity_permutation", "invert_permutation",
+                     "random_permutation"), "permute"),
+    **dict.fromkeys(("Axis", "NetStructure", "PermutationSpec"), "spec"),
+    "spec_from_module": "trace",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

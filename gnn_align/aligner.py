@@ -138,6 +138,23 @@ def load_aligner(run_dir: str | Path) -> GNNAligner:
     for name in ("config.json", "aligner.safetensors"):
         if not (run / name).is_file():
             raise GNNAlignError(f"{run / name}: not found (is {run} a finished train.py run folder?)")
-    al = GNNAligner(**json.loads((run / "config.json").read_text())["aligner"])
-    al.load_state_dict(load_file(str(run / "aligner.safetensors")))
+    config, weights = run / "config.json", run / "aligner.safetensors"
+    try:
+        kwargs = json.loads(config.read_text())["aligner"]
+        al = GNNAligner(**kwargs)
+    except json.JSONDecodeError as e:
+        raise GNNAlignError(f"{config}: not valid JSON ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise GNNAlignError(f"{config}: not a valid aligner config (its 'aligner' entry must hold "
+                            f"GNNAligner's arguments): {type(e).__name__}: {e}") from None
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad headers
+        raise GNNAlignError(f"{weights}: not a readable safetensors file (truncated or corrupt?): "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        al.load_state_dict(state)
+    except RuntimeError as e:
+        raise GNNAlignError(f"{weights}: does not fit the aligner described by {config}: "
+                            f"{' '.join(str(e).split())[:300]}") from None
     return al.eval()

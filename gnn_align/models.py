@@ -13,9 +13,14 @@ before anything in it runs. An architecture is named by
 
 from __future__ import annotations
 
+import errno
 import importlib
+import io
 import json
+import os
 import pickle
+import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -86,33 +91,92 @@ def build_model(arch: str) -> nn.Module:
     return model.eval()
 
 
+def _readable_file(path: Path, what: str = "file") -> None:
+    """Raise :class:`GNNAlignError` naming ``path`` unless it is a regular file that can be opened:
+    missing, a directory, a broken link or a symbolic link loop each get their own message."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise GNNAlignError(f"{path}: symbolic link loop, not a {what}") from None
+        if path.is_symlink():
+            raise GNNAlignError(f"{path}: broken symbolic link (to {os.readlink(path)}), not a {what}") from None
+        if e.errno == errno.ENOENT:
+            raise GNNAlignError(f"{path}: file not found") from None
+        raise GNNAlignError(f"{path}: cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise GNNAlignError(f"{path}: is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise GNNAlignError(f"{path}: not a regular file, not a {what}")
+    if not os.access(path, os.R_OK):
+        raise GNNAlignError(f"{path}: permission denied")
+
+
+def _file_kind(path: Path) -> str:
+    """``"zip"`` (torch's format), ``"pickle"`` (torch's legacy format), ``"safetensors"`` or
+    ``"other"``, from the file's first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 28:
+        return "safetensors"
+    return "other"
+
+
+def _pickled_globals(path: Path) -> list:
+    """The ``module.name`` globals a torch zip file's pickle refers to, read with :mod:`pickletools`
+    (nothing is unpickled); empty when they cannot be read."""
+    import pickletools
+    import zipfile
+
+    names, strings = [], []
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if pkl is None:
+                return []
+            for op, arg, _ in pickletools.genops(z.read(pkl)):
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - a malformed archive or pickle: no names, the generic refusal
+        return names
+    return names
+
+
 def load_state_file(path: str | Path) -> dict:
     """A state dict from a ``.safetensors`` file or a ``.pt``/``.pth`` file (``weights_only=True``).
 
     Raises:
-        GNNAlignError: naming the file when it is missing, truncated or corrupt, holds anything but
-            tensors, or would need arbitrary unpickling (which is never attempted).
+        GNNAlignError: naming the file when it is missing (or a directory, a broken link, a link
+            loop), truncated or corrupt, not a torch file at all, holds anything but tensors (a
+            pickled ``nn.Module``: save its ``state_dict()``), or would need arbitrary unpickling
+            (which is never attempted).
     """
     path = Path(path)
-    if not path.is_file():
-        raise GNNAlignError(f"{path}: file not found")
+    _readable_file(path, "model file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad headers
-            raise GNNAlignError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+            hint = " (it is a torch file: name it .pt)" if _file_kind(path) in ("zip", "pickle") else ""
+            raise GNNAlignError(f"{path}: not a readable safetensors file (truncated or corrupt?){hint}: "
+                                f"{_first_line(e)}") from None
     elif path.suffix in (".pt", ".pth"):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise GNNAlignError(f"{path}: refused: loading it would unpickle objects other than tensors "
-                                f"(weights_only=True) {first}".rstrip()) from None
-        except (RuntimeError, EOFError, ValueError) as e:
-            raise GNNAlignError(f"{path}: not a readable torch file (truncated or corrupt?): "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        kind = _file_kind(path)
+        if kind == "safetensors":
+            raise GNNAlignError(f"{path}: not a torch file: it is a safetensors file (name it .safetensors)")
+        if kind == "other":
+            raise GNNAlignError(f"{path}: not a torch file (neither torch.save's zip nor its legacy format)")
+        state = _torch_load(path, kind)
         if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
             state = state["state_dict"]
     else:
@@ -122,18 +186,46 @@ def load_state_file(path: str | Path) -> dict:
     return dict(state)
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message without terminal escapes (or its type's name)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _torch_load(path: Path, kind: str = "zip"):
+    """``torch.load(path, weights_only=True)`` with one-line errors naming ``path``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        names = _pickled_globals(path) if kind == "zip" else []
+        module = next((n for n in names if n.startswith("torch.nn.modules.")), None)
+        if module is not None:
+            raise GNNAlignError(f"{path}: refused: it holds a pickled nn.Module ({module}), which loading would "
+                                "have to unpickle: save model.state_dict() instead") from None
+        bad = re.search(r"GLOBAL ([\w.]+)", re.sub(r"\x1b\[[0-9;]*m", "", str(e)))
+        raise GNNAlignError(f"{path}: refused: loading it would unpickle objects other than tensors "
+                            f"(weights_only=True)" + (f": {bad.group(1)}" if bad else "")) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise GNNAlignError(f"{path}: not a readable torch file (truncated or corrupt?): {_first_line(e)}") from None
+
+
 def save_state_file(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` (``.safetensors``, or ``.pt``/``.pth``) atomically."""
+    """Write ``state`` to ``path`` (``.safetensors``, or ``.pt``/``.pth``) atomically, keeping the
+    permissions of a file it replaces. The file is serialised in memory first, so a full disk
+    raises ``OSError`` (``ENOSPC``) from the write itself and leaves no partial file."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        data = save(tensors)
     elif path.suffix in (".pt", ".pth"):
-        atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+        buf = io.BytesIO()
+        torch.save(tensors, buf)
+        data = buf.getvalue()
     else:
         raise GNNAlignError(f"{path}: unknown model file type '{path.suffix}' (use .safetensors, .pt or .pth)")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return path
 
 

@@ -8,40 +8,45 @@ is written, and outputs are written atomically.
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import os
+import tempfile
 from pathlib import Path
 
-import torch
-
 from ..errors import GNNAlignError
-from ..models import build_model, check_state, example_input, load_state_file, save_state_file
-from ..refine import AUTO_BUDGET
+from .data import DATA_SUFFIXES, check_fits, load_data
+from .jsonout import dumps_json
 
+# torch and the library are imported inside the commands: `gnn-align --help` and argument errors must not
+# wait for them. The default of --budget is the library's (gnn_align.refine.AUTO_BUDGET; a test checks it).
+AUTO_BUDGET = 0.8
 MODEL_HELP = ("architecture: mlp:IN,H1,..,OUT | mlp-ln:... | resmlp:IN,WIDTH,BLOCKS,OUT | cnn1d/cnn2d:CIN,C1,..,CLASSES "
               "| resnet1d/resnet2d:CIN,STEM,C1,..,CLASSES | a JSON object {\"family\": ...} | package.module:factory")
 DATA_HELP = ("a built-in task (digits, digits-2d, mnist1d, mnist1d-1d, ...): its training inputs feed am/sinkhorn and "
-             "BatchNorm resets, its test split the evaluation")
+             "BatchNorm resets, its test split the evaluation; or your own data file "
+             f"({'/'.join(DATA_SUFFIXES)}: inputs x, optionally labels y; see `gnn-align eval --help`)")
+DATA_FILES_HELP = ("Data files: .npy (inputs only), .npz (arrays x and optionally y), .pt/.pth (read with "
+                   "weights_only=True: a tensor of inputs, an (x, y) pair or a dict with x and y), .safetensors "
+                   "(tensors x and optionally y), .csv (numbers; a column named label or y holds the labels). "
+                   "A data file is used whole: for am/sinkhorn/ste/auto, BatchNorm resets and the evaluation.")
 
 
-def _task(name: str | None):
-    if name is None:
-        return None
-    from ..tasks import load_task
+def _load(args, paths: list, data_name: str | None = None) -> tuple:
+    """The architecture, the model files (each checked against it) and the ``--data`` (checked
+    against it too), in that order: nothing is computed on a file that does not fit."""
+    from ..models import build_model, check_state, load_state_file
 
-    try:
-        return load_task(name)
-    except (KeyError, ValueError) as e:
-        raise GNNAlignError(f"--data {name}: {e}") from None
-
-
-def _load(args, paths: list) -> tuple:
     module = build_model(args.model)
     states = []
     for p in paths:
         s = load_state_file(p)
         check_state(module, s, str(p))
         states.append(s)
-    return module, states
+    data = None
+    if data_name is not None:
+        data = load_data(data_name)
+        check_fits(module, data, args.model)
+    return module, states, data
 
 
 def _aligner(spec: str | None):
@@ -57,21 +62,84 @@ def _aligner(spec: str | None):
 
 
 def _data(task):
-    return None if task is None else (task.x_train, task.y_train)
+    if task is None:
+        return None
+    return task.x_train if task.y_train is None else (task.x_train, task.y_train)
 
 
-def _out_ok(path: str) -> Path:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _out_ok(path: str, inputs: list = (), force: bool = False) -> Path:
+    """Check ``-o`` before any work: a model file name that is not an input (unless ``force``) and
+    not a directory, in a folder this process can write to (probed with a temporary file)."""
     out = Path(path)
     if out.suffix not in (".safetensors", ".pt", ".pth"):
         raise GNNAlignError(f"-o {out}: use a .safetensors, .pt or .pth file name")
+    if out.is_dir():
+        raise GNNAlignError(f"-o {out}: is a directory; name a file (.safetensors, .pt or .pth) to write")
+    for i, p in enumerate(inputs):
+        if _same_file(out, Path(p)) and not force:
+            which = "the reference model A" if i == 0 else "an input model file"
+            raise GNNAlignError(f"-o {out}: is {which} ({p}); refusing to overwrite an input (write to another "
+                                "file, or pass --force)")
+    return _writable(out, f"-o {out}")
+
+
+def _writable(out: Path, label: str) -> Path:
+    """Check that ``out`` can be written (its nearest existing folder takes a temporary file)."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise GNNAlignError(f"{label}: {folder} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".gnn-align-probe.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise GNNAlignError(f"{label}: cannot write to {folder} ({(e.strerror or str(e)).lower()})") from None
     return out
 
 
+def _weights(text: str | None, n: int) -> list | None:
+    """``--weights`` as ``n`` finite, non-negative floats with a positive sum (checked before any work)."""
+    if text is None:
+        return None
+    parts = [w.strip() for w in text.split(",")]
+    vals = []
+    for w in parts:
+        try:
+            v = float(w)
+        except ValueError:
+            raise GNNAlignError(f"--weights {text}: '{w}' is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise GNNAlignError(f"--weights {text}: '{w}' is not a finite non-negative number")
+        vals.append(v)
+    if len(vals) != n:
+        raise GNNAlignError(f"--weights {text}: {len(vals)} weights for {n} model files")
+    if sum(vals) <= 0:
+        raise GNNAlignError(f"--weights {text}: the weights must have a positive sum")
+    return vals
+
+
+def _budget(args) -> dict:
+    return {} if args.budget is None else {"budget": args.budget}
+
+
 def _inspect(args) -> dict:
+    import torch
+
+    from ..models import build_model, check_state, example_input, load_state_file
+    from ..trace import spec_from_module
+
     module = build_model(args.model)
     if args.file:
         check_state(module, load_state_file(args.file), args.file)
-    from ..trace import spec_from_module
 
     spec = spec_from_module(module, example_input(module, generator=torch.Generator().manual_seed(0)))
     if not args.json:
@@ -82,12 +150,12 @@ def _inspect(args) -> dict:
 
 def _align(args) -> dict:
     from ..api import align
+    from ..models import save_state_file
 
-    out = _out_ok(args.output)
-    module, (a, b) = _load(args, [args.a, args.b])
-    task = _task(args.data)
+    out = _out_ok(args.output, [args.a, args.b], args.force)
+    module, (a, b), task = _load(args, [args.a, args.b], args.data)
     res = align(a, b, args.method, aligner=_aligner(args.aligner), data=_data(task), module=module,
-                loss=task.loss if task else "ce", seed=args.seed, budget=args.budget)
+                loss=task.loss if task else "ce", seed=args.seed, **_budget(args))
     dist = lambda s: float(sum(((a[k] - s[k]).double() ** 2).sum() for k in a if a[k].is_floating_point())) ** 0.5
     info = res.summary() | {"a": args.a, "b": args.b, "output": str(out), "distance_before": dist(b),
                             "distance_after": dist(res.state)}
@@ -114,20 +182,20 @@ def _print_outcome(info: dict) -> None:
 def _merge(args) -> dict:
     from ..api import merge
     from ..metrics import accuracy
+    from ..models import save_state_file
 
-    out = _out_ok(args.output)
+    out = _out_ok(args.output, args.models, args.force)
     if len(args.models) < 2:
         raise GNNAlignError(f"merge needs at least 2 model files, got {len(args.models)}")
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    module, states = _load(args, args.models)
-    task = _task(args.data)
+    weights = _weights(args.weights, len(args.models))
+    module, states, task = _load(args, args.models, args.data)
     res = merge(states, weights, args.method, _data(task), aligner=_aligner(args.aligner), module=module,
-                loss=task.loss if task else "ce", seed=args.seed, progress=not args.json, budget=args.budget)
+                loss=task.loss if task else "ce", seed=args.seed, progress=not args.json, **_budget(args))
     info = {"models": args.models, "method": args.method, "output": str(out), "bn_reset": res.bn_reset,
             "seconds": sum(r.seconds for r in res.alignments),
             "alignments": [dict(model=p, **r.info) for p, r in zip(args.models[1:], res.alignments, strict=True)
                            if r.info]}
-    if task is not None and task.loss == "ce":
+    if task is not None and task.loss == "ce" and task.y_test is not None:
         naive = merge(states, weights, "naive", _data(task), module=module).state  # same BatchNorm reset
         acc = lambda s: accuracy(module, s, task.x_test, task.y_test)
         info |= {"test_accuracy": {"models": [acc(s) for s in states], "naive_average": acc(naive),
@@ -146,10 +214,17 @@ def _merge(args) -> dict:
 
 def _eval(args) -> dict:
     from ..metrics import curve_metrics, interpolation_curve
-    from ..zoo.storage import atomic_write, write_json
+    from ..zoo.storage import atomic_write
 
-    module, (a, b) = _load(args, [args.a, args.b])
-    task = _task(args.data)
+    if args.lambdas < 2:
+        raise GNNAlignError(f"--lambdas {args.lambdas}: must be at least 2")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise GNNAlignError(f"--out {out}: is a file; name a folder")
+    _writable(out / "curve.json", f"--out {out}")
+    module, (a, b), task = _load(args, [args.a, args.b], args.data)
+    if task.y_test is None:
+        raise GNNAlignError(f"--data {args.data}: has no labels (y); eval needs inputs and labels")
     if args.align:
         from ..api import align
 
@@ -158,7 +233,6 @@ def _eval(args) -> dict:
     curve = interpolation_curve(module, a, b, task.x_test, task.y_test, loss=task.loss, num_lambdas=args.lambdas)
     info = {"a": args.a, "b": args.b, "aligned_with": args.align, "data": args.data} | curve_metrics(curve) | {
         "curve": curve}
-    out = Path(args.out)
     rows = ["| λ | test loss | test accuracy |", "|---|---|---|"] + [
         f"| {lam:.3f} | {loss:.4f} | {acc:.4f} |"
         for lam, loss, acc in zip(curve["lambdas"], curve["loss"], curve.get("acc", [float("nan")] * len(curve["loss"])),
@@ -175,7 +249,8 @@ def _eval(args) -> dict:
     ax.set_ylabel(f"test loss ({task.loss})")
     ax.set_title(f"{Path(args.a).name} → {Path(args.b).name}")
     fig.tight_layout()
-    write_json(out / "curve.json", info)
+    text = dumps_json(info) + "\n"
+    atomic_write(out / "curve.json", lambda tmp: Path(tmp).write_text(text))
     atomic_write(out / "curve.md", lambda tmp: Path(tmp).write_text(md))
     atomic_write(out / "curve.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
@@ -186,14 +261,16 @@ def _eval(args) -> dict:
 
 def _common(p: argparse.ArgumentParser, methods: bool = True, output: bool = False) -> None:
     if output:
-        p.add_argument("-o", "--output", required=True, help="output file (.safetensors, .pt or .pth)")
+        p.add_argument("-o", "--output", required=True, help="output file (.safetensors, .pt or .pth); never one of "
+                       "the input files unless --force")
+        p.add_argument("--force", action="store_true", help="allow -o to name an input file (it is replaced)")
         p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--model", required=True, help=MODEL_HELP)
     if methods:
         p.add_argument("--method", default="auto", help="auto (default: with --data, the best of gnn, wm, am and "
                        "gnn+wm on held-out data, refined within --budget; without, gnn), gnn (the pretrained aligner), "
                        "wm, am, sinkhorn, ste, gnn+wm, gnn+sinkhorn, gnn+ste (am, sinkhorn and ste need --data)")
-        p.add_argument("--budget", type=float, default=AUTO_BUDGET, help=f"seconds auto may spend per pair "
+        p.add_argument("--budget", type=float, default=None, help=f"seconds auto may spend per pair "
                        f"(default {AUTO_BUDGET})")
         p.add_argument("--aligner", default=None, help="a train.py run folder or the name of a shipped aligner "
                        "(default: the shipped one)")
@@ -225,9 +302,10 @@ def add_parsers(sub) -> None:
     _common(p, output=True)
     p.set_defaults(run=_merge)
     p = sub.add_parser("eval", help="interpolation curve of two models: table + PNG",
-                       description="Evaluate (1-λ)·A + λ·B on the test split of --data for evenly spaced λ, "
-                       "optionally after aligning B to A (--align METHOD). Writes curve.json, curve.md and "
-                       "curve.png to --out and prints the table and the barrier.")
+                       description="Evaluate (1-λ)·A + λ·B on the test split of --data (a data file: all of it; "
+                       "it needs labels) for evenly spaced λ, optionally after aligning B to A (--align METHOD). "
+                       "Writes curve.json, curve.md and curve.png to --out and prints the table and the barrier. "
+                       + DATA_FILES_HELP)
     p.add_argument("a", help="model file A")
     p.add_argument("b", help="model file B")
     p.add_argument("--data", required=True, help=DATA_HELP)
@@ -244,5 +322,5 @@ def add_parsers(sub) -> None:
 def run(args) -> int:
     info = args.run(args)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(dumps_json(info))
     return 0

@@ -7,37 +7,47 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+from .jsonout import dumps_json
 
-from .. import archs
-from ..graph import from_graph, to_graph
-from ..permute import apply_permutation, random_permutation
-from ..testing import output_change
-from ..trace import spec_from_module
+# torch and the library are imported inside the commands: `gnn-align --help` and argument errors
+# must not wait for them
+DEMO_NAMES = ("mlp", "mlp-layernorm", "cnn2d", "cnn1d-flatten", "residual-mlp", "resnet-bn", "siren")
 
-# name -> (factory, example input shape without batch); small versions of every family
-DEMO_NETWORKS = {
-    "mlp": (lambda: archs.MLP(64, [64, 64, 64], 10), (64,)),
-    "mlp-layernorm": (lambda: archs.MLP(40, [48, 48], 10, layernorm=True), (40,)),
-    "cnn2d": (lambda: archs.CNN(1, [8, 16, 16], 10, dim=2), (1, 8, 8)),
-    "cnn1d-flatten": (lambda: archs.CNN(1, [16, 16], 10, dim=1, kernel_size=5, stride=2, head="flatten",
-                                        input_size=40), (1, 40)),
-    "residual-mlp": (lambda: archs.ResidualMLP(64, 32, 2, 10), (64,)),
-    "resnet-bn": (lambda: archs.ResNet(1, 8, [8, 16], 10, dim=2), (1, 8, 8)),
-    "siren": (lambda: archs.SIREN(1, [32, 32], 1), (1,)),
-}
+
+def demo_networks() -> dict:
+    """name -> (factory, example input shape without batch); small versions of every family."""
+    from .. import archs
+
+    return {
+        "mlp": (lambda: archs.MLP(64, [64, 64, 64], 10), (64,)),
+        "mlp-layernorm": (lambda: archs.MLP(40, [48, 48], 10, layernorm=True), (40,)),
+        "cnn2d": (lambda: archs.CNN(1, [8, 16, 16], 10, dim=2), (1, 8, 8)),
+        "cnn1d-flatten": (lambda: archs.CNN(1, [16, 16], 10, dim=1, kernel_size=5, stride=2, head="flatten",
+                                            input_size=40), (1, 40)),
+        "residual-mlp": (lambda: archs.ResidualMLP(64, 32, 2, 10), (64,)),
+        "resnet-bn": (lambda: archs.ResNet(1, 8, [8, 16], 10, dim=2), (1, 8, 8)),
+        "siren": (lambda: archs.SIREN(1, [32, 32], 1), (1,)),
+    }
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..graph import from_graph, to_graph
+    from ..permute import apply_permutation, random_permutation
+    from ..testing import output_change
+    from ..trace import spec_from_module
+
+    networks = demo_networks()
     torch.set_default_dtype(torch.float64)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     rows, ok = [], True
-    for name in args.networks or list(DEMO_NETWORKS):
-        if name not in DEMO_NETWORKS:
-            print(f"unknown network '{name}'; choose from {', '.join(DEMO_NETWORKS)}", file=sys.stderr)
+    for name in args.networks or list(networks):
+        if name not in networks:
+            print(f"unknown network '{name}'; choose from {', '.join(networks)}", file=sys.stderr)
             return 2
-        factory, shape = DEMO_NETWORKS[name]
+        factory, shape = networks[name]
         net = factory().eval()
         x = torch.randn((16,) + shape, generator=gen)
         spec = spec_from_module(net, x)
@@ -50,13 +60,13 @@ def _demo(args: argparse.Namespace) -> int:
         exact = all(torch.equal(v, state[k]) for k, v in from_graph(graph, spec).items())
         good = delta <= 1e-10 and exact and changed > 0
         ok &= good
-        rows.append(dict(network=name, groups=len(spec.group_sizes), nodes=graph.num_nodes,
-                         edges=graph.edge_index.shape[1], max_weight_change=changed,
-                         max_output_change=delta, graph_round_trip_exact=exact, ok=good))
+        rows.append({"network": name, "groups": len(spec.group_sizes), "nodes": graph.num_nodes,
+                         "edges": graph.edge_index.shape[1], "max_weight_change": changed,
+                         "max_output_change": delta, "graph_round_trip_exact": exact, "ok": good})
         if not args.json:
             print(f"== {name}: {type(net).__name__}\n{spec.describe()}\n")
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
     else:
         print(f"{'network':<14} {'groups':>6} {'nodes':>6} {'edges':>7} {'max|dW|':>9} {'max|dy|':>9}  "
               "round trip  ok")
@@ -69,9 +79,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _positive(args: argparse.Namespace, name: str, least: int) -> None:
+    """Refuse ``--NAME`` below ``least`` in one line (before any work)."""
+    from ..errors import GNNAlignError
+
+    if getattr(args, name) < least:
+        raise GNNAlignError(f"--{name} {getattr(args, name)}: must be at least {least}")
+
+
 def _guarded(args: argparse.Namespace, compute):
     """Set the torch threads and run ``compute()``; a library error is printed as one line and
     gives ``None`` (the caller exits 2)."""
+    import torch
+
     from ..errors import GNNAlignError
 
     if args.threads:
@@ -89,6 +109,8 @@ def _bench(args: argparse.Namespace) -> int:
     from .models import _aligner
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    _positive(args, "pairs", 1)
+    _positive(args, "lambdas", 2)
 
     def compute() -> dict:
         aligner = _aligner(args.aligner)
@@ -103,7 +125,7 @@ def _bench(args: argparse.Namespace) -> int:
     if res is None:
         return 2
     paths = write_results(res, args.out or Path("results") / f"bench-{args.zoo}")
-    print(dumps(res) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
+    print(dumps_json(json.loads(dumps(res)), indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
 
 
@@ -111,12 +133,13 @@ def _warmstart(args: argparse.Namespace) -> int:
     from ..aligner import load_aligner
     from ..warmstart import to_markdown, warm_start_study, write_warm_start
 
+    _positive(args, "pairs", 1)
     res = _guarded(args, lambda: warm_start_study(Path(args.root) / args.zoo, load_aligner(args.aligner),
                                                   num_pairs=args.pairs, seed=args.seed, progress=not args.json))
     if res is None:
         return 2
     paths = write_warm_start(res, args.out or Path("results") / f"warmstart-{args.zoo}")
-    print(json.dumps(res, indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
+    print(dumps_json(res, indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
 
 
@@ -125,6 +148,8 @@ def _speed(args: argparse.Namespace) -> int:
     from ..bench import speed_comparison, speed_markdown
     from ..zoo.storage import atomic_write, write_json
 
+    _positive(args, "pairs", 1)
+    _positive(args, "batch", 1)
     res = _guarded(args, lambda: speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner),
                                                   num_pairs=args.pairs, batch_size=args.batch))
     if res is None:
@@ -155,7 +180,7 @@ def add_parsers(sub) -> None:
                           "with torch.fx, print the table of permutation groups, permute a random network "
                           "by a random group element, and check (float64) that its outputs are unchanged "
                           "and that weights -> graph -> weights is exact. Exits 1 if any check fails.")
-    demo.add_argument("networks", nargs="*", help=f"subset of: {', '.join(DEMO_NETWORKS)}")
+    demo.add_argument("networks", nargs="*", help=f"subset of: {', '.join(DEMO_NAMES)}")
     demo.add_argument("--seed", type=int, default=0, help="seed of networks, inputs and permutations")
     demo.add_argument("--json", action="store_true", help="print the results as JSON only")
     demo.set_defaults(func=_demo)

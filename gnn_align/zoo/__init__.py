@@ -2,7 +2,6 @@
 
 from .augment import augment
 from .batched import StackedForward, evaluate, init_states, stable_seed, stack_states, train_networks, unstack_state
-from .dataset import ModelZoo
 from .pairs import PlantedPair, PlantedPairs, independent_pairs, member_weights, planted_pair, sample_networks
 from .storage import ZooError, load_manifest, read_shard, write_json, write_shard
 
@@ -10,3 +9,11 @@ __all__ = ["ModelZoo", "PlantedPair", "PlantedPairs", "StackedForward", "ZooErro
            "independent_pairs", "init_states", "load_manifest", "member_weights", "planted_pair", "read_shard",
            "sample_networks",
            "stable_seed", "stack_states", "train_networks", "unstack_state", "write_json", "write_shard"]
+
+
+def __getattr__(name: str):
+    if name == "ModelZoo":  # imports torch_geometric: only when a zoo is opened
+        from .dataset import ModelZoo
+
+        return ModelZoo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,14 +11,17 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..permute import apply_permutation, random_permutation
 from .augment import augment
 from .batched import stable_seed
-from .dataset import ModelZoo
 from .storage import ZooError
+
+if TYPE_CHECKING:  # the dataset imports torch_geometric
+    from .dataset import ModelZoo
 
 
 def _pair_groups(zoo: ModelZoo, member: int | None = None) -> list:

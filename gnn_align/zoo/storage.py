@@ -39,15 +39,21 @@ class ZooError(GNNAlignError):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it there."""
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it there.
+
+    An existing ``path`` keeps its permissions; a new one gets ``0o666`` less the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        try:  # overwriting: keep the file's permissions
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:  # a new file (mkstemp creates 0600): the usual permissions
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
