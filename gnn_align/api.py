@@ -8,6 +8,7 @@ the permutation symmetry with :func:`~gnn_align.spec_from_module`, run a method 
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,15 @@ from .spec import PermutationSpec
 from .trace import spec_from_module
 
 ALIGN_METHODS = ("auto", "gnn", "wm", "am", "sinkhorn", "ste", "gnn+wm", "gnn+sinkhorn", "gnn+ste")
+#: tolerance of the function check (times max(1, max |B(x)|)) by the dtype it runs in; 16-bit: 1e-2
+CHECK_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def _groups(spec: PermutationSpec) -> str:
+    sizes = spec.group_sizes
+    if len(sizes) <= 6:
+        return repr(dict(sizes))
+    return f"{len(sizes)} ({min(sizes.values())}..{max(sizes.values())} neurons)"
 
 
 @dataclass
@@ -62,6 +72,11 @@ class AlignResult:
         net.load_state_dict(self.state)
         return net
 
+    def __repr__(self) -> str:
+        kept = f", kept={self.info['kept']!r}" if "kept" in self.info else ""
+        return (f"AlignResult(method={self.method!r}, groups={_groups(self.spec)}, seconds={self.seconds:.3g}, "
+                f"max_abs_diff={self.max_abs_diff:.3g}{kept})")
+
     def summary(self) -> dict:
         """JSON-ready figures: method, seconds, max |Δ|, group sizes and :attr:`info`."""
         return {"method": self.method, "seconds": self.seconds, "max_abs_diff": self.max_abs_diff,
@@ -80,19 +95,37 @@ def _split_data(data) -> tuple:
     if data is None:
         return None, None
     if isinstance(data, torch.Tensor):
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return data[0], data[1]
-    raise TypeError("data must be a tensor of inputs or a pair (inputs, targets) of tensors")
+        x, y = data, None
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    else:
+        raise TypeError("data must be a tensor of inputs or a pair (inputs, targets) of tensors")
+    _check_values(x, "data (inputs x)")
+    if y is not None:
+        _check_values(y, "data (targets y)")
+        if len(y) != len(x):
+            raise GNNAlignError(f"data: {len(x)} inputs x but {len(y)} targets y")
+    return x, y
+
+
+def _check_values(t: torch.Tensor, name: str) -> None:
+    """Raise naming ``name`` when ``t`` has no samples, no values (meta device) or NaN/Inf values."""
+    if t.dim() == 0 or t.shape[0] == 0 or t.numel() == 0:
+        raise GNNAlignError(f"{name}: no samples (shape {tuple(t.shape)})")
+    if t.is_meta:
+        raise GNNAlignError(f"{name}: on the meta device (no values)")
+    if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+        raise GNNAlignError(f"{name}: contains NaN or Inf values (shape {tuple(t.shape)})")
 
 
 @torch.no_grad()
 def _max_abs_diff(module: nn.Module, before: dict, after: dict, x: torch.Tensor) -> tuple:
-    """``(max |f_after(x) - f_before(x)|, max |f_before(x)|)``; ``module`` is left holding ``after``."""
+    """``(max |f_after(x) - f_before(x)|, max |f_before(x)|, dtype the outputs were computed in)``;
+    ``module`` is left holding ``after``."""
     module.load_state_dict(before)
     y0 = module(x)
     module.load_state_dict(after)
-    return float((module(x) - y0).abs().max()), float(y0.abs().max())
+    return float((module(x) - y0).abs().max()), float(y0.abs().max()), y0.dtype
 
 
 def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
@@ -122,12 +155,23 @@ class _Prepared:
         self.states = [_state(m, f"model {k}") for k, m in enumerate(models)]
         for k, s in enumerate(self.states):
             check_state(self.module, s, f"model {k}")
-        self.x, self.y = _split_data(data)
+        if any(t.is_meta for t in self.module.state_dict().values()):  # an architecture without values
+            device = next((t.device for t in self.states[0].values()), torch.device("cpu"))
+            self.module.to_empty(device=device).load_state_dict(self.states[0])
+        # everything runs in the architecture's dtype: float data, example inputs and the methods' states
+        self.dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()),
+                          torch.get_default_dtype())
+        cast = lambda t: t.to(self.dtype) if t is not None and t.is_floating_point() else t
+        x, y = _split_data(data)
+        self.x, self.y = cast(x), cast(y)
+        self.work = [{k: cast(v) for k, v in s.items()} for s in self.states]
         self.gen = torch.Generator().manual_seed(seed)
         if example_input is None:
             example_input = self.x[:16] if self.x is not None else guess_input(self.module, 16, self.gen)
-        self.example = example_input
-        self.spec = spec_from_module(self.module, example_input[:8])
+        else:
+            _check_values(example_input, "example_input")
+        self.example = cast(example_input)
+        self.spec = spec_from_module(self.module, self.example[:8])
 
 
 def _gnn_table(prep: _Prepared, aligner) -> dict:
@@ -148,22 +192,23 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
     if method not in ALIGN_METHODS and method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALIGN_METHODS)}")
     table, note = METHODS, ""
-    if method.startswith("gnn"):
+    if not prep.spec.group_sizes:  # no hidden neurons: the empty alignment, whatever the method
+        table, note = {method: (lambda c: {},)}, "no hidden neurons to align"
+    elif method.startswith("gnn"):
         table = _gnn_table(prep, aligner)
     elif method == "auto":
         try:
             table = _gnn_table(prep, aligner)
         except GNNAlignError as e:  # the aligner cannot read this model: choose among the others
             note = f"gnn left out: {e}"
-    sa, sb = prep.states[a], prep.states[b]
-    ctx = PairContext(prep.module, prep.spec, sa, sb, prep.x, prep.y, loss, prep.gen, budget)
+    sb = prep.states[b]
+    ctx = PairContext(prep.module, prep.spec, prep.work[a], prep.work[b], prep.x, prep.y, loss, prep.gen, budget)
     t0 = time.perf_counter()
     perm = table[method][0](ctx)
     seconds = time.perf_counter() - t0
     state = apply_permutation(sb, perm, prep.spec)
-    delta, scale = _max_abs_diff(prep.module, sb, state, prep.example)
-    dtype = next(v.dtype for v in sb.values() if v.is_floating_point())
-    tol = atol if atol is not None else (1e-9 if dtype == torch.float64 else 1e-4) * max(1.0, scale)
+    delta, scale, dtype = _max_abs_diff(prep.module, sb, state, prep.example)
+    tol = atol if atol is not None else CHECK_TOL.get(dtype, 1e-2) * max(1.0, scale)
     if not delta <= tol:
         raise GNNAlignError(f"permuting B changed its function: max |delta| = {delta:.3e} > {tol:.1e}; the derived "
                             "symmetry does not hold for this model (please report it)")
@@ -193,16 +238,23 @@ def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, mo
             else guessed from the first layer).
         loss: ``ce`` or ``mse``, the task loss of ``sinkhorn``.
         seed: seed of the methods' random choices.
-        atol: tolerance of the function check (default 1e-4, or 1e-9 in float64, times max(1, max |B(x)|)).
+        atol: tolerance of the function check (default by the dtype the check runs in, the
+            architecture's: 1e-9 in float64, 1e-4 in float32, 1e-2 in 16 bits, times max(1, max |B(x)|)).
         budget: seconds ``auto`` may spend (its candidates always run; refinement gets what is left).
 
     Returns:
         :class:`AlignResult`.
 
+    Models, data and example inputs in another floating dtype than the architecture's are
+    computed in the architecture's; the aligned state keeps B's dtypes. A network with no hidden
+    neurons gets the empty alignment ``{}`` whatever the method.
+
     Raises:
-        StateDictError: a model that does not fit the architecture (names the key and both shapes)
-            or holds NaN/Inf.
-        GNNAlignError: the permuted B does not compute what B computes.
+        StateDictError: a model that does not fit the architecture (names the key and both shapes),
+            holds NaN/Inf, an integer, bool or complex tensor in place of a float, or no values
+            (meta device).
+        GNNAlignError: data or example inputs that are empty or hold NaN/Inf, or the permuted B
+            does not compute what B computes.
     """
     prep = _Prepared([model_a, model_b], module, data, example_input, seed)
     return _run(prep, 0, 1, method, aligner, loss, atol, budget)
@@ -218,21 +270,51 @@ class MergeResult:
     bn_reset: bool
     module: nn.Module = field(repr=False)
 
+    def __repr__(self) -> str:
+        first = self.alignments[0]
+        seconds = sum(r.seconds for r in self.alignments)
+        worst = max(r.max_abs_diff for r in self.alignments)
+        return (f"MergeResult(models={len(self.alignments) + 1}, method={first.method!r}, groups={_groups(first.spec)}, "
+                f"seconds={seconds:.3g}, max_abs_diff={worst:.3g}, bn_reset={self.bn_reset})")
+
     def model(self) -> nn.Module:
         net = copy.deepcopy(self.module).eval()
         net.load_state_dict(self.state)
         return net
 
 
+def _check_weights(weights: Sequence[float] | None, n: int) -> list:
+    """``weights`` as n floats summing to 1 (equal by default), or a one-line ValueError naming the bad one."""
+    if weights is None:
+        return [1.0 / n] * n
+    weights = list(weights)
+    if len(weights) != n:
+        raise ValueError(f"weights must be {n} non-negative numbers with a positive sum, got {len(weights)}")
+    out = []
+    for i, w in enumerate(weights):
+        try:
+            f = float(w) if not isinstance(w, (str, bytes, bool)) else math.nan
+        except (TypeError, ValueError, RuntimeError):
+            f = math.nan
+        if not (math.isfinite(f) and f >= 0):
+            raise ValueError(f"weight {i} is {w!r}: weights must be finite non-negative numbers")
+        out.append(f)
+    if sum(out) <= 0:
+        raise ValueError(f"weights must be {n} non-negative numbers with a positive sum, got {weights}")
+    return [f / sum(out) for f in out]
+
+
 def average_states(states: Sequence[Mapping], weights: Sequence[float] | None = None) -> dict:
-    """Weighted average of state dicts (weights normalised to sum 1; equal by default). Integer
-    tensors (BatchNorm's ``num_batches_tracked``) are taken from the first state."""
-    w = torch.tensor([1.0] * len(states) if weights is None else list(weights), dtype=torch.float64)
-    if len(w) != len(states) or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise ValueError(f"weights must be {len(states)} non-negative numbers with a positive sum")
-    w = w / w.sum()
-    return {k: sum(float(wi) * s[k] for wi, s in zip(w, states, strict=True)) if v.is_floating_point() else v.clone()
-            for k, v in states[0].items()}
+    """Weighted average of state dicts (weights normalised to sum 1; equal by default), in the first
+    state's dtypes. Integer tensors (BatchNorm's ``num_batches_tracked``) are taken from the first state.
+
+    Raises:
+        ValueError: a weight that is not a finite non-negative number (naming it), the wrong number
+            of weights, or weights summing to 0.
+    """
+    w = _check_weights(weights, len(states))
+    return {k: sum(wi * s[k] for wi, s in zip(w, states, strict=True)).to(v.dtype) if v.is_floating_point()
+            else v.clone() for k, v in states[0].items()}
 
 
 def merge(models: Sequence, weights: Sequence[float] | None = None, method: str = "auto", data=None, *,
@@ -245,10 +327,11 @@ def merge(models: Sequence, weights: Sequence[float] | None = None, method: str 
     inputs (up to 1024, batches of 128) when given; without data a warning says they are stale.
 
     Raises:
-        ValueError: fewer than two models, or bad ``weights``.
+        ValueError: fewer than two models, or bad ``weights`` (checked before any alignment runs).
     """
     if len(models) < 2:
         raise ValueError(f"merge needs at least 2 models, got {len(models)}")
+    _check_weights(weights, len(models))
     if not 0 <= reference < len(models):
         raise ValueError(f"reference {reference} is not a model index (0..{len(models) - 1})")
     prep = _Prepared(list(models), module, data, example_input, seed)

@@ -230,11 +230,14 @@ def save_state_file(state: Mapping[str, torch.Tensor], path: str | Path) -> Path
 
 
 def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], name: str = "state dict") -> None:
-    """Check that ``state`` fits ``module``: same keys, same shapes, finite values.
+    """Check that ``state`` fits ``module``: same keys, same shapes, real floating-point tensors where
+    the architecture has them (integer buffers such as ``num_batches_tracked`` stay integer), values
+    (not the meta device), finite.
 
     Raises:
         StateDictError: naming ``name`` and the first missing or unexpected key, the first key whose
-            shape differs (with both shapes), or the first key holding NaN/Inf.
+            shape differs (with both shapes), an integer, bool or complex tensor in place of a float
+            (with its dtype), a tensor on the meta device, or the first key holding NaN/Inf.
     """
     ref = module.state_dict()
     for k in ref:
@@ -248,7 +251,14 @@ def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], name: str 
         if tuple(state[k].shape) != tuple(v.shape):
             raise StateDictError(f"{name}: key '{k}' has shape {tuple(state[k].shape)}, the architecture "
                                  f"expects {tuple(v.shape)}")
+    for k, v in ref.items():
+        if v.is_floating_point() and not state[k].is_floating_point():
+            raise StateDictError(f"{name}: key '{k}' has dtype {state[k].dtype}, the architecture expects a real "
+                                 f"floating-point tensor ({v.dtype})")
     for k, v in state.items():
+        if v.is_meta:
+            raise StateDictError(f"{name}: key '{k}' is on the meta device (it holds no values): load real weights "
+                                 "first")
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise StateDictError(f"{name}: key '{k}' contains NaN or Inf values")
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .errors import PermutationError, StateDictError
+from .errors import PermutationError
 from .spec import PermutationSpec
 
 Permutation = dict  # dict[str, torch.LongTensor]
@@ -59,15 +59,11 @@ def apply_permutation(state_dict: Mapping[str, torch.Tensor], perm: Mapping[str,
 
     Raises:
         PermutationError: unknown group, wrong size, or not a permutation.
-        StateDictError: keys that do not match the spec.
+        StateDictError: keys that do not match the spec, or a tensor whose shape does not (naming
+            the key and both shapes); nothing is cropped.
     """
     _check(perm, spec)
-    missing = [k for k in spec.axes if k not in state_dict]
-    unknown = [k for k in state_dict if k not in spec.axes]
-    if missing or unknown:
-        k = (missing or unknown)[0]
-        raise StateDictError(f"key '{k}' " + ("missing from the state dict" if missing else
-                                              "is not in the spec"))
+    spec.validate(state_dict, check_finite=False)  # same keys and shapes, or a StateDictError naming the key
     out = {}
     for key, t in state_dict.items():
         for axis, a in enumerate(spec.axes[key]):

@@ -212,12 +212,15 @@ class PermutationSpec:
             if key in shapes and tuple(t.shape) != shapes[key]:
                 raise StateDictError(f"key '{key}' has shape {tuple(t.shape)}, expected {shapes[key]}")
             if t.dim() != len(spec):
-                raise StateDictError(f"key '{key}' has {t.dim()} axes, the spec lists {len(spec)}")
+                raise StateDictError(f"key '{key}' has shape {tuple(t.shape)}: {t.dim()} axes, the spec lists "
+                                     f"{len(spec)}")
+            want = tuple(n if a is None else self.group_sizes[a.group] * a.block for n, a in zip(t.shape, spec))
             for d, a in enumerate(spec):
-                if a is not None and t.shape[d] != self.group_sizes[a.group] * a.block:
+                if a is not None and t.shape[d] != want[d]:
                     raise StateDictError(
                         f"key '{key}' axis {d} has size {t.shape[d]}, but group '{a.group}' has "
-                        f"{self.group_sizes[a.group]} neurons" + (f" x block {a.block}" if a.block > 1 else ""))
+                        f"{self.group_sizes[a.group]} neurons" + (f" x block {a.block}" if a.block > 1 else "")
+                        + f" (shape {tuple(t.shape)}, expected {want})")
             if check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise StateDictError(f"key '{key}' contains NaN or Inf values")
 

@@ -9,6 +9,8 @@ skip. Whatever else appears raises :class:`UnsupportedLayerError` naming the mod
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 import warnings
 
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import UnsupportedLayerError
+from .errors import GNNAlignError, UnsupportedLayerError
 from .spec import NODE_FEATURES, Layer, NetStructure, NodeSet, PermutationSpec
 
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU,
@@ -55,8 +57,9 @@ class _Feat:
 
 
 class _Tracer:
-    def __init__(self, gm: fx.GraphModule, state_keys: dict, root_name: str):
+    def __init__(self, gm: fx.GraphModule, state_keys: dict, root_name: str, bare: bool = False):
         self.gm, self.state_keys, self.root_name = gm, state_keys, root_name
+        self.bare = bare  # gm wraps a bare layer as its submodule "0", whose keys have no prefix
         self.sets: list = []  # dicts: name, size, depth, features, kind
         self.parent: list = []
         self.layers: list = []
@@ -67,8 +70,8 @@ class _Tracer:
 
     # -- node sets -----------------------------------------------------------------------------
     def new_set(self, name: str, size: int, depth: int, kind: str = "hidden") -> int:
-        self.sets.append(dict(name=name, size=size, depth=depth, kind=kind,
-                              features=[None] * len(NODE_FEATURES)))
+        self.sets.append({"name": name, "size": size, "depth": depth, "kind": kind,
+                          "features": [None] * len(NODE_FEATURES)})
         self.parent.append(len(self.parent))
         return len(self.sets) - 1
 
@@ -123,11 +126,11 @@ class _Tracer:
         block = 1
         if isinstance(m, nn.Linear):
             if len(src_shape) != 2:
-                raise UnsupportedLayerError(path, "Linear", f"input of shape {src_shape}; only "
+                raise UnsupportedLayerError(path or self.root_name, "Linear", f"input of shape {src_shape}; only "
                                             "(batch, features) inputs are supported")
             block = max(v.block, 1)
         elif v.block:
-            raise UnsupportedLayerError(path, type(m).__name__, "applied to a flattened feature map")
+            raise UnsupportedLayerError(path or self.root_name, type(m).__name__, "applied to a flattened feature map")
         dst = self.new_set(path, out, self.sets[v.ns]["depth"] + 1)
         w = self.key(path, "weight")
         self.layers.append(Layer(w, v.ns, dst, tuple(m.weight.shape), block))
@@ -138,7 +141,7 @@ class _Tracer:
     def norm(self, path: str, m: nn.Module, v: _Feat) -> _Feat:
         feats = self.sets[v.ns]["features"]
         if any(f is not None for f in feats[1:]):
-            raise UnsupportedLayerError(path, type(m).__name__, "a second normalisation layer on the "
+            raise UnsupportedLayerError(path or self.root_name, type(m).__name__, "a second normalisation layer on the "
                                         f"neurons of '{self.sets[v.ns]['name']}'")
         for col, name in enumerate(_NORM_FEATURES, start=1):
             if getattr(m, name, None) is not None:
@@ -146,18 +149,20 @@ class _Tracer:
         return v
 
     def call_module(self, node: fx.Node):
-        path, m = node.target, self.gm.get_submodule(node.target)
+        path, m = ("" if self.bare else node.target), self.gm.get_submodule(node.target)
         name = type(m).__name__
         if path in self.called and any(True for _ in m.parameters(recurse=False)):
-            raise UnsupportedLayerError(path, name, "module called more than once (tied weights)")
+            raise UnsupportedLayerError(path or self.root_name, name, "module called more than once (tied weights)")
         self.called.add(path)
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
-                raise UnsupportedLayerError(path, name, f"grouped/depthwise convolution (groups={m.groups})")
+                raise UnsupportedLayerError(path or self.root_name, name,
+                                            f"grouped/depthwise convolution (groups={m.groups})")
             v = self.feat(node, node.args[0], name)
             size_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels
             if size_in != self.sets[v.ns]["size"] * max(v.block, 1):
-                raise UnsupportedLayerError(path, name, "input size does not match the neurons it reads")
+                raise UnsupportedLayerError(path or self.root_name, name,
+                                            "input size does not match the neurons it reads")
             return self.weight_layer(node, path, m, v, m.out_features if isinstance(m, nn.Linear)
                                      else m.out_channels)
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -167,7 +172,7 @@ class _Tracer:
             v = self.feat(node, node.args[0], name)
             if v.block or len(self.shape(node.args[0])) != 2 or tuple(m.normalized_shape) != \
                     (self.sets[v.ns]["size"],):
-                raise UnsupportedLayerError(path, name, "only LayerNorm over the feature axis of a "
+                raise UnsupportedLayerError(path or self.root_name, name, "only LayerNorm over the feature axis of a "
                                             "(batch, features) tensor is supported")
             return self.norm(path, m, v)
         if isinstance(m, _ELEMENTWISE_MODULES):
@@ -179,7 +184,7 @@ class _Tracer:
         if isinstance(m, (nn.Softmax, nn.LogSoftmax)) and m.dim in (1, -1) and \
                 len(self.shape(node.args[0])) == 2:
             return self.feat(node, node.args[0], name)
-        raise UnsupportedLayerError(path, name)
+        raise UnsupportedLayerError(path or self.root_name, name)
 
     def call_function(self, node: fx.Node, fn, is_method: bool):
         args = node.args
@@ -264,6 +269,55 @@ class _Tracer:
         return NetStructure(nodesets, tuple(self.layers), tuple(self.skips), extras)
 
 
+def _check_untied(module: nn.Module) -> None:
+    """Raise naming the first two state-dict keys that hold one tensor (tied weights, or a module
+    registered under two names): a spec would permute that tensor once per key."""
+    seen: dict = {}
+    for key, t in module.state_dict(keep_vars=True).items():
+        if t.numel() == 0:
+            continue
+        ident = id(t) if t.is_meta else (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride())
+        if ident in seen:
+            raise UnsupportedLayerError(key.rpartition(".")[0] or type(module).__name__, "tied weights",
+                                        f"'{seen[ident]}' and '{key}' are one shared tensor; untie them "
+                                        "(e.g. clone one) to align")
+        seen[ident] = key
+
+
+class _ShapeProp(ShapeProp):
+    """ShapeProp that names the layer an example input does not fit, with both shapes, in one line."""
+
+    def run_node(self, n: fx.Node):
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failure
+                return super().run_node(n)
+        except Exception as e:  # noqa: BLE001 - any failure of a layer on the input is reported
+            got = [tuple(a.meta["tensor_meta"].shape) for a in n.all_input_nodes if "tensor_meta" in a.meta]
+            m = self.module.get_submodule(n.target) if n.op == "call_module" else None
+            want = _expected_input(m)
+            where = f"layer '{n.target}' ({type(m).__name__})" if m is not None else f"op '{n.name}'"
+            cause = e.__cause__ or e
+            detail = f"expects {want}, got {got[0] if got else '?'}" if want else str(cause).split("\n")[0]
+            raise GNNAlignError(f"example input of shape {self.shape_in} does not fit the model: {where} "
+                                f"{detail}") from None
+
+    def propagate(self, x: torch.Tensor):
+        self.shape_in, self.extra_traceback = tuple(x.shape), False  # no fx notes appended to the message
+        return super().propagate(x)
+
+
+def _expected_input(m: nn.Module | None) -> str | None:
+    if isinstance(m, nn.Linear):
+        return f"(batch, {m.in_features})"
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return f"(batch, {m.in_channels}, {'L' if isinstance(m, nn.Conv1d) else 'H, W'})"
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return f"(batch, {m.num_features}, ...)"
+    if isinstance(m, nn.LayerNorm):
+        return f"(..., {', '.join(map(str, m.normalized_shape))})"
+    return None
+
+
 def _prod(xs) -> int:
     n = 1
     for x in xs:
@@ -288,10 +342,13 @@ def spec_from_module(module: nn.Module, example_input: torch.Tensor) -> Permutat
 
     Raises:
         UnsupportedLayerError: naming the module path and op of anything else (attention, grouped
-            conv, concatenation, code the tracer cannot see through).
+            conv, concatenation, tied weights, code the tracer cannot see through).
+        GNNAlignError: an example input that does not fit the module (naming the layer and both shapes).
     """
+    _check_untied(module)
+    bare = isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))  # a single layer: no hidden neurons
     try:
-        gm = fx.symbolic_trace(module)
+        gm = fx.symbolic_trace(nn.Sequential(module) if bare else module)
     except Exception as e:
         raise UnsupportedLayerError(type(module).__name__, "torch.fx trace", str(e).split("\n")[0]) from e
     modes = {m: m.training for m in module.modules()}
@@ -299,8 +356,8 @@ def spec_from_module(module: nn.Module, example_input: torch.Tensor) -> Permutat
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ShapeProp(gm).propagate(example_input)
+            _ShapeProp(gm).propagate(example_input)
     finally:
         for m, t in modes.items():
             m.train(t)
-    return PermutationSpec.from_structure(_Tracer(gm, module.state_dict(), type(module).__name__).run())
+    return PermutationSpec.from_structure(_Tracer(gm, module.state_dict(), type(module).__name__, bare).run())
