@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,14 +329,45 @@ SELECT = {"barrier": "val_barrier", "wm_ratio": "val_wm_ratio"}
 RUNTIME_FIELDS = ("threads", "resume", "bench_pairs", "checkpoint_every")
 
 
+def _read_run_config(out: Path) -> dict | None:
+    """The run's ``config.json``, or ``None`` when it is missing or not a readable JSON object."""
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) else None
+
+
 def _same_run(out: Path, cfg: Config) -> bool:
     """Whether ``out`` holds a checkpointed run of the same config (runtime settings aside)."""
-    if not (out / "config.json").is_file() or not (out / "checkpoint.pt").is_file():
+    if not (out / "checkpoint.pt").is_file():
         return False
-    old = json.loads((out / "config.json").read_text())
+    old = _read_run_config(out)
+    if old is None:
+        return False
     new = dataclasses.asdict(cfg)
     return all(old.get(k, Config.__dataclass_fields__[k].default) == v for k, v in new.items()
                if k not in RUNTIME_FIELDS)
+
+
+def _drop_metrics_after(path: Path, epoch: int) -> None:
+    """Keep only the lines of ``metrics.jsonl`` of epochs up to ``epoch`` (those the run starts from).
+
+    A run that starts afresh (``epoch`` 0) in a folder with an old ``metrics.jsonl`` empties it, so its
+    epochs are never listed twice.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for ln in lines:
+        try:
+            if ln.strip() and json.loads(ln)["epoch"] <= epoch:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn or foreign line: not an epoch of this run
+    if keep != lines:
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{ln}\n" for ln in keep)))
 
 
 def train(cfg: Config) -> Trainer:
@@ -353,26 +385,45 @@ def train(cfg: Config) -> Trainer:
         ddp.shutdown(info)
 
 
+def _check_architecture(out: Path, trainer: Trainer) -> None:
+    """Refuse to continue the run in ``out`` with an aligner unlike the one its ``config.json`` records."""
+    old = _read_run_config(out)
+    if old is None or "aligner" not in old:
+        return  # nothing recorded: the checkpoint's own shapes are checked when it is loaded
+    recorded = dict(old["aligner"], edge_dim=old.get("edge_dim", old["aligner"].get("edge_dim")))
+    now = dict(trainer.aligner.config, edge_dim=trainer.edge_dim)
+    # keys a run of an older version did not record are left to the checkpoint's shape check
+    changed = [k for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]]
+    if changed:
+        k = changed[0]
+        raise GNNAlignError(f"{out / 'config.json'}: the run's aligner has {k}={recorded.get(k)!r}, this config "
+                            f"{now.get(k)!r}; resume it with its own settings (--config {out / 'config.json'}) "
+                            "or train into another --out")
+
+
 def _train(cfg: Config, info: ddp.DistInfo) -> Trainer:
     out = Path(cfg.out)
     main_rank = info.is_main
+    checkpoint = out / "checkpoint.pt"
+    if cfg.resume and not checkpoint.is_file():
+        raise GNNAlignError(f"{checkpoint}: no checkpoint to resume (the run has not saved one); "
+                            "run without --resume to start it afresh")
+    same = _same_run(out, cfg)
+    resuming = cfg.resume or same
+    trainer = Trainer(cfg, info)
+    start, step0, sums0, best = 0, 0, {}, float("inf")
+    if resuming:  # check the checkpoint against this config before anything in the run folder is written
+        _check_architecture(out, trainer)
+        pos = trainer.load(checkpoint)
+        start, step0, sums0, best = pos["epoch"], pos.get("step", 0), pos.get("sums", {}), pos["best"]
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
-    same = _same_run(out, cfg)
-    trainer = Trainer(cfg, info)
-    if main_rank:
         write_json(out / "config.json", dataclasses.asdict(cfg) | {"edge_dim": trainer.edge_dim,
                                                                    "aligner": trainer.aligner.config})
-    start, step0, sums0, best = 0, 0, {}, float("inf")
-    if same and not cfg.resume and main_rank:
-        print(f"{out} holds a run with this config: continuing it (its aligner is loaded if it finished; "
-              "use another --out to train afresh)")
-    if (cfg.resume or same) and (out / "checkpoint.pt").is_file():
-        pos = trainer.load(out / "checkpoint.pt")
-        start, step0, sums0, best = pos["epoch"], pos.get("step", 0), pos.get("sums", {}), pos["best"]
-        if main_rank and (out / "metrics.jsonl").is_file():  # drop lines of epochs the checkpoint lacks
-            keep = [ln for ln in (out / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["epoch"] <= start]
-            atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(f"{ln}\n" for ln in keep)))
+        if same and not cfg.resume:
+            print(f"{out} holds a run with this config: continuing it (its aligner is loaded if it finished; "
+                  "use another --out to train afresh)")
+        _drop_metrics_after(out / "metrics.jsonl", start)
     if info.active and main_rank:
         print(f"data-parallel run: {info.world} ranks (gloo), global batch {cfg.planted_per_step} planted + "
               f"{cfg.unlabelled_per_step} unlabelled pairs per step")
@@ -420,5 +471,16 @@ def main(cfg: Config) -> Path:
     return out
 
 
+def cli(argv: list | None = None) -> int:
+    """``python train.py ...``: returns the exit code (2, with one line on stderr, on a clear error)."""
+    cfg = parse_config(argv)
+    try:
+        main(cfg)
+    except GNNAlignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(parse_config())
+    sys.exit(cli())

@@ -7,6 +7,12 @@ folder), :func:`merge` then writes the manifest; :func:`build` does both. Wall-c
 build log (``build-log.json``), which is not part of the zoo: every other file depends only on the
 recipe (and on the software and hardware that trained it), byte for byte the same however the work
 was split.
+
+A build holds a lock file in the zoo folder while it trains (``.build.lock``, or
+``.build-slice-I-of-N.lock`` for a slice), so a second build of the same zoo (or slice) into the same
+folder is refused with a message naming the running one instead of training every shard again; a
+lock left by a killed build (its process is gone) is taken over. Temporary files of writes that a
+killed build left behind (``.NAME.XXXXXXXX.tmp``) are removed when the next build starts.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from gnn_align.zoo.storage import (
     MANIFEST,
     ZooError,
     atomic_write,
+    exclusive_lock,
+    lock_is_stale,
     log_seconds,
     read_json,
+    read_lock,
     sha256,
     write_json,
     write_shard,
@@ -59,8 +68,8 @@ def _member_data(recipe: dict, member: dict) -> dict:
             stable_seed(recipe["name"], recipe["version"], member["name"], "signals")))
         return dict(sig, loss="mse", per_network=True, views=views)
     t = load_task(member["task"])
-    return dict(x_train=t.x_train, y_train=t.y_train, x_test=t.x_test, y_test=t.y_test, loss=t.loss,
-                per_network=False, views=1)
+    return {"x_train": t.x_train, "y_train": t.y_train, "x_test": t.x_test, "y_test": t.y_test, "loss": t.loss,
+            "per_network": False, "views": 1}
 
 
 def plan(recipe: dict) -> tuple:
@@ -162,15 +171,68 @@ def build_shards(recipe: dict, root: str | Path = DEFAULT_ROOT, part: str | None
         ``True`` when every shard of the slice is finished, ``False`` when stopped by ``max_shards``.
 
     Raises:
-        ValueError: ``part`` is not ``i/n`` with ``0 <= i < n``.
+        ValueError: ``part`` is not ``i/n`` with ``0 <= i < n``, or ``max_shards`` is negative.
+        ZooError: another live process is building the same zoo (or slice) into the same folder.
     """
     i, n = parse_part(part) if part is not None else (0, 1)
+    if max_shards is not None and (isinstance(max_shards, bool) or not isinstance(max_shards, int)
+                                   or max_shards < 0):
+        raise ValueError(f"--max-shards must be a number of shards, 0 or more; got {max_shards!r}")
     out = Path(root) / recipe["name"]
     _, networks, shards = plan(recipe)
+    mine = shards[i::n]
+    lock = out / (".build.lock" if part is None else f".build-slice-{i}-of-{n}.lock")
+    with exclusive_lock(lock, f"zoo {recipe['name']}" + ("" if part is None else f" slice {i}/{n}")
+                        + " is being built"):
+        _refuse_overlapping_builds(out, lock)
+        names = {sh["file"] for sh in mine} | {sh["file"].replace(".safetensors", ".json") for sh in mine}
+        remove_stale_tmp(out, None if part is None else names)
+        return _build_shards(recipe, out, networks, mine, part, max_shards, progress)
+
+
+def _refuse_overlapping_builds(out: Path, lock: Path) -> None:
+    """Raise if a live build of another kind (the whole zoo vs a slice) holds a lock in ``out``."""
+    pattern = ".build-slice-*.lock" if lock.name == ".build.lock" else ".build.lock"
+    for other in sorted(out.glob(pattern)):
+        holder = read_lock(other)
+        if holder is not None and not lock_is_stale(holder):
+            who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+            raise ZooError(f"{other}: another build of this zoo is running ({who}); a whole build and a "
+                           "--shard slice of one zoo cannot run at once: wait for it to finish, or delete the "
+                           "lock file if that process is gone")
+
+
+def remove_stale_tmp(out: Path, targets: set | None = None) -> list:
+    """Remove the temporary files (``.NAME.XXXXXXXX.tmp``) that killed atomic writes left in ``out``.
+
+    Args:
+        out: the zoo folder (its top level only; ``processed/`` belongs to the readers).
+        targets: remove only the temporary files of these file names (a slice's shards and records,
+            while other slices may be writing theirs); ``None``: every one.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for tmp in sorted(out.glob(".*.tmp")) if out.is_dir() else []:
+        target = tmp.name[1:-len(".tmp")].rpartition(".")[0]
+        if tmp.is_file() and (targets is None or target in targets):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(tmp)
+    return removed
+
+
+def _build_shards(recipe: dict, out: Path, networks: list, mine: list, part: str | None, max_shards: int | None,
+                  progress: bool) -> bool:
+    """The training loop of :func:`build_shards` (run while holding the build's lock)."""
+    i, n = parse_part(part) if part is not None else (0, 1)
     data_cache: dict = {}
     trained = 0
     desc = f"zoo {recipe['name']}" + (f" slice {i}/{n}" if part is not None else "")
-    for sh in tqdm(shards[i::n], desc=desc, disable=not progress, unit="shard"):
+    for sh in tqdm(mine, desc=desc, disable=not progress, unit="shard"):
         recs = [networks[k] for k in sh["ids"]]
         if _finished(out, sh, recs) is not None:
             continue

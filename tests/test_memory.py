@@ -57,6 +57,8 @@ def test_peak_sees_a_known_allocation_and_not_a_noop():
 def test_figures_are_none_and_say_why_without_proc(monkeypatch, tmp_path):
     monkeypatch.setattr(memory.measure, "_STATUS", tmp_path / "missing-status")
     monkeypatch.setattr(memory.measure, "_MEMINFO", tmp_path / "missing-meminfo")
+    monkeypatch.setattr(memory.measure, "_CGROUP", tmp_path / "missing-cgroup")  # nor any other memory limit
+    monkeypatch.setattr(memory.measure, "_getrlimit_as", lambda: None)
     with peak_memory() as rec:
         pass
     assert rec.peak_mb is None and rec.increase_mb is None and "not measured" in rec.note

@@ -171,7 +171,8 @@ def check_aligner_memory(name: str, size: GraphSize, aligner_config: Mapping, *,
         name: the model's name, for the message.
         size: its :func:`graph_size`.
         aligner_config: the aligner's ``config`` (its ``edge_dim`` is the graphs' edge width).
-        available_mb: memory to compare with; default :func:`available_memory_mb` now. Where that
+        available_mb: memory to compare with; default :func:`available_memory_mb` now (the smallest of
+            ``MemAvailable``, ``RLIMIT_AS`` and the cgroup memory limits). Where that
             is unknown (not Linux) nothing can be checked: a warning says so and the check passes.
         usable: the share of the available memory the estimate may take.
         float_bytes: bytes of a float of the networks and the aligner (8 for float64).
@@ -186,7 +187,8 @@ def check_aligner_memory(name: str, size: GraphSize, aligner_config: Mapping, *,
     """
     avail = available_memory_mb() if available_mb is None else float(available_mb)
     if avail is None:
-        warnings.warn(f"{name}: available memory unknown (no /proc/meminfo): aligner memory not checked",
+        warnings.warn(f"{name}: available memory unknown (no /proc/meminfo, cgroup or RLIMIT_AS limit): "
+                      "aligner memory not checked",
                       stacklevel=2)
         return None
     need = estimate_aligner_memory_mb(size.nodes, size.edges, aligner_config.get("edge_dim", size.edge_len),

@@ -5,7 +5,10 @@ at the start of a block or call. Linux only: the peak (``VmHWM`` in ``/proc/self
 to the current RSS by writing ``5`` to ``/proc/self/clear_refs``. Elsewhere, or where that file
 cannot be written, the figures are ``None`` and :attr:`PeakMemory.note` says why (a peak that cannot
 be reset would include whatever ran before, so none is reported rather than a wrong one).
-:func:`available_memory_mb` reads ``MemAvailable`` of ``/proc/meminfo``. MB are 2**20 bytes.
+:func:`available_memory_mb` is the smallest of the bounds :func:`memory_limits_mb` knows: ``MemAvailable``
+of ``/proc/meminfo``, the address-space limit ``RLIMIT_AS`` less the process's virtual size, and the
+headroom under every cgroup memory limit that applies to the process (v2 ``memory.max``, v1
+``memory.limit_in_bytes``, less the usage that cannot be reclaimed). MB are 2**20 bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,19 @@ from pathlib import Path
 
 MB = float(1 << 20)
 _STATUS, _CLEAR_REFS, _MEMINFO = Path("/proc/self/status"), Path("/proc/self/clear_refs"), Path("/proc/meminfo")
+#: the cgroup file systems' mount point, and this process's cgroups (``id:controllers:path`` lines)
+_CGROUP, _SELF_CGROUP = Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
+#: limits at or above this many bytes mean "no limit" (cgroup v1 writes 2**63 rounded down to a page)
+_UNLIMITED = 1 << 60
+
+
+def _getrlimit_as() -> tuple | None:
+    """``(soft, hard)`` of ``RLIMIT_AS``, or ``None`` where the ``resource`` module does not exist."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    return resource.getrlimit(resource.RLIMIT_AS)
 
 
 def _proc_kb(path: Path, key: str) -> float | None:
@@ -40,11 +56,109 @@ def rss_mb() -> float | None:
     return None if kb is None else kb / 1024
 
 
-def available_memory_mb() -> float | None:
-    """Memory the kernel can give new allocations without swapping (``MemAvailable`` of
-    ``/proc/meminfo``) in MB, or ``None`` where that file does not exist (not Linux)."""
-    kb = _proc_kb(_MEMINFO, "MemAvailable")
-    return None if kb is None else kb / 1024
+def _read_bytes(path: Path) -> int | None:
+    """A cgroup file holding one number of bytes; ``None`` when missing, unreadable, ``max`` or unlimited."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None  # "max"
+    return value if value < _UNLIMITED else None
+
+
+def _stat_bytes(path: Path, key: str) -> int:
+    """The ``key N`` entry of a cgroup ``memory.stat`` file (0 when missing)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+def _cgroup_levels(root: Path, self_cgroup: Path) -> list:
+    """``(version, folder)`` of the cgroup levels whose memory limits apply to this process.
+
+    Every level from the process's own cgroup up to the hierarchy's root counts (a parent's limit binds
+    its children); where ``self_cgroup`` cannot be read, only the roots (a container's own view).
+    """
+    paths = {"v2": "/", "v1": "/"}
+    try:
+        for line in self_cgroup.read_text().splitlines():
+            ident, controllers, path = line.split(":", 2)
+            if ident == "0" and controllers == "":
+                paths["v2"] = path
+            elif "memory" in controllers.split(","):
+                paths["v1"] = path
+    except (OSError, ValueError):
+        pass
+    levels = []
+    for version, base in (("v2", root), ("v2", root / "unified"), ("v1", root / "memory")):
+        parts = [p for p in paths[version].split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            folder = base.joinpath(*parts[:depth])
+            if folder.is_dir() and (version, folder) not in levels:
+                levels.append((version, folder))
+    return levels
+
+
+def memory_limits_mb(*, meminfo: Path | None = None, status: Path | None = None, cgroup_root: Path | None = None,
+                     self_cgroup: Path | None = None, rlimit_as: Callable | None = None) -> dict:
+    """Every bound this process knows on the memory new allocations can get, in MB, by source.
+
+    Args (the sources, for tests; default: this machine's):
+        meminfo: a ``/proc/meminfo``: ``MemAvailable``.
+        status: a ``/proc/self/status``: ``VmSize``, the virtual size ``RLIMIT_AS`` bounds.
+        cgroup_root: where the cgroup file systems are mounted (``/sys/fs/cgroup``).
+        self_cgroup: a ``/proc/self/cgroup``.
+        rlimit_as: returns ``(soft, hard)`` of ``RLIMIT_AS`` (``resource.getrlimit``), or ``None``.
+
+    Returns:
+        ``{source: MB}``, e.g. ``{"MemAvailable": 21000.0, "RLIMIT_AS": 3900.0,
+        "cgroup /sys/fs/cgroup/memory.max": 1800.0}``; absent, unreadable or unlimited sources are left
+        out. A cgroup's figure is its limit less its usage net of reclaimable page cache
+        (``inactive_file``); ``RLIMIT_AS``'s is the soft limit less the process's ``VmSize``.
+    """
+    meminfo = _MEMINFO if meminfo is None else meminfo
+    status = _STATUS if status is None else status
+    root = _CGROUP if cgroup_root is None else cgroup_root
+    self_cgroup = _SELF_CGROUP if self_cgroup is None else self_cgroup
+    limits = {}
+    kb = _proc_kb(meminfo, "MemAvailable")
+    if kb is not None:
+        limits["MemAvailable"] = kb / 1024
+    rl = (rlimit_as or _getrlimit_as)()
+    if rl is not None and 0 <= rl[0] < _UNLIMITED:
+        used = _proc_kb(status, "VmSize")
+        limits["RLIMIT_AS"] = max(rl[0] - (used or 0.0) * 1024, 0.0) / MB
+    for version, folder in _cgroup_levels(root, self_cgroup):
+        if version == "v2":
+            limit_file, usage, inactive = folder / "memory.max", folder / "memory.current", "inactive_file"
+        else:
+            limit_file, usage, inactive = folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes", \
+                "total_inactive_file"
+        limit = _read_bytes(limit_file)
+        if limit is None:
+            continue
+        used = max((_read_bytes(usage) or 0) - _stat_bytes(folder / "memory.stat", inactive), 0)
+        limits[f"cgroup {limit_file}"] = max(limit - used, 0) / MB
+    return limits
+
+
+def available_memory_mb(**sources) -> float | None:
+    """Memory new allocations can get in MB: the smallest of :func:`memory_limits_mb` (``MemAvailable``,
+    ``RLIMIT_AS``, cgroup limits), or ``None`` where none is known (not Linux, no limits).
+
+    Args:
+        sources: keyword overrides of :func:`memory_limits_mb`'s sources (for tests).
+    """
+    limits = memory_limits_mb(**sources)
+    return min(limits.values()) if limits else None
 
 
 def release_freed_memory() -> None:

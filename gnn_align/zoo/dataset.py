@@ -4,6 +4,11 @@ Memory: a zoo holds thousands of networks with tens of thousands of edges each, 
 never materialised together. :meth:`ModelZoo.process` gathers the stacked state tensors of the
 requested split from the shards (verifying their sha256) into one processed file; :meth:`ModelZoo.get`
 draws one network's :class:`~gnn_align.graph.NetGraph` on demand.
+
+Integrity: the processed file is named by a key over the manifest's shard checksums and holds a
+checksum of its own contents. Every load checks both: the contents against that checksum (a flipped
+byte in the cache) and the shards the view draws from against the manifest's sha256 (a shard changed
+after the cache was made), so neither is served silently.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from ..archs import build_arch
 from ..graph import NetGraph, to_graph
 from ..spec import PermutationSpec
 from ..trace import spec_from_module
-from .storage import ZooError, atomic_write, load_manifest, read_shard
+from .storage import ZooError, atomic_write, content_sha256, load_manifest, read_shard, verified_sha256
 
 #: layout version of the processed file; part of its name, so a layout change never reads old caches
-PROCESSED_FORMAT = 2
+#: (3: the file holds the sha256 of its own contents)
+PROCESSED_FORMAT = 3
 
 
 def zoo_cache_key(manifest: dict) -> str:
@@ -144,6 +150,7 @@ class ModelZoo(InMemoryDataset):
         out = {"format": PROCESSED_FORMAT, "name": self.name, "version": self.version, "split": self.split,
                "cache_key": zoo_cache_key(man), "members": members, "records": recs,
                "member": member_of, "row": row_of, "states": states}
+        out["sha256"] = content_sha256(out)
         atomic_write(Path(self.processed_paths[0]), lambda tmp: torch.save(out, tmp))
 
     def _load(self, path: str) -> None:
@@ -156,12 +163,32 @@ class ModelZoo(InMemoryDataset):
                 blob.get("cache_key") != zoo_cache_key(self._manifest):
             raise ZooError(f"{path}: processed file does not belong to this zoo; delete it or pass "
                            "force_reload=True")
+        digest = blob.pop("sha256", None)
+        if digest != content_sha256(blob):
+            raise ZooError(f"{path}: checksum mismatch (the processed cache changed since it was written); "
+                           "delete it or pass force_reload=True")
+        self._verify_shards(blob["records"])
         self._members = blob["members"]
         self._records = blob["records"]
         self._member = blob["member"]
         self._member_list = self._member.tolist()
         self._row = blob["row"]
         self._states = blob["states"]
+
+    def _verify_shards(self, records: list) -> None:
+        """Check the shards the cached networks came from against the manifest's sha256."""
+        shards, root = self._manifest["shards"], Path(self.root)
+        for s in sorted({int(r["shard"]) for r in records}):
+            path, expected = root / shards[s]["file"], shards[s].get("sha256")
+            if expected is None:
+                continue
+            try:
+                ok = verified_sha256(path) == expected
+            except OSError as e:
+                raise ZooError(f"{path}: cannot read shard ({e.strerror})") from None
+            if not ok:
+                raise ZooError(f"{path}: checksum mismatch (file changed or truncated since the build); "
+                               "rebuild the zoo (`python -m datasets build`)")
 
     def len(self) -> int:
         return len(self._records)

@@ -19,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -97,7 +100,7 @@ def read_shard(path: str | Path, expected_sha256: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"{path}: shard file not found")
-    if expected_sha256 is not None and sha256(path) != expected_sha256:
+    if expected_sha256 is not None and verified_sha256(path) != expected_sha256:
         raise ZooError(f"{path}: checksum mismatch (file changed or truncated since the build)")
     try:
         return load_file(str(path))
@@ -112,6 +115,144 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: (path, size, mtime_ns, inode) -> sha256 of files hashed by this process (see :func:`verified_sha256`)
+_SHA256_SEEN: dict = {}
+
+
+def verified_sha256(path: str | Path) -> str:
+    """:func:`sha256` of ``path``, hashed once per process while its size, mtime and inode stay the same.
+
+    A process that opens several views of one zoo (train and validation splits) hashes each shard once;
+    another process hashes it again.
+    """
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256_SEEN:
+        _SHA256_SEEN[key] = sha256(path)
+    return _SHA256_SEEN[key]
+
+
+def content_sha256(obj) -> str:
+    """Hex sha256 of a nest of tensors, dicts, lists, tuples and plain scalars, as loaded.
+
+    Covers every tensor's dtype, shape and bytes and every key and value in order, so a value changed
+    anywhere in a file (a flipped byte in a weight) changes the digest. Used to check the contents of
+    files written with ``torch.save`` (training checkpoints, processed zoo caches) when they are read back.
+    """
+    import torch  # storage itself needs no torch; its callers have it loaded already
+
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)};".encode())
+            for k, v in x.items():
+                feed(k)
+                feed(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{type(x).__name__[0].upper()}{len(x)};".encode())
+            for v in x:
+                feed(v)
+        elif x is None or isinstance(x, (bool, int, float, str, bytes)):
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+        else:
+            raise TypeError(f"cannot checksum a {type(x).__name__}")
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def read_lock(path: Path) -> dict | None:
+    """The holder recorded in a lock file, ``{}`` when unreadable, ``None`` when there is no file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lock_is_stale(holder: dict) -> bool:
+    """Whether a lock's holder is a process of this host that no longer exists."""
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() \
+        and not _pid_alive(pid)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, what: str):
+    """Hold the lock file ``path`` (created with ``O_EXCL``, recording pid, host and start time) for a block.
+
+    A lock left by a process of this host that no longer exists is taken over; a lock held by a live
+    process (or one of another host, whose liveness cannot be checked) raises. The file is removed
+    when the block ends.
+
+    Args:
+        path: the lock file.
+        what: the work it guards, for the message (``"zoo digits-mlp is being built"``).
+
+    Raises:
+        ZooError: naming the lock file and its holder, when another process holds it.
+    """
+    path = Path(path)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(100):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = read_lock(path)
+            if holder is None:
+                continue  # released meanwhile: try again
+            if not lock_is_stale(holder):
+                who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder
+                       else "a process that has not yet recorded itself")
+                raise ZooError(f"{path}: {what} by another process ({who}); wait for it to finish, or delete "
+                               "the lock file if that process is gone") from None
+            # take the stale lock over: move it aside, and put it back if it turns out not to be the stale one
+            aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            if read_lock(aside) != holder:  # another process took it over between our read and rename
+                try:
+                    os.link(aside, path)
+                except OSError:  # a new lock exists already (or no hard links here): leave it be
+                    pass
+            os.remove(aside)
+            continue
+        except OSError as e:
+            raise ZooError(f"{path}: cannot create the lock file ({e.strerror})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+            f.write("\n")
+        break
+    else:
+        raise ZooError(f"{path}: could not take the lock ({what}); delete the file if no process holds it")
+    try:
+        yield path
+    finally:
+        if read_lock(path) == me:
+            path.unlink()
 
 
 def load_manifest(root: str | Path) -> dict:
