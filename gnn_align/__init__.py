@@ -6,6 +6,7 @@ graph (:func:`to_graph` / :func:`from_graph`).
 """
 
 import importlib
+import importlib.util
 
 # name -> submodule: imported on first use (PEP 562), so that ``import gnn_align`` and the CLI's
 # ``--help`` import neither torch nor torch_geometric; torch_geometric loads only with graphs or
@@ -26,6 +27,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule, e.g. gnn_align.api
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -36,27 +39,27 @@ def __dir__() -> list:
 __version__ = "0.1.0"
 
 __all__ = [
-                      "AlignResult",
-                      "Axis",
-                      "GNNAlignError",
-                      "MergeResult",
-                      "NetGraph",
-                      "NetStructure",
-                      "PermutationError",
-                      "PermutationSpec",
-                      "StateDictError",
-                      "UnsupportedLayerError",
-                      "__version__",
-                      "align",
-                      "apply_permutation",
-                      "compose_permutations",
-                      "from_graph",
-                      "global_group",
-                      "identity_permutation",
-                      "invert_permutation",
-                      "merge",
-                      "random_permutation",
-                      "relabel",
-                      "spec_from_module",
-                      "to_graph",
+    "AlignResult",
+    "Axis",
+    "GNNAlignError",
+    "MergeResult",
+    "NetGraph",
+    "NetStructure",
+    "PermutationError",
+    "PermutationSpec",
+    "StateDictError",
+    "UnsupportedLayerError",
+    "__version__",
+    "align",
+    "apply_permutation",
+    "compose_permutations",
+    "from_graph",
+    "global_group",
+    "identity_permutation",
+    "invert_permutation",
+    "merge",
+    "random_permutation",
+    "relabel",
+    "spec_from_module",
+    "to_graph",
 ]

@@ -266,7 +266,10 @@ print("wm:", sorted(m for m in ("torch_geometric",) if m in sys.modules))
 from gnn_align.cli.models import AUTO_BUDGET
 from gnn_align.refine import AUTO_BUDGET as LIBRARY_BUDGET
 print("budget:", AUTO_BUDGET == LIBRARY_BUDGET)
+import gnn_align as ga
+print("submodule:", callable(ga.api.average_states), hasattr(ga, "no_such_name"))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert r.returncode == 0, r.stderr
     assert "help: []" in r.stdout and "wm: []" in r.stdout and "budget: True" in r.stdout, r.stdout
+    assert "submodule: True False" in r.stdout, r.stdout  # lazy __getattr__ still reaches submodules
