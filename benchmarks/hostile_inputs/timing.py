@@ -96,7 +96,7 @@ def markdown(result: dict) -> str:
                   ""]
     head = "| model | source | parameters | method | pair | wall s | method s | permutation sha256 |"
     if before:
-        lines += [f"Before: {result['before'].get('label') or 'the --before run'}.", "",
+        lines += [f"Compared with {result['before'].get('label') or 'the --before run'}.", "",
                   head + " before: wall s | method s | permutation sha256 |", "|---" * 11 + "|"]
     else:
         lines += [head, "|---" * 8 + "|"]
