@@ -6,20 +6,20 @@ the direction convention of :mod:`gnn_align.permute` to injective maps: when A a
 width in ``g``, ``match[g]`` is a permutation and means exactly what ``perm[g]`` means there.
 
 :func:`extract_subnetwork` cuts B's matched sub-network out of B, in A's order and A's shapes, with
-the one group action :func:`~gnn_align.permute.apply_permutation`: each map is completed to a
-permutation of B's group (matched neurons first, in A's order, then the unmatched ones in
-increasing order), B is permuted by it, and every tensor axis that a group acts on is cut to its
-first ``len(match[g])`` neurons.
+the group action of :mod:`gnn_align.permute` (:func:`~gnn_align.permute.permute_tensor`): every
+tensor axis that a group acts on keeps the matched neurons, in A's order. This is B permuted by the
+match completed to a permutation of B's group (:func:`complete_match`: matched neurons first, then
+the unmatched ones in increasing order) and cut to its first ``len(match[g])`` neurons.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from .errors import PermutationError, StateDictError
-from .permute import apply_permutation
+from .permute import permute_tensor
 from .spec import PermutationSpec
 
 
@@ -82,12 +82,13 @@ def complete_match(match: torch.Tensor, n_b: int, group: str = "?") -> torch.Ten
 
 
 def extract_subnetwork(state_b: Mapping[str, torch.Tensor], match: Mapping[str, torch.Tensor],
-                       spec_b: PermutationSpec, spec_a: PermutationSpec | None = None) -> dict:
+                       spec_b: PermutationSpec, spec_a: PermutationSpec | None = None,
+                       keys: Sequence[str] | None = None) -> dict:
     """B's matched sub-network, in A's order: ``out[key].select(axis, i) = B[key].select(axis,
     match[g][i])`` on every axis that a group ``g`` of ``match`` acts on (block-wise for ``block > 1``).
 
-    Goes through :func:`~gnn_align.permute.apply_permutation` with each map completed by
-    :func:`complete_match`, then cuts every axis that ``g`` acts on to its first ``len(match[g])``
+    Equals :func:`~gnn_align.permute.apply_permutation` with each map completed by
+    :func:`complete_match`, then every axis that ``g`` acts on cut to its first ``len(match[g])``
     neurons (``len(match[g]) * block`` entries). For maps of full width this is
     ``apply_permutation(state_b, match, spec_b)``.
 
@@ -99,9 +100,10 @@ def extract_subnetwork(state_b: Mapping[str, torch.Tensor], match: Mapping[str, 
         spec_a: A's spec. When given, A must be a narrower copy of B (:func:`check_narrower`),
             ``match`` must cover every group with ``match[g]`` of A's width, and the result is
             validated against it (it then has A's keys and shapes).
+        keys: only these keys of B (default all); the result is then not validated against ``spec_a``.
 
     Returns:
-        A new dict with B's keys; shapes cut to the matched widths. Inputs are not modified.
+        A new dict with B's keys (or ``keys``); shapes cut to the matched widths. Inputs are not modified.
 
     Shapes:
         ``match[g]``: ``(n_a(g),)`` with ``n_a(g) <= n_b(g)``; a tensor of shape ``(..., n_b(g) *
@@ -123,13 +125,14 @@ def extract_subnetwork(state_b: Mapping[str, torch.Tensor], match: Mapping[str, 
     for g in match:
         if g not in spec_b.group_sizes:
             raise PermutationError(f"unknown permutation group '{g}'")
-    full = {g: complete_match(m, spec_b.group_sizes[g], g) for g, m in match.items()}
-    out = apply_permutation(state_b, full, spec_b)
-    for key, t in out.items():
-        for axis, a in enumerate(spec_b.axes[key]):
-            if a is not None and a.group in match:
-                t = t.narrow(axis, 0, match[a.group].numel() * a.block)
-        out[key] = t.contiguous()
-    if spec_a is not None:
+    for g, m in match.items():
+        complete_match(m, spec_b.group_sizes[g], g)  # a 1-D LongTensor of distinct indices into B's group
+    spec_b.validate(state_b, check_finite=False)  # B's keys and shapes
+    out = {}
+    for key in state_b if keys is None else keys:
+        t = state_b[key]
+        cut = permute_tensor(t, spec_b.axes[key], match)
+        out[key] = cut.contiguous() if cut is not t else t.clone(memory_format=torch.contiguous_format)
+    if spec_a is not None and keys is None:
         spec_a.validate(out, check_finite=False)
     return out

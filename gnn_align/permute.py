@@ -66,11 +66,27 @@ def apply_permutation(state_dict: Mapping[str, torch.Tensor], perm: Mapping[str,
     spec.validate(state_dict, check_finite=False)  # same keys and shapes, or a StateDictError naming the key
     out = {}
     for key, t in state_dict.items():
-        for axis, a in enumerate(spec.axes[key]):
-            if a is not None and a.group in perm:
-                t = t.index_select(axis, _axis_index(perm[a.group].to(t.device), a.block))
-        out[key] = t if t is not state_dict[key] else t.clone()
+        moved = permute_tensor(t, spec.axes[key], perm)
+        out[key] = moved if moved is not t else t.clone()
     return out
+
+
+def permute_tensor(t: torch.Tensor, axes: tuple, perm: Mapping[str, torch.Tensor],
+                   skip: str | None = None) -> torch.Tensor:
+    """One tensor of :func:`apply_permutation`, unchecked: ``t`` reordered on every axis of a group in
+    ``perm`` (except ``skip``); ``t`` itself when no axis moves.
+
+    Args:
+        t: the tensor.
+        axes: its entry of ``spec.axes`` (one :class:`~gnn_align.spec.Axis` or ``None`` per axis).
+        perm: group name -> indices: a permutation, or a partial match (distinct indices, fewer than
+            the group has: the axis is then cut to the matched neurons, see :mod:`gnn_align.partial`).
+        skip: a group whose axes are left as they are.
+    """
+    for axis, a in enumerate(axes):
+        if a is not None and a.group in perm and a.group != skip:
+            t = t.index_select(axis, _axis_index(perm[a.group].to(t.device), a.block))
+    return t
 
 
 def apply_permutation_matrix(state_dict: Mapping[str, torch.Tensor], mats: Mapping[str, torch.Tensor],

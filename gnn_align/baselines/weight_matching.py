@@ -15,15 +15,21 @@ when the widths agree.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
+from ..errors import StateDictError
 from ..ot import hungarian
 from ..partial import check_narrower, extract_subnetwork
-from ..permute import identity_permutation
+from ..permute import identity_permutation, permute_tensor
 from ..spec import PermutationSpec
+
+#: seconds after which weight matching shows its progress bar (on stderr), when not asked otherwise
+PROGRESS_AFTER = 3.0
 
 
 @dataclass
@@ -53,19 +59,94 @@ def matching_objective(state_a: Mapping, state_b: Mapping, perm: Mapping, spec: 
         perm: the permutation (or partial match, one index of B per neuron of A) aligning B to A.
         spec: A's spec (and B's when ``spec_b`` is None).
         spec_b: B's spec when B is wider than A.
+
+    Raises:
+        PermutationError, StateDictError: (from :func:`~gnn_align.partial.extract_subnetwork`) a
+            match or state that does not fit the specs; a learnable tensor of B that, matched, has
+            not the shape of A's (naming the key and both shapes).
     """
-    keys = spec.learnable_keys()
-    pb = extract_subnetwork(state_b, perm, spec) if spec_b is None else \
-        extract_subnetwork(state_b, perm, spec_b, spec)  # checks every group's match against A
-    obj = float(sum((state_a[k].double() * pb[k].double()).sum() for k in keys))
-    if spec_b is not None and spec_b.group_sizes != spec.group_sizes:
-        obj += 0.5 * float(sum(state_b[k].double().square().sum() - pb[k].double().square().sum() for k in keys))
-    return obj
+    spec_a, spec_b = (None, spec) if spec_b is None else (spec, spec_b)
+    extract_subnetwork(state_b, perm, spec_b, spec_a, keys=())  # checks the match against the specs
+    return _Objective(state_a, state_b, spec, spec_b)(perm)
+
+
+class _Objective:
+    """:func:`matching_objective` tensor by tensor; with group versions, each tensor's share is kept
+    until a group acting on it changes (the sum, over the same shares in the same order, is the same)."""
+
+    def __init__(self, state_a: Mapping, state_b: Mapping, spec: PermutationSpec, spec_b: PermutationSpec):
+        self.state_a, self.state_b, self.axes_b = state_a, state_b, spec_b.axes
+        self.keys = spec.learnable_keys()
+        self.groups = {k: sorted({a.group for a in spec_b.axes[k] if a is not None}) for k in self.keys}
+        self.partial = spec_b.group_sizes != spec.group_sizes
+        self.shares: dict = {}  # key -> (versions it read, <A, B'>, |B|^2 - |B'|^2 or None)
+
+    def __call__(self, perm: Mapping, version: Mapping | None = None) -> float:
+        for k in self.keys:
+            seen = None if version is None else tuple(version[g] for g in self.groups[k])
+            if seen is not None and k in self.shares and self.shares[k][0] == seen:
+                continue
+            a, b = self.state_a[k], self.state_b[k]
+            pb = permute_tensor(b, self.axes_b[k], perm).contiguous()
+            if pb.shape != a.shape:
+                raise StateDictError(f"key '{k}': A has shape {tuple(a.shape)}, B matched to it {tuple(pb.shape)}")
+            left = b.double().square().sum() - pb.double().square().sum() if self.partial else None
+            self.shares[k] = (seen, (a.double() * pb.double()).sum(), left)
+        obj = float(sum(self.shares[k][1] for k in self.keys))
+        if self.partial:
+            obj += 0.5 * float(sum(self.shares[k][2] for k in self.keys))
+        return obj
+
+
+class _Costs:
+    """The assignment problems of weight matching, with each term kept until an input changes.
+
+    Group ``g``'s cost is a sum of one term per learnable tensor axis it acts on: A's rows against
+    B's, with B's other axes in the current match of their groups. A term is recomputed only when
+    one of those other groups changed its match since (``version``); when none did, the cost, and
+    so the step's answer, is the one of the last time, which changed nothing then.
+    """
+
+    def __init__(self, state_a: Mapping, state_b: Mapping, spec: PermutationSpec, spec_b: PermutationSpec,
+                 version: dict):
+        self.state_a, self.state_b, self.spec, self.spec_b, self.version = state_a, state_b, spec, spec_b, version
+        learn = set(spec.learnable_keys())
+        self.acts = {g: [(k, ax) for k, ax, _ in spec.acts_on(g) if k in learn] for g in spec.group_sizes}
+        # the other groups each term reads (B's other axes of its tensor)
+        self.deps = {g: [sorted({a.group for a in spec_b.axes[k] if a is not None and a.group != g})
+                         for k, _ in self.acts[g]] for g in spec.group_sizes}
+        self.terms: dict = {}  # (group, index into acts[group]) -> (versions it read, product, norm term)
+        self.solved: set = set()
+
+    def cost(self, g: str, perm: Mapping) -> torch.Tensor | None:
+        """Group ``g``'s cost (``n_a x n_b``, float64) under ``perm``; None when no term's input changed
+        since the last cost of ``g``."""
+        n, m = self.spec.group_sizes[g], self.spec_b.group_sizes[g]
+        stale = g not in self.solved
+        for i, (k, ax) in enumerate(self.acts[g]):
+            seen = tuple(self.version[h] for h in self.deps[g][i])
+            if (g, i) in self.terms and self.terms[(g, i)][0] == seen:
+                continue
+            fb = _flat(permute_tensor(self.state_b[k], self.spec_b.axes[k], perm, skip=g), ax, m)
+            norm = 0.5 * fb.square().sum(1) if m > n else None  # the matched columns' own norm
+            self.terms[(g, i)] = (seen, _flat(self.state_a[k], ax, n) @ fb.T, norm)
+            stale = True
+        if not stale:
+            return None
+        self.solved.add(g)
+        cost = torch.zeros(n, m, dtype=torch.float64)
+        for i in range(len(self.acts[g])):
+            _, prod, norm = self.terms[(g, i)]
+            cost += prod
+            if norm is not None:
+                cost -= norm
+        return cost
 
 
 def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *,
                     spec_b: PermutationSpec | None = None, init: Mapping | None = None,
-                    generator: torch.Generator | None = None, max_iter: int = 100) -> MatchResult:
+                    generator: torch.Generator | None = None, max_iter: int = 100,
+                    progress: bool | None = None) -> MatchResult:
     """Align B to A by weight matching.
 
     Args:
@@ -78,11 +159,19 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
             default the identity (A's neuron ``i`` opposite B's neuron ``i``).
         generator: source of the random group order of every sweep.
         max_iter: bound on the number of sweeps.
+        progress: a progress bar on stderr (sweep, assignments solved, groups changed): ``None``
+            (default) shows it once the matching has run :data:`PROGRESS_AFTER` seconds, ``True``
+            from the start, ``False`` never.
 
     Returns:
         :class:`MatchResult` whose ``objective`` (one entry per sweep, starting with the initial
         permutation's; :func:`matching_objective`) never decreases; ``trace`` holds the
         permutation after every sweep.
+
+    A group's assignment is solved again only when the match of a group it reads changed since
+    its last step (otherwise the step would repeat the last answer), so the last sweep, which
+    changes nothing, costs little. For that, every group's cost terms (one ``n_a x n_b`` float64
+    matrix per tensor axis it acts on) are kept until the end.
 
     Shapes:
         ``perm[g]``: ``(n_a(g),)``, distinct indices into B's ``n_b(g)`` neurons.
@@ -97,32 +186,36 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
     perm = {g: p.clone() for g, p in (init or identity_permutation(spec)).items()}
     for g in spec.group_sizes:
         perm.setdefault(g, torch.arange(spec.group_sizes[g]))
-    learn = set(spec.learnable_keys())
-    acts = {g: [(k, ax) for k, ax, _ in spec.acts_on(g) if k in learn] for g in spec.group_sizes}
     groups = list(spec.group_sizes)
-    result = MatchResult(perm, [matching_objective(state_a, state_b, perm, spec, spec_b)])
+    extract_subnetwork(state_b, perm, spec_b, spec, keys=())  # checks the start against the specs
+    version = dict.fromkeys(groups, 0)  # how often each group's match changed
+    objective, costs = _Objective(state_a, state_b, spec, spec_b), _Costs(state_a, state_b, spec, spec_b, version)
+    result = MatchResult(perm, [objective(perm, version)])
     result.trace.append((0, {g: p.clone() for g, p in perm.items()}))
-    for it in range(max_iter):
-        changed = False
-        order = torch.randperm(len(groups), generator=generator).tolist()
-        for gi in order:
-            g = groups[gi]
-            n, m = spec.group_sizes[g], spec_b.group_sizes[g]
-            others = {h: p for h, p in perm.items() if h != g}
-            pb = extract_subnetwork(state_b, others, spec_b)  # other groups cut to their match
-            cost = torch.zeros(n, m, dtype=torch.float64)
-            for k, ax in acts[g]:
-                fb = _flat(pb[k], ax, m)
-                cost += _flat(state_a[k], ax, n) @ fb.T
-                if m > n:  # the matched columns' own norm: see matching_objective
-                    cost -= 0.5 * fb.square().sum(1)
-            new = hungarian(cost)
-            rows = torch.arange(n)
-            if cost[rows, new].sum() > cost[rows, perm[g]].sum() + 1e-12 * cost.abs().max():
-                perm[g], changed = new, True
-        result.iterations = it + 1
-        result.objective.append(matching_objective(state_a, state_b, perm, spec, spec_b))
-        result.trace.append((it + 1, {g: p.clone() for g, p in perm.items()}))
-        if not changed:
-            break
+    bar = tqdm(desc="weight matching", disable=progress is False, leave=False, file=sys.stderr,
+               delay=0 if progress else PROGRESS_AFTER, bar_format="{desc}: {n} assignments solved [{elapsed}{postfix}]")
+    try:
+        for it in range(max_iter):
+            changed = 0
+            order = torch.randperm(len(groups), generator=generator).tolist()
+            for gi in order:
+                g = groups[gi]
+                cost = costs.cost(g, perm)
+                if cost is None:  # no input changed since the last step of g: it would change nothing
+                    continue
+                new = hungarian(cost)
+                bar.update()
+                rows = torch.arange(spec.group_sizes[g])
+                if cost[rows, new].sum() > cost[rows, perm[g]].sum() + 1e-12 * cost.abs().max():
+                    perm[g] = new
+                    version[g] += 1
+                    changed += 1
+            result.iterations = it + 1
+            result.objective.append(objective(perm, version))
+            result.trace.append((it + 1, {g: p.clone() for g, p in perm.items()}))
+            bar.set_postfix_str(f"sweep {it + 1}, {changed} of {len(groups)} groups changed", refresh=False)
+            if not changed:
+                break
+    finally:
+        bar.close()
     return result
