@@ -273,3 +273,34 @@ print("submodule:", callable(ga.api.average_states), hasattr(ga, "no_such_name")
     assert r.returncode == 0, r.stderr
     assert "help: []" in r.stdout and "wm: []" in r.stdout and "budget: True" in r.stdout, r.stdout
     assert "submodule: True False" in r.stdout, r.stdout  # lazy __getattr__ still reaches submodules
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn_zoo(tmp_path_factory):
+    """A built tiny digits-cnn zoo whose networks are all test networks: ``(root, name)``."""
+    from datasets.build import build
+    from datasets.recipes import get_recipe
+
+    recipe = get_recipe("digits-cnn", tiny=True)
+    recipe["splits"] = {"test": 1.0}
+    path = build(recipe, tmp_path_factory.mktemp("zoos"), progress=False)
+    return Path(path).parent, Path(path).name
+
+
+def test_item15_bench_runs_the_shipped_aligner_by_default_and_by_name(capsys, tiny_cnn_zoo, tmp_path):
+    """`bench --methods gnn` benchmarks the shipped aligner without --aligner and with its name (`--aligner mixed`); an unknown name is one line."""
+    root, zoo = tiny_cnn_zoo
+    means = []
+    for extra in ((), ("--aligner", "mixed")):
+        out = tmp_path / f"out{len(extra)}"
+        rc, stdout, err = run(capsys, "bench", "--zoo", zoo, "--root", root, "--methods", "gnn", "--pairs", 2,
+                              "--json", "--out", out, *extra)
+        assert rc == 0, err
+        res = json.loads(stdout)
+        assert res["pairs"] == 2 and (out / "results.json").is_file()
+        means.append(res["methods"]["gnn"]["barrier_deepalign"]["mean"])
+    assert means[0] == means[1]  # the default is the shipped aligner itself
+    rc, _, err = run(capsys, "bench", "--zoo", zoo, "--root", root, "--methods", "gnn", "--pairs", 2,
+                     "--aligner", "no-such-aligner", "--out", tmp_path / "bad")
+    one_line_error(rc, err, "no-such-aligner")
+    assert not (tmp_path / "bad").exists()

@@ -88,19 +88,13 @@ def _positive(args: argparse.Namespace, name: str, least: int) -> None:
 
 
 def _guarded(args: argparse.Namespace, compute):
-    """Set the torch threads and run ``compute()``; a library error is printed as one line and
-    gives ``None`` (the caller exits 2)."""
+    """Set the torch threads and run ``compute()``; a library error propagates to :func:`gnn_align.cli.main`,
+    which prints it as one line and exits 2."""
     import torch
-
-    from ..errors import GNNAlignError
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        return compute()
-    except (GNNAlignError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
+    return compute()
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -112,6 +106,11 @@ def _bench(args: argparse.Namespace) -> int:
     _positive(args, "pairs", 1)
     _positive(args, "lambdas", 2)
 
+    if args.aligner is None and any(m == "auto" or m.split("+")[0] == "gnn" for m in methods):
+        from ..pretrained import DEFAULT
+
+        args.aligner = DEFAULT  # the shipped aligner, as in align and merge
+
     def compute() -> dict:
         aligner = _aligner(args.aligner)
         if aligner is not None:
@@ -122,8 +121,6 @@ def _bench(args: argparse.Namespace) -> int:
         return res | {"provenance": provenance(aligner=args.aligner, aligner_model=aligner)}
 
     res = _guarded(args, compute)
-    if res is None:
-        return 2
     paths = write_results(res, args.out or Path("results") / f"bench-{args.zoo}")
     print(dumps_json(json.loads(dumps(res)), indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
@@ -136,8 +133,6 @@ def _warmstart(args: argparse.Namespace) -> int:
     _positive(args, "pairs", 1)
     res = _guarded(args, lambda: warm_start_study(Path(args.root) / args.zoo, load_aligner(args.aligner),
                                                   num_pairs=args.pairs, seed=args.seed, progress=not args.json))
-    if res is None:
-        return 2
     paths = write_warm_start(res, args.out or Path("results") / f"warmstart-{args.zoo}")
     print(dumps_json(res, indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
@@ -152,8 +147,6 @@ def _speed(args: argparse.Namespace) -> int:
     _positive(args, "batch", 1)
     res = _guarded(args, lambda: speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner),
                                                   num_pairs=args.pairs, batch_size=args.batch))
-    if res is None:
-        return 2
     out = Path(args.out or Path("results") / f"speed-{args.zoo}")
     md = speed_markdown(res)
     write_json(out / "speed.json", res)
@@ -194,8 +187,8 @@ def add_parsers(sub) -> None:
                        "`python -m datasets build NAME`)")
     bench.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
     bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, "
-                       "sinkhorn, ste, auto; with --aligner also gnn, gnn+wm, gnn+sinkhorn, gnn+ste")
-    bench.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name: adds it "
+                       "sinkhorn, ste, auto, gnn, gnn+wm, gnn+sinkhorn, gnn+ste (gnn: --aligner)")
+    bench.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name (default: the shipped aligner when a gnn method or auto is asked for): adds it "
                        "as methods gnn, gnn+wm, gnn+sinkhorn, gnn+ste (its prediction refined by the optimiser) "
                        "and makes auto consider it")
     bench.add_argument("--pairs", type=int, default=100, help="number of test pairs (default 100)")
