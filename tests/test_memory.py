@@ -1,5 +1,5 @@
 """gnn_align.memory (peak RSS, available memory, the aligner's memory estimate and pre-check) and
-benchmarks/scale.py on tiny models."""
+benchmarks/scale/scale.py on tiny models."""
 
 import importlib.util
 import json
@@ -24,7 +24,7 @@ from gnn_align.pretrained import load_pretrained
 from .conftest import FAMILIES, make_family
 
 SHIPPED = {"hidden": 32, "num_layers": 0, "edge_dim": 10, "edge_hidden": 4, "probes": 128}
-SCALE = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+SCALE = Path(__file__).resolve().parents[1] / "benchmarks" / "scale" / "scale.py"
 
 
 def _needs_proc():

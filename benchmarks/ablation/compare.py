@@ -8,7 +8,7 @@ statistics are reset on data for every interpolated network. The table gives eac
 Deep-Align barrier, and per family the geometric mean over members of (method / WM). Writes
 ``ablation.json``, ``ablation.md`` and ``ablation.png``.
 
-    python benchmarks/compare.py --zoo mixed-recipes --run probe=runs/abl-probe \\
+    python benchmarks/ablation/compare.py --zoo mixed-recipes --run probe=runs/abl-probe \\
         --run mp=runs/abl-mp --run both=runs/abl-both --out benchmarks/ablation
 """
 

@@ -19,8 +19,8 @@ the order given (smallest first by default). ``align``'s warnings (a model outsi
 training signature) are recorded, not shown. Writes ``results.json``, ``results.md`` and
 ``scale.png`` (log-log: edges against seconds and against peak MB) to ``--out``, atomically.
 
-    python benchmarks/scale.py --threads 1
-    python benchmarks/scale.py --models mlp:64,4096,4096,4096,10 --methods gnn --max-edges 50000000
+    python benchmarks/scale/scale.py --threads 1
+    python benchmarks/scale/scale.py --models mlp:64,4096,4096,4096,10 --methods gnn --max-edges 50000000
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from gnn_align.memory import (
 )
 from gnn_align.models import build_model, example_input
 from gnn_align.pretrained import DEFAULT, coverage_problems, load_pretrained, signature
+from gnn_align.provenance import provenance
 from gnn_align.trace import spec_from_module
 from gnn_align.zoo.storage import atomic_write, write_json
 
@@ -242,7 +243,9 @@ def main(argv: list | None = None) -> dict:
            "repeat_below": args.repeat_below, "max_edges": args.max_edges, "methods": args.methods,
            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "available_mb": available,
                        "torch": torch.__version__},
-           "rows": rows, "gnn_estimate_over_measured": estimate_ratios(rows)}
+           "rows": rows, "gnn_estimate_over_measured": estimate_ratios(rows),
+           "provenance": provenance(None if argv is None else [__file__, *argv], aligner=f"pretrained:{DEFAULT}",
+                                    aligner_model=aligner)}
     out = Path(args.out)
     write_json(out / "results.json", res)
     md = to_markdown(res)

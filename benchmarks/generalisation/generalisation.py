@@ -7,7 +7,7 @@ trained on that architecture alone, the specialist's prediction (method ``specia
 statistics are reset for every interpolated network (no-op without BatchNorm). Writes
 ``generalisation.json`` and ``generalisation.md`` to --out (atomically) and prints the table.
 
-    python benchmarks/generalisation.py --zoo mixed --aligner runs/mixed \\
+    python benchmarks/generalisation/generalisation.py --zoo mixed --aligner runs/mixed \\
         --specialist digits-mlp-w64-d3=runs/digits-mlp --specialist digits-cnn-8-16-16=runs/digits-cnn
 """
 
@@ -21,6 +21,7 @@ import torch
 
 from gnn_align.aligner import load_aligner
 from gnn_align.bench import register_aligner, run_benchmark
+from gnn_align.provenance import provenance
 from gnn_align.zoo import ModelZoo
 from gnn_align.zoo.storage import ZooError, atomic_write, write_json
 
@@ -37,13 +38,14 @@ def main(argv: list | None = None) -> dict:
     p.add_argument("--specialist", action="append", default=[], metavar="MEMBER=RUN",
                    help="an aligner trained on that member's architecture alone")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/generalisation-mixed")
+    p.add_argument("--out", default="results/generalisation")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(args.root) / args.zoo
     specialists = dict(s.split("=", 1) for s in args.specialist)
-    register_aligner(load_aligner(args.aligner))
+    aligner = load_aligner(args.aligner)
+    register_aligner(aligner)
     rows = []
     for split, pairs in (("test", args.pairs), ("heldout", args.heldout_pairs)):
         try:
@@ -63,7 +65,9 @@ def main(argv: list | None = None) -> dict:
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     result = {"zoo": args.zoo, "aligner": args.aligner, "specialists": specialists, "rows": rows,
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(),
+              "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
+                                       aligner_model=aligner)}
     write_json(out / "generalisation.json", result)
     md = to_markdown(result)
     atomic_write(out / "generalisation.md", lambda tmp: Path(tmp).write_text(md))
@@ -73,9 +77,9 @@ def main(argv: list | None = None) -> dict:
 
 def to_markdown(res: dict) -> str:
     cols = METHODS + ["specialist"]
-    lines = [f"**{res['zoo']}**: mean Deep-Align barrier per architecture (aligner {res['aligner']}; "
+    lines = [(f"**{res['zoo']}**: mean Deep-Align barrier per architecture (aligner {res['aligner']}; "
              "split heldout = never trained on; BatchNorm statistics of every interpolated network reset "
-             f"on 512 training inputs; torch threads {res['torch_threads']})", "",
+             f"on 512 training inputs; torch threads {res['torch_threads']})"), "",
              "| architecture | split | pairs | " + " | ".join(cols) + " | gnn ≤ wm | gnn+wm ≤ am |",
              "|---|---|---|" + "---|" * (len(cols) + 2)]
     for r in res["rows"]:

@@ -9,7 +9,7 @@ inputs: ``gnn`` (as trained), ``gnn-probe`` (the probe responses only: the node 
 node features switched off). Writes ``diagnosis.json``, ``diagnosis.md`` and ``diagnosis.png``
 (the aligner's barrier relative to WM against each statistic).
 
-    python benchmarks/recipe_diagnosis.py --zoo recipes --pairs 20 --out benchmarks/recipe-diagnosis
+    python benchmarks/recipe-diagnosis/recipe_diagnosis.py --zoo recipes --pairs 20 --out benchmarks/recipe-diagnosis
 """
 
 from __future__ import annotations

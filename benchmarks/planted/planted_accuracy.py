@@ -3,8 +3,8 @@
 For every test network A (up to --pairs), B = pi . augment(A) with Deep-Align's augmentations and a
 random pi; the aligner must return pi's inverse. Writes planted.json and planted.md to --out.
 
-    python benchmarks/planted_accuracy.py --zoo digits-mlp --aligner runs/digits-mlp --pairs 200
-    python benchmarks/planted_accuracy.py --zoo mixed --member digits-resnet-8-16 --aligner runs/mixed --wm
+    python benchmarks/planted/planted_accuracy.py --zoo digits-mlp --aligner runs/digits-mlp --pairs 200
+    python benchmarks/planted/planted_accuracy.py --zoo mixed --member digits-resnet-8-16 --aligner pretrained --wm
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from gnn_align.baselines import weight_matching
 from gnn_align.graph import to_graph
 from gnn_align.metrics import exact_recovery, matching_accuracy
 from gnn_align.permute import invert_permutation
+from gnn_align.pretrained import load_pretrained
+from gnn_align.provenance import provenance
 from gnn_align.zoo import ModelZoo, planted_pair
 from gnn_align.zoo.storage import atomic_write, write_json
 
@@ -27,7 +29,7 @@ from gnn_align.zoo.storage import atomic_write, write_json
 def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
-    p.add_argument("--aligner", required=True, help="a train.py run folder")
+    p.add_argument("--aligner", required=True, help="a train.py run folder, or pretrained (the shipped aligner)")
     p.add_argument("--root", default="data/zoos")
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--batch", type=int, default=25, help="pairs per forward")
@@ -37,7 +39,8 @@ def main(argv: list | None = None) -> dict:
     p.add_argument("--member", default=None, help="only this member (architecture) of the zoo")
     p.add_argument("--wm", action="store_true", help="also score weight matching on the same planted pairs")
     args = p.parse_args(argv)
-    al, zoo = load_aligner(args.aligner), ModelZoo(str(Path(args.root) / args.zoo), split=args.split, log=False)
+    al = load_pretrained() if args.aligner == "pretrained" else load_aligner(args.aligner)
+    zoo = ModelZoo(str(Path(args.root) / args.zoo), split=args.split, log=False)
     idx = zoo.indices_of(zoo.member_index(args.member)) if args.member else list(range(len(zoo)))
     gen, d = torch.Generator().manual_seed(args.seed), al.config["edge_dim"]
     pairs = [planted_pair(zoo, idx[i % len(idx)], gen) for i in range(args.pairs)]
@@ -51,7 +54,9 @@ def main(argv: list | None = None) -> dict:
             exact.append(exact_recovery(pr, invert_permutation(q.perm)))
     res = {"zoo": args.zoo, "member": args.member, "split": args.split, "aligner": args.aligner,
            "pairs": len(pairs), "seed": args.seed,
-           "neuron_accuracy": sum(acc) / len(acc), "networks_exact": sum(exact) / len(exact)}
+           "neuron_accuracy": sum(acc) / len(acc), "networks_exact": sum(exact) / len(exact),
+           "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
+                                    aligner_model=al)}
     rows = [("gnn", res["neuron_accuracy"], res["networks_exact"])]
     if args.wm:
         wm = [weight_matching(q.a, q.b, zoo.spec(q.member), generator=torch.Generator().manual_seed(k)).perm

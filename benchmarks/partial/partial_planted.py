@@ -2,7 +2,8 @@
 each hidden group's neurons, in random order); weight matching (rectangular) and an aligner must
 recover the subset and the order. Writes partial.json and partial.md to --out.
 
-    python benchmarks/partial_planted.py --zoo digits-mlp --aligner runs/digits-mlp --width 48 --pairs 100
+    python benchmarks/partial/partial_planted.py --zoo digits-mlp --aligner pretrained --width 48 --pairs 100 \
+        --out benchmarks/partial/w48
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
 from gnn_align.partial import extract_subnetwork
+from gnn_align.pretrained import load_pretrained
+from gnn_align.provenance import provenance
 from gnn_align.zoo import ModelZoo
 from gnn_align.zoo.storage import atomic_write, write_json
 
@@ -25,7 +28,7 @@ from gnn_align.zoo.storage import atomic_write, write_json
 def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True, help="a zoo of MLPs (member 0 is used)")
-    p.add_argument("--aligner", default=None, help="a train.py run folder (optional)")
+    p.add_argument("--aligner", default=None, help="a train.py run folder, or pretrained (the shipped aligner); optional")
     p.add_argument("--root", default="data/zoos")
     p.add_argument("--width", type=int, required=True, help="A's width in every hidden group")
     p.add_argument("--pairs", type=int, default=100)
@@ -40,7 +43,7 @@ def main(argv: list | None = None) -> dict:
     spec_b = spec_from_module(build_arch(arch), torch.zeros(shape))
     narrow = dict(arch, hidden=[args.width] * len(arch["hidden"]))
     spec_a = spec_from_module(build_arch(narrow), torch.zeros(shape))
-    al = load_aligner(args.aligner) if args.aligner else None
+    al = (load_pretrained() if args.aligner == "pretrained" else load_aligner(args.aligner)) if args.aligner else None
     gen = torch.Generator().manual_seed(args.seed)
     hits = {"wm": [], "gnn": []} if al else {"wm": []}
     for k in range(args.pairs):
@@ -54,7 +57,9 @@ def main(argv: list | None = None) -> dict:
             hits[m].append(all(torch.equal(pr[g], planted[g]) for g in planted))
     res = {"zoo": args.zoo, "width_b": arch["hidden"], "width_a": args.width, "pairs": args.pairs,
            "seed": args.seed, "aligner": args.aligner,
-           "exact": {m: sum(h) / len(h) for m, h in hits.items()}}
+           "exact": {m: sum(h) / len(h) for m, h in hits.items()},
+           "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
+                                    aligner_model=al)}
     out = Path(args.out or Path("results") / f"partial-{args.zoo}")
     write_json(out / "partial.json", res)
     md = (f"**{args.zoo}**: A = random {args.width}-wide sub-network of B {arch['hidden']} ({args.pairs} test "
