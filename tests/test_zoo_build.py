@@ -39,7 +39,8 @@ def test_union_recipes_are_exactly_their_parts():
         assert get_recipe(name)["members"] == members, name
 
 
-@pytest.mark.parametrize("name", sorted(set(RECIPES) - set(UNIONS)))
+@pytest.mark.parametrize("name", [n if n == "digits-mlp" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(set(RECIPES) - set(UNIONS))])
 def test_tiny_version_of_every_recipe_builds(name, tmp_path):
     recipe = get_recipe(name, tiny=True)
     out = build(recipe, tmp_path, progress=False)

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--name", default="ablation", help="file stem of the results (default ablation)")
-    p.add_argument("--out", default="benchmarks/ablation")
+    p.add_argument("--out", default="results/compare", help="output folder (default results/compare)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

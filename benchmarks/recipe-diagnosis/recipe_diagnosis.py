@@ -94,13 +94,12 @@ def run(args) -> dict:
                         stats[key].append(s[key])
             bn = input_batches(task.x_train) if any(k.endswith("running_mean") for k in a) else None
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(args.seed, i, j))
-            for name in barriers:
+            for name, values in barriers.items():
                 t0 = time.perf_counter()
                 perm = (METHODS[name][0](ctx) if name in ("wm", "am")
                         else variants[name].align(a, b, spec))
                 seconds[name] += time.perf_counter() - t0
-                barriers[name].append(evaluate_alignment(module, a, b, perm, spec, task, reset_bn=bn)[0]
-                                      ["barrier_deepalign"])
+                values.append(evaluate_alignment(module, a, b, perm, spec, task, reset_bn=bn)[0]["barrier_deepalign"])
         row = {"member": member["name"], "recipe": member.get("recipe", "default"), "split": split,
                "family": member["arch"]["family"], "train": member["train"], "pairs": len(pairs),
                **{f"barrier_{k}": statistics.fmean(v) for k, v in barriers.items()},
@@ -174,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--aligner", default="pretrained", help="'pretrained' (the shipped one) or a run folder")
     p.add_argument("--pairs", type=int, default=20, help="pairs per member")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/recipe-diagnosis")
+    p.add_argument("--out", default="results/recipe-diagnosis", help="output folder (default results/recipe-diagnosis)")
     args = p.parse_args(argv)
     res = run(args)
     write_report(args.out, "diagnosis", res, markdown(res), plot)
