@@ -1,6 +1,8 @@
 """Shared fixtures: one tiny network per architecture family, in float64, and tiny zoos built once
 per test session (shared helpers that are not fixtures are in ``tests/helpers.py``)."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +10,13 @@ from torch import nn
 from datasets.build import build
 from datasets.recipes import get_recipe
 from gnn_align.archs import CNN, MLP, SIREN, ResidualMLP, ResNet
+
+# One torch thread in the test process and in the subprocesses it starts (unless OMP_NUM_THREADS says
+# otherwise): the tests use tiny networks, for which a second thread gains nothing, and on a busy
+# 2-core machine two threads per process oversubscribe the cores (tests/test_zoo_build.py alone took
+# 4 min with torch's default of 2 threads and 15 s with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _randomize_norms(module: nn.Module, gen: torch.Generator) -> nn.Module:
