@@ -185,22 +185,31 @@ def from_graph(graph: NetGraph, spec: PermutationSpec) -> dict:
     return out
 
 
-def relabel(graph: NetGraph, perm: Mapping[str, torch.Tensor]) -> NetGraph:
-    """Relabel the nodes of a graph by a permutation, without touching any weight tensor.
-
-    Node at position ``i`` of a node set in group ``g`` receives the features of the node at
-    position ``perm[g][i]`` of the same set; each edge receives the features of the edge between the
-    nodes its endpoints came from. ``to_graph(apply_permutation(theta, perm, spec), spec)`` equals
-    ``relabel(to_graph(theta, spec), perm)``; a test pins this.
-    """
-    n = graph.num_nodes
-    src_of = torch.arange(n)
+def node_sources(graph: NetGraph, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Where :func:`relabel` takes each node from: ``relabel(graph, perm)``'s node ``n`` holds the
+    features of ``graph``'s node ``node_sources(graph, perm)[n]`` (a LongTensor over the nodes; fixed
+    nodes and groups left out of ``perm`` map to themselves)."""
+    src_of = torch.arange(graph.num_nodes)
     for gi, g in enumerate(graph.group_names):
         if g not in perm:
             continue
         mask = graph.perm_group == gi
         p = graph.perm_pos[mask]
         src_of[mask] = src_of[mask] - p + perm[g][p]
+    return src_of
+
+
+def relabel(graph: NetGraph, perm: Mapping[str, torch.Tensor]) -> NetGraph:
+    """Relabel the nodes of a graph by a permutation, without touching any weight tensor.
+
+    Node at position ``i`` of a node set in group ``g`` receives the features of the node at
+    position ``perm[g][i]`` of the same set (:func:`node_sources`); each edge receives the features of
+    the edge between the nodes its endpoints came from.
+    ``to_graph(apply_permutation(theta, perm, spec), spec)`` equals ``relabel(to_graph(theta, spec), perm)``;
+    a test pins this.
+    """
+    n = graph.num_nodes
+    src_of = node_sources(graph, perm)
     ei, etype = graph.edge_index, graph.edge_type
     keys = (ei[0] * n + ei[1]) * 2 + etype
     order = torch.argsort(keys)

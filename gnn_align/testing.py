@@ -11,8 +11,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .permute import apply_permutation
+from .graph import node_sources, relabel
+from .permute import apply_permutation, random_permutation
 from .spec import PermutationSpec
+
+
+def default_atol(dtype: torch.dtype) -> float:
+    """The tolerance of the checks here when none is given: 1e-10 in float64, 1e-4 otherwise."""
+    return 1e-10 if dtype == torch.float64 else 1e-4
 
 
 @torch.no_grad()
@@ -40,10 +46,47 @@ def assert_function_preserved(module: nn.Module, spec: PermutationSpec, perm: Ma
     """
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     delta = output_change(module, apply_permutation(state, perm, spec), inputs)
-    tol = atol if atol is not None else (1e-10 if inputs.dtype == torch.float64 else 1e-4)
+    tol = atol if atol is not None else default_atol(inputs.dtype)
     if not delta <= tol:
         raise AssertionError(f"permuting the network changed its output: max |delta| = {delta:.3e} > {tol:.1e}")
     return delta
+
+
+@torch.no_grad()
+def assert_perm_equivariant(encoder: nn.Module, graph, spec: PermutationSpec, trials: int = 3, seed: int = 0,
+                            atol: float | None = None) -> float:
+    """Assert that a graph encoder is equivariant to relabelling neurons within their permutation groups.
+
+    For ``trials`` random permutations ``p`` of ``spec`` (seeded by ``seed``), the encoder's output on
+    ``relabel(graph, p)`` must equal its output on ``graph`` with the rows moved the same way
+    (``out[node_sources(graph, p)]``): the embedding of a neuron follows the neuron, not its slot.
+
+    Args:
+        encoder: maps a graph of ``spec``'s network (a :class:`~gnn_align.graph.NetGraph`) to a tensor
+            with one row per node.
+        atol: tolerance on max |Δ|; default 1e-10 in float64, 1e-4 otherwise (the output's dtype).
+
+    Returns:
+        The largest max |Δ| measured.
+
+    Raises:
+        AssertionError: when the output does not have one row per node, or moves differently from the nodes.
+    """
+    out = encoder(graph)
+    if out.dim() < 1 or out.shape[0] != graph.num_nodes:
+        raise AssertionError(f"the encoder returned shape {tuple(out.shape)}; expected one row per node "
+                             f"({graph.num_nodes})")
+    tol = atol if atol is not None else default_atol(out.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for t in range(trials):
+        perm = random_permutation(spec, gen)
+        delta = float((encoder(relabel(graph, perm)) - out[node_sources(graph, perm)]).abs().max())
+        worst = max(worst, delta)
+        if not delta <= tol:
+            raise AssertionError(f"the encoder is not equivariant to relabelling neurons within their groups: "
+                                 f"trial {t}, max |delta| = {delta:.3e} > {tol:.1e}")
+    return worst
 
 
 def one_sided_spec(spec: PermutationSpec, group: str) -> PermutationSpec:

@@ -1,10 +1,22 @@
-"""Shared fixtures: one tiny network per architecture family, in float64."""
+"""Shared fixtures: one tiny network per architecture family, in float64, and tiny zoos built once
+per test session (shared helpers that are not fixtures are in ``tests/helpers.py``)."""
+
+import os
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
-from gnn_align.archs import CNN, MLP, ResNet, ResidualMLP, SIREN
+from datasets.build import build
+from datasets.recipes import get_recipe
+from gnn_align.archs import CNN, MLP, SIREN, ResidualMLP, ResNet
+
+# One torch thread in the test process and in the subprocesses it starts (unless OMP_NUM_THREADS says
+# otherwise): the tests use tiny networks, for which a second thread gains nothing, and on a busy
+# 2-core machine two threads per process oversubscribe the cores (tests/test_zoo_build.py alone took
+# 4 min with torch's default of 2 threads and 15 s with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _randomize_norms(module: nn.Module, gen: torch.Generator) -> nn.Module:
@@ -57,3 +69,32 @@ def make_family(name: str, seed: int = 0):
 def family(request):
     module, x = make_family(request.param)
     return request.param, module, x
+
+
+@pytest.fixture(scope="session")
+def tiny_zoos(tmp_path_factory):
+    """``tiny_zoos(name, splits)``: the folder of recipe ``name``'s tiny version built with ``splits``,
+    built once per session and shared by every test that asks for it, so tests must only read it."""
+    cache = {}
+
+    def get(name: str, splits: dict):
+        key = (name, tuple(sorted(splits.items())))
+        if key not in cache:
+            recipe = dict(get_recipe(name, tiny=True), splits=dict(splits))
+            cache[key] = build(recipe, tmp_path_factory.mktemp(f"zoo-{name}"), progress=False)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp_test_zoo(tiny_zoos):
+    """The tiny digits-mlp zoo with every network in the test split (pairs to benchmark)."""
+    return tiny_zoos("digits-mlp", {"test": 1.0})
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp_train_zoo(tiny_zoos):
+    """``(root, name)`` of the tiny digits-mlp zoo split half train, half val (what train.py reads)."""
+    zoo = tiny_zoos("digits-mlp", {"train": 0.5, "val": 0.5})
+    return zoo.parent, zoo.name

@@ -7,9 +7,10 @@ from torch_geometric.data import Batch
 from gnn_align import (apply_permutation, compose_permutations, invert_permutation, random_permutation,
                        relabel, spec_from_module, to_graph)
 from gnn_align.aligner import GNNAligner
+from gnn_align.graph import node_sources
 from gnn_align.losses import planted_cross_entropy
 from gnn_align.nn import NetEncoder, ProbePass
-from gnn_align.testing import equivariance_error, move_nodes
+from gnn_align.testing import assert_perm_equivariant, equivariance_error, move_nodes
 
 from .conftest import make_family
 
@@ -32,16 +33,6 @@ def _encoder(probes=0, conv="weight", scale_invariant=True):
 VARIANTS = [(0, "weight", True), (8, "weight", True), (8, "edge", False), (0, "edge", False)]
 
 
-def _src_of(graph, perm):
-    """Node mapping of relabel(graph, perm): new node n holds old node src_of[n]."""
-    src = torch.arange(graph.num_nodes)
-    for gi, g in enumerate(graph.group_names):
-        m = graph.perm_group == gi
-        p = graph.perm_pos[m]
-        src[m] = src[m] - p + perm[g][p]
-    return src
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", FAMS)
 def test_encoder_is_equivariant_to_within_group_relabelling(name, variant):
@@ -49,12 +40,13 @@ def test_encoder_is_equivariant_to_within_group_relabelling(name, variant):
     graph = to_graph(a, spec, edge_dim=9)
     enc = _encoder(*variant)
     perm = random_permutation(spec, torch.Generator().manual_seed(1))
-    src = _src_of(graph, perm)
+    src = node_sources(graph, perm)
     # relabel (exact edge order) and move_nodes (same graph, other edge order) agree
     moved = move_nodes(graph, src)
     assert torch.equal(enc(relabel(graph, perm)), enc(relabel(graph, perm)))
     assert torch.allclose(enc(relabel(graph, perm)), enc(moved), atol=1e-12)
     assert equivariance_error(enc, graph, src) < 1e-12
+    assert assert_perm_equivariant(enc, graph, spec) < 1e-12
     # and the permuted *weights* give the same embeddings, moved (the commutative diagram)
     h_perm = enc(to_graph(apply_permutation(a, perm, spec), spec, edge_dim=9))
     assert torch.allclose(h_perm, enc(graph)[src], atol=1e-12)
@@ -135,6 +127,7 @@ def test_align_is_equivariant_and_swap_inverts(name, probes):
     assert _same(batched[0], p) and _same(batched[1], invert_permutation(p))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv", ["edge", "weight"])
 def test_tiny_training_run_overfits_planted_pairs(conv):
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ def tiny_zoo(tmp_path_factory):
     return build(recipe, tmp_path_factory.mktemp("zoos"), progress=False)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_every_method_and_writes_results(tiny_zoo, tmp_path):
     res = run_benchmark(tiny_zoo, ["naive", "wm", "am", "sinkhorn"], num_pairs=3, progress=False)
     assert res["pairs"] == 3 and res["split"] == "test" and res["torch_threads"] >= 1
@@ -37,7 +38,8 @@ def test_benchmark_runs_every_method_and_writes_results(tiny_zoo, tmp_path):
     assert all(f"| {m} |" in md for m in res["methods"])
 
 
-def test_bench_cli_reports_unknown_methods_and_zoos(tiny_zoo, tmp_path, capsys):
+def test_bench_cli_reports_unknown_methods_and_zoos(tiny_mlp_test_zoo, tmp_path, capsys):
+    tiny_zoo = tiny_mlp_test_zoo
     root = str(tiny_zoo.parent)
     assert main(["bench", "--zoo", tiny_zoo.name, "--root", root, "--methods", "naive,magic"]) == 2
     assert "unknown method(s) ['magic']" in capsys.readouterr().err
@@ -49,6 +51,7 @@ def test_bench_cli_reports_unknown_methods_and_zoos(tiny_zoo, tmp_path, capsys):
     assert "BatchNorm statistics reset" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_learned_aligner_methods_join_the_same_table(tiny_zoo):
     import torch
 
@@ -66,10 +69,10 @@ def test_learned_aligner_methods_join_the_same_table(tiny_zoo):
         assert [p["pair"] for p in s["per_pair"]] == pairs
 
 
-def test_benchmark_of_one_member_and_unknown_member(tiny_zoo):
+def test_benchmark_of_one_member_and_unknown_member(tiny_mlp_test_zoo):
     from gnn_align.zoo.storage import ZooError
 
-    res = run_benchmark(tiny_zoo, ["naive"], num_pairs=2, progress=False, member="digits-cnn")
-    assert res["member"] == "digits-cnn" and res["pairs"] == 2 and "/ digits-cnn" in to_markdown(res)
-    with pytest.raises(ZooError, match="no member 'nope'.*digits-cnn"):
-        run_benchmark(tiny_zoo, ["naive"], num_pairs=2, progress=False, member="nope")
+    res = run_benchmark(tiny_mlp_test_zoo, ["naive"], num_pairs=2, progress=False, member="digits-mlp")
+    assert res["member"] == "digits-mlp" and res["pairs"] == 2 and "/ digits-mlp" in to_markdown(res)
+    with pytest.raises(ZooError, match="no member 'nope'.*digits-mlp"):
+        run_benchmark(tiny_mlp_test_zoo, ["naive"], num_pairs=2, progress=False, member="nope")

@@ -15,6 +15,7 @@ from gnn_align.zoo import train_networks, unstack_state
 
 ARCH = "mlp:64,32,32,10"
 CLI = [sys.executable, "-m", "gnn_align.cli"]
+pytestmark = pytest.mark.slow  # every test here runs the CLI as a subprocess
 
 
 def gnn_align(*args, cwd=None):

@@ -14,6 +14,7 @@ def test_examples_are_known():
     assert {p.name for p in EXAMPLES} == set(EXPECT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(script):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)

@@ -138,6 +138,7 @@ def _can_mount() -> bool:
     return r.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount(), reason="needs unshare and tmpfs mounts in a user namespace")
 def test_item12_read_only_and_full_disk_are_one_line(tmp_path):
     """Output on a read-only filesystem (refused before the work) and on a full disk ("no space left on device"): one line, exit 2, no partial file."""
@@ -246,6 +247,7 @@ def test_item16_data_accepts_the_users_own_files(capsys, pair, tmp_path):
     assert not (tmp_path / "o.pt").exists() and not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
 def test_item17_help_and_argument_errors_do_not_import_torch():
     """`gnn-align --help` and argument errors import neither torch nor torch_geometric; `import gnn_align` and weight matching do not import torch_geometric."""
     code = """

@@ -17,7 +17,7 @@ import torch
 import datasets.build as build_mod
 import train
 from datasets.__main__ import main as datasets_main
-from datasets.build import build, build_shards
+from datasets.build import build_shards
 from datasets.recipes import get_recipe
 from gnn_align import memory
 from gnn_align.checkpoint import load_training_state, save_training_state
@@ -26,28 +26,19 @@ from gnn_align.memory import available_memory_mb, check_aligner_memory, graph_si
 from gnn_align.memory import measure as measure_mod
 from gnn_align.zoo import ModelZoo, ZooError, storage
 
-from .test_memory import SHIPPED, _meta_spec
-from .test_zoo_dataset import write_tiny_zoo
+from .helpers import SHIPPED, meta_spec, train_flags, write_tiny_zoo
 
 
 # -- item 2: train.py --resume ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def zoo_root(tmp_path_factory):
-    recipe = get_recipe("digits-mlp", tiny=True)
-    recipe["splits"] = {"train": 0.5, "val": 0.5}
-    root = tmp_path_factory.mktemp("zoos")
-    build(recipe, root, progress=False)
-    return root, recipe["name"]
+def zoo_root(tiny_mlp_train_zoo):
+    return tiny_mlp_train_zoo
 
 
 def _argv(zoo_root, out, **kw):
     """train.py flags of a tiny run (as in tests/test_train.py) into ``out``."""
-    root, name = zoo_root
-    base = {"zoo": name, "zoo_root": str(root), "out": str(out), "hidden": 8, "layers": 1, "edge_hidden": 4,
-            "probes": 8, "epochs": 2, "steps_per_epoch": 2, "planted_per_step": 2, "unlabelled_per_step": 1,
-            "val_planted": 2, "val_pairs": 1, "bench_pairs": 0}
     argv = []
-    for k, v in (base | kw).items():
+    for k, v in train_flags(zoo_root, out, **kw).items():
         flag = "--" + k.replace("_", "-")
         argv += ([flag] if v is True else []) if isinstance(v, bool) else [flag, str(v)]
     return argv
@@ -188,7 +179,7 @@ def test_item10_memory_check_honours_rlimit_as_and_cgroup_limits(tmp_path, monke
     monkeypatch.setattr(measure_mod, "_CGROUP", v1, raising=False)
     monkeypatch.setattr(measure_mod, "_SELF_CGROUP", self_cgroup, raising=False)
     monkeypatch.setattr(measure_mod, "_getrlimit_as", lambda: no_limit, raising=False)
-    size = graph_size(_meta_spec("mlp:64,2048,2048,2048,10"))  # needs GBs: more than 256 MB, less than 8 GB
+    size = graph_size(meta_spec("mlp:64,2048,2048,2048,10"))  # needs GBs: more than 256 MB, less than 8 GB
     msg = check_aligner_memory("m", size, SHIPPED, raise_error=False)
     assert msg is not None and "256 MB available" in msg, msg
 

@@ -18,7 +18,7 @@ from gnn_align.warmstart import to_markdown as warm_markdown
 from gnn_align.warmstart import warm_start_study
 from gnn_align.zoo import ModelZoo, ZooError, independent_pairs
 
-from .test_zoo_dataset import write_tiny_zoo
+from .helpers import write_tiny_zoo
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,7 @@ def test_network_task_of_a_classification_zoo(tmp_path):
     assert torch.equal(task.x_train, ref.x_train) and torch.equal(task.y_test, ref.y_test)
 
 
+@pytest.mark.slow
 def test_benchmark_on_a_sine_zoo(sine_zoo, tmp_path):
     root, _ = sine_zoo
     res = run_benchmark(root, ["naive", "wm", "am", "sinkhorn"], num_pairs=2, progress=False)
@@ -110,6 +111,7 @@ def test_benchmark_on_a_sine_zoo(sine_zoo, tmp_path):
     assert "| wm |" in md
 
 
+@pytest.mark.slow
 def test_warm_start_study_on_a_sine_zoo(sine_zoo):
     torch.manual_seed(0)
     al = GNNAligner(hidden=8, num_layers=1, edge_dim=1, edge_hidden=4, probes=8).eval()
@@ -120,6 +122,7 @@ def test_warm_start_study_on_a_sine_zoo(sine_zoo):
     assert "test MSE" in warm_markdown(res)
 
 
+@pytest.mark.slow
 def test_train_py_on_a_sine_zoo(tmp_path):
     recipe = get_recipe("sine-inr", tiny=True)
     recipe["splits"] = {"train": 0.5, "val": 0.5}  # one signal (4 views) each

@@ -1,5 +1,5 @@
 """gnn_align.memory (peak RSS, available memory, the aligner's memory estimate and pre-check) and
-benchmarks/scale.py on tiny models."""
+benchmarks/scale/scale.py on tiny models."""
 
 import importlib.util
 import json
@@ -18,13 +18,13 @@ from gnn_align.memory import (
     measure_peak,
     peak_memory,
 )
-from gnn_align.models import build_model, example_input
+from gnn_align.models import build_model
 from gnn_align.pretrained import load_pretrained
 
 from .conftest import FAMILIES, make_family
+from .helpers import SHIPPED, meta_spec
 
-SHIPPED = {"hidden": 32, "num_layers": 0, "edge_dim": 10, "edge_hidden": 4, "probes": 128}
-SCALE = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+SCALE = Path(__file__).resolve().parents[1] / "benchmarks" / "scale" / "scale.py"
 
 
 def _needs_proc():
@@ -64,7 +64,7 @@ def test_figures_are_none_and_say_why_without_proc(monkeypatch, tmp_path):
     assert rec.peak_mb is None and rec.increase_mb is None and "not measured" in rec.note
     assert memory.available_memory_mb() is None and memory.rss_mb() is None
     with pytest.warns(UserWarning, match="not checked"):
-        assert check_aligner_memory("m", graph_size(_meta_spec("mlp:64,8,8,10")), SHIPPED) is None
+        assert check_aligner_memory("m", graph_size(meta_spec("mlp:64,8,8,10")), SHIPPED) is None
 
 
 def test_available_memory_is_positive():
@@ -83,12 +83,6 @@ def test_graph_size_is_what_to_graph_builds(name):
     assert size.edge_len == g.edge_attr.shape[1]
     assert size.group_widths == tuple(spec.group_sizes.values())
     assert size.params == sum(module.state_dict()[ly.weight].numel() for ly in spec.structure.layers)
-
-
-def _meta_spec(arch: str):
-    with torch.device("meta"):
-        module = build_model(arch)
-        return spec_from_module(module, example_input(module, 2))
 
 
 @pytest.mark.parametrize("config", [SHIPPED, {**SHIPPED, "num_layers": 2}, {**SHIPPED, "probes": 0, "num_layers": 1}])
@@ -111,7 +105,7 @@ def test_estimate_bounds_the_measured_peak_within_3x(dtype):
     arch = "mlp:64,384,384,384,10"
     torch.manual_seed(0)
     a, b = build_model(arch).state_dict(), build_model(arch).state_dict()
-    aligner, spec = load_pretrained(), _meta_spec(arch)
+    aligner, spec = load_pretrained(), meta_spec(arch)
     size = graph_size(spec)
     _, rec = measure_peak(aligner.align, a, b, spec)
     est = estimate_aligner_memory_mb(size.nodes, size.edges, 10, aligner.config, group_widths=size.group_widths,
@@ -120,7 +114,7 @@ def test_estimate_bounds_the_measured_peak_within_3x(dtype):
 
 
 def test_check_names_the_model_and_skips_when_memory_is_short(monkeypatch):
-    size = graph_size(_meta_spec("mlp:64,2048,2048,2048,10"))
+    size = graph_size(meta_spec("mlp:64,2048,2048,2048,10"))
     monkeypatch.setattr(memory.estimate, "available_memory_mb", lambda: 512.0)
     msg = check_aligner_memory("mlp-2048-d3", size, SHIPPED, raise_error=False)
     assert msg.startswith("mlp-2048-d3: 8.54M edges need ~") and msg.endswith("GB for the aligner, 512 MB available")

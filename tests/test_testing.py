@@ -2,10 +2,13 @@
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
-from gnn_align import PermutationSpec, random_permutation
-from gnn_align.testing import assert_function_preserved, one_sided_spec, output_change
+from gnn_align import PermutationSpec, random_permutation, spec_from_module, to_graph
+from gnn_align.nn import NetEncoder
+from gnn_align.testing import assert_function_preserved, assert_perm_equivariant, one_sided_spec, output_change
+
+from .conftest import make_family
 
 
 class _PositionDependent(nn.Module):
@@ -46,3 +49,45 @@ def test_one_sided_spec_keeps_exactly_one_axis():
     one = one_sided_spec(SPEC, "h")
     acted = one.acts_on("h")
     assert acted == [("fc1.weight", 0, 1)]
+
+
+class _NodeReadout(nn.Module):
+    """A per-node linear read-out of the node features, plus (``positional``) a learned embedding of the
+    node's position in its group: the position of a neuron is an arbitrary label, so that breaks equivariance."""
+
+    def __init__(self, positional: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.pos = nn.Linear(5, 4), nn.Embedding(16, 4) if positional else None
+
+    def forward(self, graph):
+        out = self.lin(graph.x)
+        return out if self.pos is None else out + self.pos(graph.perm_pos)
+
+
+def _graph(name="mlp"):
+    module, x = make_family(name)
+    spec = spec_from_module(module, x)
+    return to_graph({k: v.detach() for k, v in module.state_dict().items()}, spec, edge_dim=9), spec
+
+
+def test_equivariance_check_fails_on_a_positional_encoder():
+    graph, spec = _graph()
+    with pytest.raises(AssertionError, match="not equivariant"):
+        assert_perm_equivariant(_NodeReadout(positional=True).double(), graph, spec)
+    # the same read-out without the positional term is equivariant (exactly: it is per node)
+    assert assert_perm_equivariant(_NodeReadout(positional=False).double(), graph, spec) == 0.0
+
+
+def test_equivariance_check_refuses_an_output_that_is_not_per_node():
+    graph, spec = _graph()
+    with pytest.raises(AssertionError, match="one row per node"):
+        assert_perm_equivariant(lambda g: g.x.sum(0), graph, spec)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d_bn"])
+def test_equivariance_check_passes_on_the_aligner_encoder(name):
+    graph, spec = _graph(name)
+    torch.manual_seed(0)
+    enc = NetEncoder(hidden=16, num_layers=2, edge_dim=9, probes=8).double().eval()
+    assert assert_perm_equivariant(enc, graph, spec) < 1e-12

@@ -16,27 +16,19 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import train
-from datasets.build import build
-from datasets.recipes import get_recipe
+
+from .helpers import train_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def zoo_root(tmp_path_factory):
-    recipe = get_recipe("digits-mlp", tiny=True)
-    recipe["splits"] = {"train": 0.5, "val": 0.5}
-    root = tmp_path_factory.mktemp("zoos")
-    build(recipe, root, progress=False)
-    return root, recipe["name"]
+@pytest.fixture
+def zoo_root(tiny_mlp_train_zoo):
+    return tiny_mlp_train_zoo
 
 
 def _cfg(zoo_root, out, **kw):
-    root, name = zoo_root
-    base = dict(zoo=name, zoo_root=str(root), out=str(out), hidden=8, layers=1, edge_hidden=4, probes=8,
-                epochs=2, steps_per_epoch=2, planted_per_step=2, unlabelled_per_step=1, val_planted=2, val_pairs=1,
-                bench_pairs=0)
-    return train.Config(**(base | kw))
+    return train.Config(**train_flags(zoo_root, out, **kw))
 
 
 def _interrupt_in_epoch_2(monkeypatch, cfg):
@@ -55,6 +47,7 @@ def _interrupt_in_epoch_2(monkeypatch, cfg):
     monkeypatch.undo()
 
 
+@pytest.mark.slow
 def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path, monkeypatch):
     torch.set_default_dtype(torch.float32)
     out = train.main(_cfg(zoo_root, tmp_path / "run"))
@@ -87,6 +80,7 @@ def test_training_writes_config_weights_metrics_and_resumes(zoo_root, tmp_path, 
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+@pytest.mark.slow
 def test_moving_average_is_what_is_validated_saved_and_resumed(zoo_root, tmp_path, monkeypatch):
     torch.set_default_dtype(torch.float32)
     cfg = _cfg(zoo_root, tmp_path / "ema", ema=0.9, select="wm_ratio", val_pairs=2)
@@ -166,6 +160,7 @@ def _ddp_worker(rank, world, port, cfg, folder):
     save_file({k: v.contiguous() for k, v in trainer.aligner.state_dict().items()}, f"{folder}/rank{rank}.safetensors")
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_equals_one_process_run_with_the_same_global_batch(zoo_root, tmp_path):
     torch.set_default_dtype(torch.float32)  # as in the spawned ranks (the suite's default is float64)
     cfg = _cfg(zoo_root, tmp_path / "ddp", epochs=2, steps_per_epoch=3, planted_per_step=2, unlabelled_per_step=2,
@@ -199,6 +194,7 @@ def _train_cmd(*args):
     return [sys.executable, str(ROOT / "train.py"), *args]
 
 
+@pytest.mark.slow
 def test_torchrun_reads_the_same_config_file_and_only_rank_0_writes(zoo_root, tmp_path):
     torch.set_default_dtype(torch.float32)
     cfg = _cfg(zoo_root, tmp_path / "one", epochs=1, steps_per_epoch=2, planted_per_step=2, unlabelled_per_step=2,
@@ -228,6 +224,7 @@ def _position(checkpoint, cfg):
     return checkpoint["epoch"] * cfg.steps_per_epoch + checkpoint["step"]
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_to_the_same_weights(zoo_root, tmp_path):
     cfg = _cfg(zoo_root, tmp_path / "full", epochs=2, steps_per_epoch=8, checkpoint_every=1, threads=1)
     path = _write_config(cfg, tmp_path / "cfg.json")

@@ -6,8 +6,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from datasets.build import build
-from datasets.recipes import get_recipe
 from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.bench import run_benchmark, speed_comparison
 from gnn_align.cli import main
@@ -16,10 +14,8 @@ from gnn_align.warmstart import to_markdown, warm_start_study, write_warm_start
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    recipe = get_recipe("digits-mlp", tiny=True)
-    recipe["splits"] = {"test": 1.0}
-    zoo = build(recipe, tmp_path_factory.mktemp("zoos"), progress=False)
+def tiny(tiny_mlp_test_zoo, tmp_path_factory):
+    zoo = tiny_mlp_test_zoo
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
     al = GNNAligner(hidden=8, num_layers=1, edge_dim=1, edge_hidden=4, probes=8).eval()
@@ -63,7 +59,8 @@ def test_speed_comparison_and_cli(tiny, tmp_path):
     out = tmp_path / "s"
     assert main(["speed", "--zoo", zoo.name, "--root", str(zoo.parent), "--aligner", str(run), "--pairs", "2",
                  "--out", str(out)]) == 0
-    assert json.loads((out / "speed.json").read_text())["pairs"] == 2
+    speed = json.loads((out / "speed.json").read_text())
+    assert speed["pairs"] == 2 and speed["provenance"]["aligner_weights_sha256"]
     assert main(["bench", "--zoo", zoo.name, "--root", str(zoo.parent), "--aligner", str(tmp_path / "none"),
                  "--methods", "gnn"]) == 2
     out = tmp_path / "b"

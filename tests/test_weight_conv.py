@@ -7,11 +7,11 @@ import torch
 from torch_geometric.data import Batch
 
 from gnn_align import random_permutation, relabel, spec_from_module, to_graph
+from gnn_align.graph import node_sources
 from gnn_align.nn import NetEncoder, WeightConv
 from gnn_align.testing import equivariance_error, output_change
 
 from .conftest import make_family
-from .test_aligner import _src_of
 
 FAMS = ["mlp", "cnn2d_gap", "cnn1d_flatten", "residual_mlp", "resnet2d_bn"]
 
@@ -46,7 +46,7 @@ def test_weight_conv_is_equivariant_to_within_group_relabelling(name):
     conv = WeightConv(8, edge_dim=9)
     h = torch.randn(graph.num_nodes, 8)
     perm = random_permutation(spec, torch.Generator().manual_seed(1))
-    src = _src_of(graph, perm)
+    src = node_sources(graph, perm)
     moved = conv.forward_blocks(h[src], relabel(graph, perm))
     assert torch.allclose(moved, conv.forward_blocks(h, graph)[src], atol=1e-12)
 
@@ -94,7 +94,7 @@ def test_scale_invariant_encoder_keeps_its_equivariance():
     _, _, spec, a = _state("resnet2d_bn")
     graph = to_graph(a, spec, edge_dim=9)
     perm = random_permutation(spec, torch.Generator().manual_seed(2))
-    assert equivariance_error(_encoder(True), graph, _src_of(graph, perm)) < 1e-12
+    assert equivariance_error(_encoder(True), graph, node_sources(graph, perm)) < 1e-12
 
 
 def test_kernel_cols_mark_exactly_the_written_edge_columns():

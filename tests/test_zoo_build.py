@@ -39,7 +39,12 @@ def test_union_recipes_are_exactly_their_parts():
         assert get_recipe(name)["members"] == members, name
 
 
-@pytest.mark.parametrize("name", sorted(set(RECIPES) - set(UNIONS)))
+#: the recipes of many architectures take seconds even tiny: the slow set builds them
+MANY_ARCHITECTURES = {"mixed", "recipes", "residual"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in MANY_ARCHITECTURES else n
+                                  for n in sorted(set(RECIPES) - set(UNIONS))])
 def test_tiny_version_of_every_recipe_builds(name, tmp_path):
     recipe = get_recipe(name, tiny=True)
     out = build(recipe, tmp_path, progress=False)

@@ -1,7 +1,6 @@
 """ModelZoo (lazy graphs over a built zoo), augmentations, independent and planted pairs."""
 
 import json
-import os
 import re
 
 import pytest
@@ -9,64 +8,32 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
-from gnn_align import (NetGraph, apply_permutation, from_graph, invert_permutation, random_permutation,
-                       spec_from_module, to_graph)
+from gnn_align import (
+    NetGraph,
+    apply_permutation,
+    from_graph,
+    invert_permutation,
+    random_permutation,
+    spec_from_module,
+    to_graph,
+)
 from gnn_align.archs import CNN, MLP, build_arch
 from gnn_align.testing import output_change
-from gnn_align.zoo import (ModelZoo, PlantedPair, PlantedPairs, ZooError, augment, independent_pairs,
-                           init_states, member_weights, planted_pair, sample_networks, stable_seed, write_json,
-                           write_shard)
+from gnn_align.zoo import (
+    ModelZoo,
+    PlantedPair,
+    PlantedPairs,
+    ZooError,
+    augment,
+    independent_pairs,
+    member_weights,
+    planted_pair,
+    sample_networks,
+)
 from gnn_align.zoo.augment import rescalable_nodesets
 
 from .conftest import make_family
-
-MLP_ARCH = {"family": "mlp", "in_features": 5, "hidden": [4, 6], "out_features": 3}
-RESNET_ARCH = {"family": "resnet", "in_channels": 1, "stem_channels": 3, "channels": [3, 4],
-               "num_classes": 3, "dim": 2}
-# member -> (shard sizes, split of each network)
-LAYOUT = [([4, 3], ["train", "train", "val", "test", "train", "train", "test"]),
-          ([4], ["train", "train", "val", "test"])]
-N_NETWORKS = 11
-
-
-def write_tiny_zoo(root, mlp_activation="relu", recipe_note="a"):
-    """A 2-member zoo of untrained networks in the build's folder format; returns the stacked states."""
-    mlp_arch = dict(MLP_ARCH, **({} if mlp_activation == "relu" else {"activation": mlp_activation}))
-    members = [
-        {"name": "tiny-mlp", "arch": mlp_arch, "task": "toy", "input_shape": [5], "loss": "ce",
-         "activation": mlp_activation, "heldout": False},
-        {"name": "tiny-resnet", "arch": RESNET_ARCH, "task": "toy-img", "input_shape": [1, 6, 6],
-         "loss": "ce", "activation": "relu", "heldout": False},
-    ]
-    shards, networks, states = [], [], []
-    for mi, (sizes, splits) in enumerate(LAYOUT):
-        seeds = [stable_seed("tiny", mi, k) for k in range(sum(sizes))]
-        stacked = {k: v.float() if v.is_floating_point() else v
-                   for k, v in init_states(members[mi]["arch"], seeds).items()}
-        states.append(stacked)
-        start = 0
-        for n in sizes:
-            name = f"shard-{len(shards):05d}.safetensors"
-            part = {k: v[start:start + n] for k, v in stacked.items()}
-            digest = write_shard(os.path.join(root, name), part, {"member": mi})
-            for r in range(n):
-                k = start + r
-                networks.append({"id": len(networks), "member": mi, "shard": len(shards), "row": r,
-                                 "seed": seeds[k], "split": splits[k], "train_loss": 1.0 + k,
-                                 "test_loss": 2.0 + k, "train_acc": 0.5, "test_acc": 0.25})
-            shards.append({"file": name, "member": mi, "sha256": digest, "num_networks": n})
-            start += n
-    write_json(os.path.join(root, "manifest.json"),
-               {"name": "tiny", "version": 1, "recipe": {"name": "tiny", "note": recipe_note},
-                "members": members, "shards": shards, "networks": networks})
-    return states
-
-
-def original_state(states, net_id):
-    """State dict of manifest id ``net_id`` from write_tiny_zoo's stacked states."""
-    n0 = sum(LAYOUT[0][0])
-    m, row = (0, net_id) if net_id < n0 else (1, net_id - n0)
-    return {k: v[row] for k, v in states[m].items()}
+from .helpers import N_NETWORKS, RESNET_ARCH, original_state, write_tiny_zoo
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 RUN=${1:?usage: run.sh RUN_DIR [OUT]}
 OUT=${2:-benchmarks/aligner-v2}
 export OMP_NUM_THREADS=1
-C="python benchmarks/compare.py --threads 1 --run $(basename "$RUN")=$RUN --run v1=pretrained:mixed --out $OUT"
+C="python benchmarks/ablation/compare.py --threads 1 --run $(basename "$RUN")=$RUN --run v1=pretrained:mixed --out $OUT"
 (
   $C --zoo digits-mlp --pairs 200 --heldout-pairs 0 --name digits-mlp
   $C --zoo recipes --pairs 0 --heldout-pairs 100 --name heldout-recipes
@@ -20,7 +20,7 @@ A=$!
   $C --zoo mixed-recipes --pairs 0 --heldout-pairs 100 --name heldout-mixed
   $C --zoo digits-cnn --pairs 100 --heldout-pairs 0 --name digits-cnn
   for z in digits-mlp digits-cnn digits-resnet; do
-    python benchmarks/planted_accuracy.py --zoo $z --aligner "$RUN" --pairs 200 --out $OUT/planted-$z
+    python benchmarks/planted/planted_accuracy.py --zoo $z --aligner "$RUN" --pairs 200 --out $OUT/planted-$z
   done
 ) &
 B=$!

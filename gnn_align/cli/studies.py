@@ -126,27 +126,34 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warmstart(args: argparse.Namespace) -> int:
+def _with_provenance(args: argparse.Namespace, study) -> dict:
+    """``study(aligner)`` run on the aligner named by ``--aligner``, with the provenance block added."""
     from ..aligner import load_aligner
+    from ..provenance import provenance
+
+    aligner = load_aligner(args.aligner)
+    return study(aligner) | {"provenance": provenance(aligner=args.aligner, aligner_model=aligner)}
+
+
+def _warmstart(args: argparse.Namespace) -> int:
     from ..warmstart import to_markdown, warm_start_study, write_warm_start
 
     _positive(args, "pairs", 1)
-    res = _guarded(args, lambda: warm_start_study(Path(args.root) / args.zoo, load_aligner(args.aligner),
-                                                  num_pairs=args.pairs, seed=args.seed, progress=not args.json))
+    res = _guarded(args, lambda: _with_provenance(args, lambda al: warm_start_study(
+        Path(args.root) / args.zoo, al, num_pairs=args.pairs, seed=args.seed, progress=not args.json)))
     paths = write_warm_start(res, args.out or Path("results") / f"warmstart-{args.zoo}")
     print(dumps_json(res, indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from ..aligner import load_aligner
     from ..bench import speed_comparison, speed_markdown
     from ..zoo.storage import atomic_write, write_json
 
     _positive(args, "pairs", 1)
     _positive(args, "batch", 1)
-    res = _guarded(args, lambda: speed_comparison(Path(args.root) / args.zoo, load_aligner(args.aligner),
-                                                  num_pairs=args.pairs, batch_size=args.batch))
+    res = _guarded(args, lambda: _with_provenance(args, lambda al: speed_comparison(
+        Path(args.root) / args.zoo, al, num_pairs=args.pairs, batch_size=args.batch)))
     out = Path(args.out or Path("results") / f"speed-{args.zoo}")
     md = speed_markdown(res)
     write_json(out / "speed.json", res)

@@ -95,7 +95,7 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
 
     Calibration, on 2 CPU cores with 1 torch thread, the shipped aligner (``hidden=64``,
     ``num_layers=0``, ``probes=128``, ``edge_dim=10``), float32: the peak RSS rise of one
-    ``gnn_align.align(a, b, method="gnn")`` call measured by ``benchmarks/scale.py``, against this
+    ``gnn_align.align(a, b, method="gnn")`` call measured by ``benchmarks/scale/scale.py``, against this
     estimate with ``params`` and ``group_widths`` given:
 
     ============================================================  ==========  ========  ========  =====
