@@ -274,7 +274,8 @@ class MergeResult:
         first = self.alignments[0]
         seconds = sum(r.seconds for r in self.alignments)
         worst = max(r.max_abs_diff for r in self.alignments)
-        return (f"MergeResult(models={len(self.alignments) + 1}, method={first.method!r}, groups={_groups(first.spec)}, "
+        models = len(self.alignments) + (0 if "many" in first.info else 1)
+        return (f"MergeResult(models={models}, method={first.method!r}, groups={_groups(first.spec)}, "
                 f"seconds={seconds:.3g}, max_abs_diff={worst:.3g}, bn_reset={self.bn_reset})")
 
     def model(self) -> nn.Module:
@@ -317,11 +318,61 @@ def average_states(states: Sequence[Mapping], weights: Sequence[float] | None = 
             else v.clone() for k, v in states[0].items()}
 
 
+#: how :func:`merge` brings N models into one frame
+MANY = ("reference", "mergemany", "sync")
+
+
+def _checked(prep: _Prepared, k: int, perm: dict, method: str, seconds: float, info: dict) -> AlignResult:
+    """Model ``k`` moved by ``perm``, after checking that its function did not change."""
+    state = apply_permutation(prep.states[k], perm, prep.spec)
+    delta, scale, dtype = _max_abs_diff(prep.module, prep.states[k], state, prep.example)
+    tol = CHECK_TOL.get(dtype, 1e-2) * max(1.0, scale)
+    if not delta <= tol:
+        raise GNNAlignError(f"permuting model {k} changed its function: max |delta| = {delta:.3e} > {tol:.1e}")
+    return AlignResult(perm, state, seconds, delta, method, prep.spec, prep.module, info)
+
+
+def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budget: float, progress: bool) -> list:
+    """One :class:`AlignResult` per model, moving it into a frame shared by all (no reference):
+    MergeMany from ``method``'s alignments to model 0, or the synchronisation of all pairwise ones."""
+    from .mergemany import merge_many, synchronize
+
+    t0, n = time.perf_counter(), len(prep.states)
+    if many == "mergemany":
+        init = [{g: torch.arange(s) for g, s in prep.spec.group_sizes.items()}]
+        init += [_run(prep, 0, k, method, aligner, loss, None, budget).perm
+                 for k in tqdm(range(1, n), desc="aligning to model 0", disable=not progress)]
+        perms, rounds = merge_many(prep.work, prep.spec, init, prep.gen, progress=progress)
+    else:
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        if method == "gnn":
+            from .population import _Embedded
+
+            if aligner is None:
+                from .pretrained import load_pretrained
+
+                aligner = load_pretrained()
+            _gnn_table(prep, aligner)
+            found = _Embedded(prep, aligner).perms(pairs)
+        else:
+            found = [_run(prep, i, j, method, aligner, loss, None, budget).perm
+                     for i, j in tqdm(pairs, desc="aligning pairs", disable=not progress)]
+        perms, rounds = synchronize(dict(zip(pairs, found, strict=True)), n, prep.spec)
+    seconds = (time.perf_counter() - t0) / n
+    info = {"many": many, "rounds": rounds}
+    return [_checked(prep, k, perms[k], f"{method}/{many}", seconds, info) for k in range(n)]
+
+
 def merge(models: Sequence, weights: Sequence[float] | None = None, method: str = "auto", data=None, *,
-          aligner=None, module: nn.Module | None = None, reference: int = 0,
+          aligner=None, module: nn.Module | None = None, reference: int = 0, many: str = "reference",
           example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
           progress: bool = False, budget: float = AUTO_BUDGET) -> MergeResult:
     """Align every model to ``models[reference]`` with ``method`` (see :func:`align`), then average.
+
+    With ``many="mergemany"`` or ``"sync"`` no model is the reference: all are moved into one shared
+    frame (:mod:`gnn_align.mergemany`) — Git Re-Basin's MergeMany weight matching started from
+    ``method``'s alignments to model 0, or the cycle-consistent synchronisation of ``method``'s
+    alignments of every pair — and ``alignments`` then holds one result per model, in that frame.
 
     With BatchNorm layers, the merged network's running statistics are recomputed on ``data``'s
     inputs (up to 1024, batches of 128) when given; without data a warning says they are stale.
@@ -334,12 +385,18 @@ def merge(models: Sequence, weights: Sequence[float] | None = None, method: str 
     _check_weights(weights, len(models))
     if not 0 <= reference < len(models):
         raise ValueError(f"reference {reference} is not a model index (0..{len(models) - 1})")
+    if many not in MANY:
+        raise ValueError(f"unknown many '{many}'; choose from {', '.join(MANY)}")
     prep = _Prepared(list(models), module, data, example_input, seed)
-    others = [k for k in range(len(models)) if k != reference]
-    results = [_run(prep, reference, k, method, aligner, loss, None, budget)
-               for k in tqdm(others, desc=f"aligning to model {reference}", disable=not progress)]
-    aligned = [r.state for r in results]
-    aligned.insert(reference, prep.states[reference])
+    if many == "reference":
+        others = [k for k in range(len(models)) if k != reference]
+        results = [_run(prep, reference, k, method, aligner, loss, None, budget)
+                   for k in tqdm(others, desc=f"aligning to model {reference}", disable=not progress)]
+        aligned = [r.state for r in results]
+        aligned.insert(reference, prep.states[reference])
+    else:
+        results = _to_frame(prep, method, many, aligner, loss, budget, progress)
+        aligned = [r.state for r in results]
     merged = average_states(aligned, weights)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())
     if has_bn and prep.x is not None:

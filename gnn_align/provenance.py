@@ -26,10 +26,12 @@ def git_commit(path: str | Path = ".") -> str:
         return "unknown"
 
 
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 (first 16 hex digits) of a model's state dict: every tensor's name, dtype, shape and bytes."""
+def weights_hash(model) -> str:
+    """sha256 (first 16 hex digits) of a model's state dict (or of a state dict): every tensor's name,
+    dtype, shape and bytes."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
+    for k, v in sorted(state.items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -30,6 +30,11 @@ def pool_groups(h: Tensor, g) -> tuple:
     return emb.view(num, n_max, -1), mask
 
 
+def unit(emb: Tensor) -> Tensor:
+    """Embeddings scaled to unit length (the cosine of :class:`MatchingHead`)."""
+    return nn.functional.normalize(emb, dim=-1)
+
+
 class MatchingHead(nn.Module):
     r"""Scores :math:`Q_{ij} = s^2 \cos(f^A_i, f^B_j)` between A's and B's neurons of one group
     (Deep-Align's head, one learned scale :math:`s`). Symmetric: swapping A and B transposes Q.
@@ -49,8 +54,11 @@ class MatchingHead(nn.Module):
             self.scale.fill_(self.init_scale)
 
     def forward(self, emb_a: Tensor, emb_b: Tensor, mask_a: Tensor, mask_b: Tensor) -> tuple:
-        a = nn.functional.normalize(emb_a, dim=-1)
-        b = nn.functional.normalize(emb_b, dim=-1)
+        return self.score_units(unit(emb_a), unit(emb_b), mask_a, mask_b)
+
+    def score_units(self, a: Tensor, b: Tensor, mask_a: Tensor, mask_b: Tensor) -> tuple:
+        """:meth:`forward` on embeddings already passed through :func:`unit` (to normalise each
+        network's embeddings once when it meets many others)."""
         mask = mask_a[:, :, None] & mask_b[:, None, :]
         scores = self.scale ** 2 * torch.einsum("gih,gjh->gij", a, b)
         return scores.masked_fill(~mask, 0.0), mask
