@@ -37,6 +37,7 @@ from gnn_align.archs import build_arch
 from gnn_align.bench import evaluate_alignment, register_aligner, run_benchmark, to_markdown, write_results
 from gnn_align.checkpoint import load_training_state, save_training_state
 from gnn_align.errors import GNNAlignError
+from gnn_align.io import atomic_write, write_json
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
 from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import matching_accuracy
@@ -44,7 +45,6 @@ from gnn_align.permute import invert_permutation
 from gnn_align.runconfig import parse_dataclass_args
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs, member_weights, planted_pair, sample_networks
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 @dataclass

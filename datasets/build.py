@@ -24,19 +24,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from gnn_align.io import atomic_write, sha256, write_json
 from gnn_align.tasks import load_task, sine_signals
 from gnn_align.zoo.batched import StackedForward, evaluate, stable_seed, train_networks
 from gnn_align.zoo.storage import (
     MANIFEST,
     ZooError,
-    atomic_write,
     exclusive_lock,
     lock_is_stale,
     log_seconds,
     read_json,
     read_lock,
-    sha256,
-    write_json,
     write_shard,
 )
 

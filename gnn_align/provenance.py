@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .zoo.storage import atomic_write, write_json
+from .io import atomic_write, write_json
 
 
 def git_commit(path: str | Path = ".") -> str:

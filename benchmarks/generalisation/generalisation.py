@@ -21,9 +21,10 @@ import torch
 
 from gnn_align.aligner import load_aligner
 from gnn_align.bench import register_aligner, run_benchmark
+from gnn_align.io import atomic_write, write_json
 from gnn_align.provenance import provenance
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.storage import ZooError, atomic_write, write_json
+from gnn_align.zoo.storage import ZooError
 
 METHODS = ["naive", "wm", "am", "gnn", "gnn+wm"]
 

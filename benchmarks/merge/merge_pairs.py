@@ -20,12 +20,12 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.api import merge
 from gnn_align.archs import build_arch
+from gnn_align.io import atomic_write, write_json
 from gnn_align.metrics import accuracy
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 def main() -> None:

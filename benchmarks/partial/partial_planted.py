@@ -18,11 +18,11 @@ from gnn_align import spec_from_module
 from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
+from gnn_align.io import atomic_write, write_json
 from gnn_align.partial import extract_subnetwork
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 def main(argv: list | None = None) -> dict:

@@ -18,12 +18,12 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.baselines import weight_matching
 from gnn_align.graph import to_graph
+from gnn_align.io import atomic_write, write_json
 from gnn_align.metrics import exact_recovery, matching_accuracy
 from gnn_align.permute import invert_permutation
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
 from gnn_align.zoo import ModelZoo, planted_pair
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 def main(argv: list | None = None) -> dict:

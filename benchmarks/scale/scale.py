@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gnn_align.api import align
+from gnn_align.io import atomic_write, write_json
 from gnn_align.memory import (
     available_memory_mb,
     check_aligner_memory,
@@ -46,7 +47,6 @@ from gnn_align.models import build_model, example_input
 from gnn_align.pretrained import DEFAULT, coverage_problems, load_pretrained, signature
 from gnn_align.provenance import provenance
 from gnn_align.trace import spec_from_module
-from gnn_align.zoo.storage import atomic_write, write_json
 
 VGG5 = "cnn2d:3,64,128,256,512,512,10"
 VGG16 = "cnn2d:3,64,64,128,128,256,256,256,512,512,512,512,512,512,10"  # VGG-16's 13 convs, no pooling

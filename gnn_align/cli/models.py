@@ -213,8 +213,8 @@ def _merge(args) -> dict:
 
 
 def _eval(args) -> dict:
+    from ..io import atomic_write
     from ..metrics import curve_metrics, interpolation_curve
-    from ..zoo.storage import atomic_write
 
     if args.lambdas < 2:
         raise GNNAlignError(f"--lambdas {args.lambdas}: must be at least 2")

@@ -148,7 +148,7 @@ def _warmstart(args: argparse.Namespace) -> int:
 
 def _speed(args: argparse.Namespace) -> int:
     from ..bench import speed_comparison, speed_markdown
-    from ..zoo.storage import atomic_write, write_json
+    from ..io import atomic_write, write_json
 
     _positive(args, "pairs", 1)
     _positive(args, "batch", 1)
