@@ -21,10 +21,10 @@ from datasets.build import build_shards
 from datasets.recipes import get_recipe
 from gnn_align import io as gio
 from gnn_align import memory
-from gnn_align.checkpoint import load_training_state, save_training_state
 from gnn_align.errors import GNNAlignError
 from gnn_align.memory import available_memory_mb, check_aligner_memory, graph_size
 from gnn_align.memory import measure as measure_mod
+from gnn_align.training.checkpoint import load_training_state, save_training_state
 from gnn_align.zoo import ModelZoo, ZooError
 
 from .helpers import SHIPPED, meta_spec, train_flags, write_tiny_zoo

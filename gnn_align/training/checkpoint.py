@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import GNNAlignError
-from .io import atomic_write, content_sha256
+from ..errors import GNNAlignError
+from ..io import atomic_write, content_sha256
 
 _STATE_KEYS = ("model", "opt", "sched", "rng")
 _CHECKSUM = "sha256"
