@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 from gnn_align import to_graph
 from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
-from gnn_align.bench import evaluate_alignment, register_aligner, run_benchmark, to_markdown, write_results
 from gnn_align.errors import GNNAlignError
 from gnn_align.io import atomic_write, write_json
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
-from gnn_align.methods import METHODS, PairContext
+from gnn_align.methods import METHODS, PairContext, register_aligner
 from gnn_align.metrics import matching_accuracy
 from gnn_align.permute import invert_permutation
+from gnn_align.studies.bench import evaluate_alignment, run_benchmark, to_markdown, write_results
 from gnn_align.tasks import network_task
 from gnn_align.training import distributed as ddp
 from gnn_align.training.checkpoint import load_training_state, save_training_state

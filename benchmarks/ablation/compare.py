@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
-from gnn_align.bench import register_aligner, run_benchmark
 from gnn_align.io import atomic_write
+from gnn_align.methods import register_aligner
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance, weights_hash, write_report
+from gnn_align.studies.bench import run_benchmark
 from gnn_align.zoo import ModelZoo
 from gnn_align.zoo.storage import ZooError
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
-from gnn_align.bench import register_aligner, run_benchmark
 from gnn_align.io import atomic_write, write_json
+from gnn_align.methods import register_aligner
 from gnn_align.provenance import provenance
+from gnn_align.studies.bench import run_benchmark
 from gnn_align.zoo import ModelZoo
 from gnn_align.zoo.storage import ZooError
 

@@ -25,12 +25,12 @@ import torch
 
 from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
-from gnn_align.bench import evaluate_alignment, pair_generator
 from gnn_align.io import atomic_write
 from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import input_batches
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance, write_report
+from gnn_align.studies.bench import evaluate_alignment, pair_generator
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
 

@@ -98,8 +98,9 @@ def _guarded(args: argparse.Namespace, compute):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..bench import dumps, register_aligner, run_benchmark, to_markdown, write_results
+    from ..methods import register_aligner
     from ..provenance import provenance
+    from ..studies.bench import dumps, run_benchmark, to_markdown, write_results
     from .models import _aligner
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -136,7 +137,7 @@ def _with_provenance(args: argparse.Namespace, study) -> dict:
 
 
 def _warmstart(args: argparse.Namespace) -> int:
-    from ..warmstart import to_markdown, warm_start_study, write_warm_start
+    from ..studies.warmstart import to_markdown, warm_start_study, write_warm_start
 
     _positive(args, "pairs", 1)
     res = _guarded(args, lambda: _with_provenance(args, lambda al: warm_start_study(
@@ -147,8 +148,8 @@ def _warmstart(args: argparse.Namespace) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from ..bench import speed_comparison, speed_markdown
     from ..io import atomic_write, write_json
+    from ..studies.bench import speed_comparison, speed_markdown
 
     _positive(args, "pairs", 1)
     _positive(args, "batch", 1)

@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .archs import build_arch
-from .baselines import sinkhorn_rebasin, weight_matching
-from .bench import WARM_START_SCALE, evaluate_alignment, pair_generator
-from .io import atomic_write, write_json
-from .permute import identity_permutation
-from .tasks import loss_label, network_task
-from .zoo.dataset import ModelZoo
-from .zoo.pairs import independent_pairs
+from ..archs import build_arch
+from ..baselines import sinkhorn_rebasin, weight_matching
+from ..io import atomic_write, write_json
+from ..methods import WARM_START_SCALE
+from ..permute import identity_permutation
+from ..tasks import loss_label, network_task
+from ..zoo.dataset import ModelZoo
+from ..zoo.pairs import independent_pairs
+from .bench import evaluate_alignment, pair_generator
 
 CHECKPOINTS = (0, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300)
 

@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .archs import build_arch
-from .baselines import weight_matching
-from .graph import to_graph
-from .io import atomic_write, write_json
-from .methods import METHODS, WARM_START_SCALE, PairContext, register_aligner, register_method  # noqa: F401 (re-exported)
-from .metrics import curve_metrics, input_batches, interpolation_curve
-from .permute import apply_permutation
-from .tasks import NETWORK_TASKS, loss_label, network_task
-from .zoo.dataset import ModelZoo
-from .zoo.pairs import independent_pairs
-from .zoo.storage import ZooError
+from ..archs import build_arch
+from ..baselines import weight_matching
+from ..graph import to_graph
+from ..io import atomic_write, write_json
+from ..methods import METHODS, PairContext
+from ..metrics import curve_metrics, input_batches, interpolation_curve
+from ..permute import apply_permutation
+from ..tasks import NETWORK_TASKS, loss_label, network_task
+from ..zoo.dataset import ModelZoo
+from ..zoo.pairs import independent_pairs
+from ..zoo.storage import ZooError
 
 METRICS = ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier", "loss_mid")
 
