@@ -20,10 +20,10 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.api import merge
 from gnn_align.archs import build_arch
-from gnn_align.io import atomic_write, write_json
 from gnn_align.metrics import accuracy
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
 
@@ -61,15 +61,19 @@ def main() -> None:
     res = {"zoo": args.zoo, "pairs": len(rows), "seed": args.seed, "aligner": args.aligner or "shipped (mixed)",
            "summary": summary, "aligned_at_least_naive": wins, "per_pair": rows,
            "provenance": provenance(sys.argv, aligner=args.aligner or "pretrained:mixed", aligner_model=aligner)}
-    md = (f"**{args.zoo}**: test accuracy of merged pairs ({len(rows)} test pairs, seed {args.seed}; gnn = "
-          f"{res['aligner']})\n\n| | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n| mean ± std | "
-          + " | ".join(f"{summary[c]['mean']:.4f} ± {summary[c]['std']:.4f}" for c in cols) + " |\n"
-          + "| pairs where aligned ≥ naive | – | – | – | " + " | ".join(f"{wins[m]}/{len(rows)}" for m in methods)
-          + " |\n")
-    out = Path(args.out)
-    write_json(out / "merge.json", res)
-    atomic_write(out / "merge.md", lambda tmp: Path(tmp).write_text(md))
+    md = markdown(res)
+    write_report(args.out, "merge", res, md)
     print(md)
+
+
+def markdown(res: dict) -> str:
+    """The report of a run: mean ± std test accuracy per column, and how often aligning beat the plain average."""
+    methods = list(res["aligned_at_least_naive"])
+    cols, summary, n = ["a", "b", "naive"] + methods, res["summary"], res["pairs"]
+    rows = [["mean ± std", *(f"{summary[c]['mean']:.4f} ± {summary[c]['std']:.4f}" for c in cols)],
+            ["pairs where aligned ≥ naive", "–", "–", "–", *(f"{res['aligned_at_least_naive'][m]}/{n}" for m in methods)]]
+    return (f"**{res['zoo']}**: test accuracy of merged pairs ({n} test pairs, seed {res['seed']}; gnn = "
+            f"{res['aligner']})\n\n{markdown_table(['', *cols], rows)}\n")
 
 
 if __name__ == "__main__":

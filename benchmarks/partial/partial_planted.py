@@ -18,10 +18,10 @@ from gnn_align import spec_from_module
 from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
-from gnn_align.io import atomic_write, write_json
 from gnn_align.partial import extract_subnetwork
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo
 
 
@@ -60,14 +60,16 @@ def main(argv: list | None = None) -> dict:
            "exact": {m: sum(h) / len(h) for m, h in hits.items()},
            "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
                                     aligner_model=al)}
-    out = Path(args.out or Path("results") / f"partial-{args.zoo}")
-    write_json(out / "partial.json", res)
-    md = (f"**{args.zoo}**: A = random {args.width}-wide sub-network of B {arch['hidden']} ({args.pairs} test "
-          f"networks, seed {args.seed})\n\n| method | sub-networks recovered exactly |\n|---|---|\n"
-          + "".join(f"| {m} | {v:.3f} |\n" for m, v in res["exact"].items()))
-    atomic_write(out / "partial.md", lambda tmp: Path(tmp).write_text(md))
+    write_report(args.out or Path("results") / f"partial-{args.zoo}", "partial", res, markdown(res))
     print(json.dumps(res))
     return res
+
+
+def markdown(res: dict) -> str:
+    """The report of a run: the fraction of sub-networks each method recovered exactly."""
+    table = markdown_table(["method", "sub-networks recovered exactly"], [[m, f"{v:.3f}"] for m, v in res["exact"].items()])
+    return (f"**{res['zoo']}**: A = random {res['width_a']}-wide sub-network of B {res['width_b']} ({res['pairs']} test "
+            f"networks, seed {res['seed']})\n\n{table}\n")
 
 
 if __name__ == "__main__":

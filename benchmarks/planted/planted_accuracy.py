@@ -18,11 +18,11 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.baselines import weight_matching
 from gnn_align.graph import to_graph
-from gnn_align.io import atomic_write, write_json
 from gnn_align.metrics import exact_recovery, matching_accuracy
 from gnn_align.permute import invert_permutation
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo, planted_pair
 
 
@@ -57,22 +57,25 @@ def main(argv: list | None = None) -> dict:
            "neuron_accuracy": sum(acc) / len(acc), "networks_exact": sum(exact) / len(exact),
            "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
                                     aligner_model=al)}
-    rows = [("gnn", res["neuron_accuracy"], res["networks_exact"])]
     if args.wm:
         wm = [weight_matching(q.a, q.b, zoo.spec(q.member), generator=torch.Generator().manual_seed(k)).perm
               for k, q in enumerate(pairs)]
         truth = [invert_permutation(q.perm) for q in pairs]
         res["wm"] = {"neuron_accuracy": sum(map(matching_accuracy, wm, truth)) / len(pairs),
                      "networks_exact": sum(map(exact_recovery, wm, truth)) / len(pairs)}
-        rows.append(("wm", res["wm"]["neuron_accuracy"], res["wm"]["networks_exact"]))
-    out = Path(args.out or Path("results") / f"planted-{args.zoo}")
-    write_json(out / "planted.json", res)
-    md = (f"**{args.zoo}**{' / ' + args.member if args.member else ''}: {len(pairs)} planted {args.split} pairs "
-          f"(seed {args.seed})\n\n| method | neuron accuracy | networks recovered exactly |\n|---|---|---|\n"
-          + "".join(f"| {m} | {a:.4f} | {e:.4f} |\n" for m, a, e in rows))
-    atomic_write(out / "planted.md", lambda tmp: Path(tmp).write_text(md))
+    write_report(args.out or Path("results") / f"planted-{args.zoo}", "planted", res, markdown(res))
     print(json.dumps(res))
     return res
+
+
+def markdown(res: dict) -> str:
+    """The report of a run: neuron accuracy and exact recoveries of the aligner (and of WM with --wm)."""
+    rows = [["gnn", f"{res['neuron_accuracy']:.4f}", f"{res['networks_exact']:.4f}"]]
+    if "wm" in res:
+        rows.append(["wm", f"{res['wm']['neuron_accuracy']:.4f}", f"{res['wm']['networks_exact']:.4f}"])
+    table = markdown_table(["method", "neuron accuracy", "networks recovered exactly"], rows)
+    return (f"**{res['zoo']}**{' / ' + res['member'] if res['member'] else ''}: {res['pairs']} planted {res['split']} "
+            f"pairs (seed {res['seed']})\n\n{table}\n")
 
 
 if __name__ == "__main__":

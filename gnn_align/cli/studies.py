@@ -148,8 +148,8 @@ def _warmstart(args: argparse.Namespace) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from ..io import atomic_write, write_json
     from ..studies.bench import speed_comparison, speed_markdown
+    from ..studies.report import write_report
 
     _positive(args, "pairs", 1)
     _positive(args, "batch", 1)
@@ -157,8 +157,7 @@ def _speed(args: argparse.Namespace) -> int:
         Path(args.root) / args.zoo, al, num_pairs=args.pairs, batch_size=args.batch)))
     out = Path(args.out or Path("results") / f"speed-{args.zoo}")
     md = speed_markdown(res)
-    write_json(out / "speed.json", res)
-    atomic_write(out / "speed.md", lambda tmp: Path(tmp).write_text(md))
+    write_report(out, "speed", res, md)
     print(md)
     return 0
 
