@@ -5,7 +5,8 @@ goes through :func:`atomic_write`: the content is written to a temporary file ne
 which then replaces the target with ``os.replace``, so a process killed at any moment leaves either
 the old file or the new one, never a torn one. :func:`sha256` hashes a file's bytes;
 :func:`content_sha256` hashes a nest of tensors and plain values as loaded, for files written with
-``torch.save``.
+``torch.save``. :data:`DEFAULT_ZOO_ROOT` and :data:`DEFAULT_RESULTS_ROOT` are the default folders
+of the commands, defined once here.
 
 Nothing here imports torch at import time (:func:`content_sha256` imports it when called), so the
 command line can use these helpers without paying for torch.
@@ -18,6 +19,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+#: where built zoos live (relative to the working directory), unless a command is told otherwise:
+#: ``python -m datasets build`` writes there (at the checkout's root), and ``gnn-align bench``,
+#: ``train.py`` and the benchmark scripts read from there
+DEFAULT_ZOO_ROOT = "data/zoos"
+#: where ``gnn-align`` and the benchmark scripts write their results by default, one folder per
+#: command or study (``results/bench-ZOO``, ``results/eval``, ...); ``train.py`` writes runs to ``runs/``
+DEFAULT_RESULTS_ROOT = "results"
 
 
 def atomic_write(path: Path, write) -> None:

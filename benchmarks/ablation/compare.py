@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.methods import register_aligner
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance, weights_hash
@@ -123,7 +124,7 @@ def plot(res: dict):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
                    help="an aligner to score: a train.py run folder, 'pretrained' (the shipped default) or "
                         "'pretrained:NAME'")
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--name", default="ablation", help="file stem of the results (default ablation)")
-    p.add_argument("--out", default="results/compare", help="output folder (default results/compare)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/compare", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/compare)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.methods import register_aligner
 from gnn_align.provenance import provenance
 from gnn_align.studies.bench import run_benchmark
@@ -34,13 +35,13 @@ def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
     p.add_argument("--aligner", required=True, help="a train.py run folder (the general aligner)")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--pairs", type=int, default=50, help="pairs per trained-on architecture (default 50)")
     p.add_argument("--heldout-pairs", type=int, default=100, help="pairs per held-out architecture (default 100)")
     p.add_argument("--specialist", action="append", default=[], metavar="MEMBER=RUN",
                    help="an aligner trained on that member's architecture alone")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="results/generalisation")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/generalisation")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -20,6 +20,7 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.api import merge
 from gnn_align.archs import build_arch
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.metrics import accuracy
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
@@ -31,12 +32,12 @@ from gnn_align.zoo import ModelZoo, independent_pairs
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", default="digits-mlp")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--methods", default="gnn,wm,am")
     p.add_argument("--aligner", default=None, help="a train.py run folder (default: the shipped aligner)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/merge")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/merge")
     args = p.parse_args()
     methods = args.methods.split(",")
     aligner = load_aligner(args.aligner) if args.aligner else load_pretrained()

@@ -18,6 +18,7 @@ from gnn_align import spec_from_module
 from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.partial import extract_subnetwork
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
@@ -29,7 +30,7 @@ def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True, help="a zoo of MLPs (member 0 is used)")
     p.add_argument("--aligner", default=None, help="a train.py run folder, or pretrained (the shipped aligner); optional")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--width", type=int, required=True, help="A's width in every hidden group")
     p.add_argument("--pairs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -60,7 +61,7 @@ def main(argv: list | None = None) -> dict:
            "exact": {m: sum(h) / len(h) for m, h in hits.items()},
            "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
                                     aligner_model=al)}
-    write_report(args.out or Path("results") / f"partial-{args.zoo}", "partial", res, markdown(res))
+    write_report(args.out or Path(DEFAULT_RESULTS_ROOT) / f"partial-{args.zoo}", "partial", res, markdown(res))
     print(json.dumps(res))
     return res
 

@@ -18,6 +18,7 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.baselines import weight_matching
 from gnn_align.graph import to_graph
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.metrics import exact_recovery, matching_accuracy
 from gnn_align.permute import invert_permutation
 from gnn_align.pretrained import load_pretrained
@@ -30,7 +31,7 @@ def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
     p.add_argument("--aligner", required=True, help="a train.py run folder, or pretrained (the shipped aligner)")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--batch", type=int, default=25, help="pairs per forward")
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +64,7 @@ def main(argv: list | None = None) -> dict:
         truth = [invert_permutation(q.perm) for q in pairs]
         res["wm"] = {"neuron_accuracy": sum(map(matching_accuracy, wm, truth)) / len(pairs),
                      "networks_exact": sum(map(exact_recovery, wm, truth)) / len(pairs)}
-    write_report(args.out or Path("results") / f"planted-{args.zoo}", "planted", res, markdown(res))
+    write_report(args.out or Path(DEFAULT_RESULTS_ROOT) / f"planted-{args.zoo}", "planted", res, markdown(res))
     print(json.dumps(res))
     return res
 

@@ -25,6 +25,7 @@ import torch
 
 from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import input_batches
 from gnn_align.pretrained import load_pretrained
@@ -167,11 +168,11 @@ def plot(res: dict):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", default="recipes")
-    p.add_argument("--zoo-root", default="data/zoos")
+    p.add_argument("--zoo-root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--aligner", default="pretrained", help="'pretrained' (the shipped one) or a run folder")
     p.add_argument("--pairs", type=int, default=20, help="pairs per member")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/recipe-diagnosis", help="output folder (default results/recipe-diagnosis)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/recipe-diagnosis", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/recipe-diagnosis)")
     args = p.parse_args(argv)
     res = run(args)
     write_report(args.out, "diagnosis", res, markdown(res), plot(res), echo=True)

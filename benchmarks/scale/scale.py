@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gnn_align.api import align
+from gnn_align.io import DEFAULT_RESULTS_ROOT
 from gnn_align.memory import (
     available_memory_mb,
     check_aligner_memory,
@@ -223,7 +224,7 @@ def main(argv: list | None = None) -> dict:
     p.add_argument("--repeat-below", type=int, default=1_000_000, help="edges below which --repeats are made")
     p.add_argument("--seed", type=int, default=0, help="model A is initialised with this seed, model B with seed+1")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default="results/scale")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/scale")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(args.methods) - set(METHODS))

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import GNNAlignError
+from ..io import DEFAULT_RESULTS_ROOT
 from .data import DATA_SUFFIXES, check_fits, load_data
 from .jsonout import dumps_json, strict
 
@@ -311,7 +312,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")
     p.add_argument("--lambdas", type=int, default=11, help="points on the curve (default 11)")
-    p.add_argument("--out", default="results/eval", help="output folder (default results/eval)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/eval", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/eval)")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.set_defaults(run=_eval)
