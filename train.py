@@ -30,21 +30,21 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from gnn_align import distributed as ddp
 from gnn_align import to_graph
 from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
-from gnn_align.bench import evaluate_alignment, register_aligner, run_benchmark, to_markdown, write_results
-from gnn_align.checkpoint import load_training_state, save_training_state
 from gnn_align.errors import GNNAlignError
+from gnn_align.io import atomic_write, write_json
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
-from gnn_align.methods import METHODS, PairContext
+from gnn_align.methods import METHODS, PairContext, register_aligner
 from gnn_align.metrics import matching_accuracy
 from gnn_align.permute import invert_permutation
-from gnn_align.runconfig import parse_dataclass_args
+from gnn_align.studies.bench import evaluate_alignment, run_benchmark, to_markdown, write_results
 from gnn_align.tasks import network_task
+from gnn_align.training import distributed as ddp
+from gnn_align.training.checkpoint import load_training_state, save_training_state
+from gnn_align.training.runconfig import parse_dataclass_args
 from gnn_align.zoo import ModelZoo, independent_pairs, member_weights, planted_pair, sample_networks
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Trainer:
     Args:
         cfg: the run's config.
         info: this process's rank and world size; every rank draws the same global batch and
-            computes its slice (see :mod:`gnn_align.distributed`).
+            computes its slice (see :mod:`gnn_align.training.distributed`).
     """
 
     def __init__(self, cfg: Config, info: ddp.DistInfo | None = None):

@@ -24,23 +24,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from gnn_align.io import DEFAULT_ZOO_ROOT, atomic_write, sha256, write_json
 from gnn_align.tasks import load_task, sine_signals
 from gnn_align.zoo.batched import StackedForward, evaluate, stable_seed, train_networks
 from gnn_align.zoo.storage import (
     MANIFEST,
     ZooError,
-    atomic_write,
     exclusive_lock,
     lock_is_stale,
     log_seconds,
     read_json,
     read_lock,
-    sha256,
-    write_json,
     write_shard,
 )
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "zoos"
+#: the checkout's zoo folder: :data:`gnn_align.io.DEFAULT_ZOO_ROOT` at the repository root
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / DEFAULT_ZOO_ROOT
 
 
 def _splits(recipe: dict, member: dict, n_units: int) -> list:

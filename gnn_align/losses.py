@@ -19,7 +19,7 @@ from torch.func import functional_call
 from .metrics import interpolate
 from .permute import apply_permutation_matrix
 from .spec import PermutationSpec
-from .zoo.batched import task_loss
+from .tasks import task_loss
 
 #: BatchNorm buffers (copied before a train-mode forward writes into them)
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .zoo.batched import task_loss
+from .tasks import task_loss
 
 
 def interpolate(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], lam: float) -> dict:
@@ -164,7 +164,7 @@ def interpolation_curve(module: nn.Module, state_a: Mapping[str, torch.Tensor],
         x: (N, *input) evaluation inputs.
         y: (N,) class labels for ``loss="ce"``, or (N, *output) targets for ``loss="mse"``.
         loss: ``"ce"`` (mean cross-entropy, plus accuracy) or ``"mse"`` (mean squared error over all
-            output entries), as in :func:`gnn_align.zoo.batched.task_loss`.
+            output entries), as in :func:`gnn_align.tasks.task_loss`.
         num_lambdas: number of equally spaced points on [0, 1], endpoints included (>= 2).
         reset_bn: input batches (e.g. a few training batches). If given, the BatchNorm running
             statistics of every interpolated network, endpoints included, are first recomputed: reset

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import archs
 from .errors import GNNAlignError, StateDictError
-from .zoo.storage import atomic_write
+from .io import atomic_write
 
 
 def _ints(name: str, text: str, least: int) -> list:

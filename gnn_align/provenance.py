@@ -10,8 +10,6 @@ from pathlib import Path
 
 import torch
 
-from .zoo.storage import atomic_write, write_json
-
 
 def git_commit(path: str | Path = ".") -> str:
     """The commit checked out at ``path`` (with ``+dirty`` when the work tree has changes), or ``unknown``."""
@@ -57,16 +55,3 @@ def provenance(argv: list | None = None, aligner: str | None = None,
         out["aligner_config"] = getattr(aligner_model, "config", None)
     return out
 
-
-def write_report(out_dir: str | Path, stem: str, result: dict, markdown: str, plot=None) -> list:
-    """Write a study's ``STEM.json``, ``STEM.md`` and (with ``plot(result, path)``) ``STEM.png`` to
-    ``out_dir`` atomically, print the Markdown and where it all went; returns the paths."""
-    out = Path(out_dir)
-    paths = [out / f"{stem}.json", out / f"{stem}.md"] + ([out / f"{stem}.png"] if plot else [])
-    write_json(paths[0], result)
-    atomic_write(paths[1], lambda tmp: Path(tmp).write_text(markdown))
-    if plot:
-        plot(result, paths[2])
-    print(markdown)
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return paths

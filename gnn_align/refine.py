@@ -30,7 +30,7 @@ from torch import nn
 from .metrics import input_batches, interpolate, recompute_bn_stats
 from .permute import apply_permutation
 from .spec import PermutationSpec
-from .zoo.batched import task_loss
+from .tasks import task_loss
 
 #: the largest held-out slice ``auto`` scores on, and the fraction of the data it takes
 SCORE_LIMIT, SCORE_FRACTION = 1024, 0.2

@@ -4,7 +4,9 @@ Every task is built locally without any download: scikit-learn's bundled ``digit
 the procedurally generated ``mnist1d`` data set, plus a rotated-and-noised ``digits-shift``
 variant for distribution-shift experiments. :func:`sine_signals` provides 1-D signals for
 implicit neural representations (SIREN zoos); :func:`network_task` answers which data one network
-of a zoo is trained and evaluated on (its member's task, or its own signal in an INR zoo).
+of a zoo is trained and evaluated on (its member's task, or its own signal in an INR zoo), and
+:func:`task_loss` is the per-network loss (``"ce"`` or ``"mse"``) that zoos train with and every
+evaluation and training loss uses.
 
 All tensors are created explicitly as float32 (inputs, regression targets) or int64 (class
 labels), independent of torch's default dtype.
@@ -220,6 +222,17 @@ _LOSS_LABELS = {"ce": "cross-entropy", "mse": "MSE"}
 def loss_label(loss: str) -> str:
     """How results tables name a task loss: ``"cross-entropy"`` (``"ce"``), ``"MSE"`` (``"mse"``)."""
     return _LOSS_LABELS.get(loss, loss)
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-network mean loss. Shapes: out (M, B, C), y (M, B) labels or (M, B, C) targets -> (M,)."""
+    if loss == "ce":
+        m, b, c = out.shape
+        return F.cross_entropy(out.reshape(m * b, c), y.reshape(-1), reduction="none",
+                               label_smoothing=label_smoothing).view(m, b).mean(1)
+    if loss == "mse":
+        return ((out - y) ** 2).flatten(1).mean(1)
+    raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
 
 
 #: tasks a zoo member may have: the classification tasks of :func:`load_task` and the per-network

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from gnn_align.io import write_json
 from gnn_align.models import build_model, example_input
 from gnn_align.trace import spec_from_module
-from gnn_align.zoo import init_states, stable_seed, write_json, write_shard
+from gnn_align.zoo import init_states, stable_seed, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 

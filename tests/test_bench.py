@@ -6,8 +6,8 @@ import pytest
 
 from datasets.build import build
 from datasets.recipes import get_recipe
-from gnn_align.bench import run_benchmark, to_markdown, write_results
 from gnn_align.cli import main
+from gnn_align.studies.bench import run_benchmark, to_markdown, write_results
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_learned_aligner_methods_join_the_same_table(tiny_zoo):
     import torch
 
     from gnn_align.aligner import GNNAligner
-    from gnn_align.bench import register_aligner
+    from gnn_align.methods import register_aligner
 
     torch.manual_seed(0)
     names = register_aligner(GNNAligner(hidden=8, num_layers=1, edge_dim=9, edge_hidden=4).eval())

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from gnn_align.checkpoint import load_training_state, save_training_state
 from gnn_align.errors import GNNAlignError
 from gnn_align.testing import MarkerPickle
+from gnn_align.training.checkpoint import load_training_state, save_training_state
 
 
 def _parts(seed):

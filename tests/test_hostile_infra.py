@@ -19,12 +19,13 @@ import train
 from datasets.__main__ import main as datasets_main
 from datasets.build import build_shards
 from datasets.recipes import get_recipe
+from gnn_align import io as gio
 from gnn_align import memory
-from gnn_align.checkpoint import load_training_state, save_training_state
 from gnn_align.errors import GNNAlignError
 from gnn_align.memory import available_memory_mb, check_aligner_memory, graph_size
 from gnn_align.memory import measure as measure_mod
-from gnn_align.zoo import ModelZoo, ZooError, storage
+from gnn_align.training.checkpoint import load_training_state, save_training_state
+from gnn_align.zoo import ModelZoo, ZooError
 
 from .helpers import SHIPPED, meta_spec, train_flags, write_tiny_zoo
 
@@ -124,7 +125,7 @@ def test_item05_shard_corrupted_after_caching_is_detected(tmp_path, monkeypatch)
     data = bytearray(shard.read_bytes())
     data[-3] ^= 0xFF  # same size, one weight changed
     shard.write_bytes(bytes(data))
-    monkeypatch.setattr(storage, "_SHA256_SEEN", {}, raising=False)  # as a new process would see it
+    monkeypatch.setattr(gio, "_SHA256_SEEN", {})  # as a new process would see it
     with pytest.raises(ZooError, match="shard-00000.safetensors.*checksum mismatch"):
         ModelZoo(root, "train")
 

@@ -11,11 +11,11 @@ from datasets.build import _member_data, build
 from datasets.recipes import get_recipe
 from gnn_align.aligner import GNNAligner
 from gnn_align.archs import build_arch
-from gnn_align.bench import run_benchmark, to_markdown, write_results
 from gnn_align.metrics import interpolation_curve
+from gnn_align.studies.bench import run_benchmark, to_markdown, write_results
+from gnn_align.studies.warmstart import to_markdown as warm_markdown
+from gnn_align.studies.warmstart import warm_start_study
 from gnn_align.tasks import load_task, network_task, sine_grid, sine_task
-from gnn_align.warmstart import to_markdown as warm_markdown
-from gnn_align.warmstart import warm_start_study
 from gnn_align.zoo import ModelZoo, ZooError, independent_pairs
 
 from .helpers import write_tiny_zoo

@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from gnn_align.aligner import GNNAligner, load_aligner
-from gnn_align.bench import run_benchmark, speed_comparison
 from gnn_align.cli import main
 from gnn_align.errors import GNNAlignError
-from gnn_align.warmstart import to_markdown, warm_start_study, write_warm_start
+from gnn_align.studies.bench import run_benchmark, speed_comparison
+from gnn_align.studies.warmstart import to_markdown, warm_start_study, write_warm_start
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from datasets.recipes import HELDOUT_RECIPES, TRAIN_RECIPES, get_recipe
+from gnn_align.tasks import task_loss
 from gnn_align.zoo import train_networks
-from gnn_align.zoo.batched import lr_factor, task_loss
+from gnn_align.zoo.batched import lr_factor
 
 ARCH = {"family": "mlp", "in_features": 5, "hidden": [6, 4], "out_features": 3}
 

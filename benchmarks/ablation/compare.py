@@ -22,11 +22,14 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
-from gnn_align.bench import register_aligner, run_benchmark
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
+from gnn_align.methods import register_aligner
 from gnn_align.pretrained import load_pretrained
-from gnn_align.provenance import provenance, weights_hash, write_report
+from gnn_align.provenance import provenance, weights_hash
+from gnn_align.studies.bench import run_benchmark
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.storage import ZooError, atomic_write
+from gnn_align.zoo.storage import ZooError
 
 
 def family(member: dict) -> str:
@@ -78,25 +81,26 @@ def run(args) -> dict:
 
 def markdown(res: dict) -> str:
     m = res["methods"]
-    lines = [(f"**{res['zoo']}**: mean Deep-Align barrier on the same seeded pairs (seed {res['seed']}) for every "
-              "method; BatchNorm reset on data for every interpolated network."), "",
-             "Per family: geometric mean over its members of (method barrier / WM barrier); lower is better.", "",
-             "| family | members | " + " | ".join(m) + " |", "|---|---|" + "---|" * len(m)]
-    for fam, s in res["summary_over_wm"].items():
-        n = sum(r["family"] == fam for r in res["rows"])
-        lines.append(f"| {fam} | {n} | " + " | ".join(f"{s[k]:.3f}" for k in m) + " |")
-    lines += ["", "Aligners: " + "; ".join(f"`{k}` = {v['run']} (weights {v['weights_sha256']}, "
-                                         f"probes {v['config']['probes']}, layers {v['config']['num_layers']}, "
-                                         f"conv {v['config'].get('conv')})" for k, v in res["runs"].items()), "",
-              "| member | split | pairs | " + " | ".join(m) + " |", "|---|---|---|" + "---|" * len(m)]
+    families = [[fam, sum(r["family"] == fam for r in res["rows"]), *(f"{s[k]:.3f}" for k in m)]
+                for fam, s in res["summary_over_wm"].items()]
+    members = []
     for r in res["rows"]:
         best = min(r["barrier"].values())
         cells = [(f"**{r['barrier'][k]:.4f}**" if r["barrier"][k] == best else f"{r['barrier'][k]:.4f}") for k in m]
-        lines.append(f"| {r['member']} | {r['split']} | {r['pairs']} | " + " | ".join(cells) + " |")
+        members.append([r["member"], r["split"], r["pairs"], *cells])
+    lines = [(f"**{res['zoo']}**: mean Deep-Align barrier on the same seeded pairs (seed {res['seed']}) for every "
+              "method; BatchNorm reset on data for every interpolated network."), "",
+             "Per family: geometric mean over its members of (method barrier / WM barrier); lower is better.", "",
+             markdown_table(["family", "members", *m], families), "",
+             "Aligners: " + "; ".join(f"`{k}` = {v['run']} (weights {v['weights_sha256']}, "
+                                      f"probes {v['config']['probes']}, layers {v['config']['num_layers']}, "
+                                      f"conv {v['config'].get('conv')})" for k, v in res["runs"].items()), "",
+             markdown_table(["member", "split", "pairs", *m], members)]
     return "\n".join(lines) + "\n"
 
 
-def plot(res: dict, path: Path) -> None:
+def plot(res: dict):
+    """The bar chart of the family summary (method barrier / WM barrier): a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,14 +118,13 @@ def plot(res: dict, path: Path) -> None:
     ax.set_title(f"{res['zoo']}: {', '.join(res['runs'])} against weight matching")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
                    help="an aligner to score: a train.py run folder, 'pretrained' (the shipped default) or "
                         "'pretrained:NAME'")
@@ -130,12 +133,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--name", default="ablation", help="file stem of the results (default ablation)")
-    p.add_argument("--out", default="results/compare", help="output folder (default results/compare)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/compare", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/compare)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args)
-    write_report(args.out, args.name, res, markdown(res), plot)
+    write_report(args.out, args.name, res, markdown(res), plot(res), echo=True)
     return 0
 
 

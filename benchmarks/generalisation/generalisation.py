@@ -20,10 +20,13 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
-from gnn_align.bench import register_aligner, run_benchmark
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
+from gnn_align.methods import register_aligner
 from gnn_align.provenance import provenance
+from gnn_align.studies.bench import run_benchmark
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.storage import ZooError, atomic_write, write_json
+from gnn_align.zoo.storage import ZooError
 
 METHODS = ["naive", "wm", "am", "gnn", "gnn+wm"]
 
@@ -32,13 +35,13 @@ def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
     p.add_argument("--aligner", required=True, help="a train.py run folder (the general aligner)")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--pairs", type=int, default=50, help="pairs per trained-on architecture (default 50)")
     p.add_argument("--heldout-pairs", type=int, default=100, help="pairs per held-out architecture (default 100)")
     p.add_argument("--specialist", action="append", default=[], metavar="MEMBER=RUN",
                    help="an aligner trained on that member's architecture alone")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="results/generalisation")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/generalisation")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,31 +66,28 @@ def main(argv: list | None = None) -> dict:
             bar = {m: s["barrier_deepalign"]["mean"] for m, s in res["methods"].items()}
             rows.append({"member": name, "split": split, "pairs": res["pairs"], "barrier": bar})
             print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
     result = {"zoo": args.zoo, "aligner": args.aligner, "specialists": specialists, "rows": rows,
               "torch_threads": torch.get_num_threads(),
               "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
                                        aligner_model=aligner)}
-    write_json(out / "generalisation.json", result)
     md = to_markdown(result)
-    atomic_write(out / "generalisation.md", lambda tmp: Path(tmp).write_text(md))
+    write_report(args.out, "generalisation", result, md)
     print(md)
     return result
 
 
 def to_markdown(res: dict) -> str:
     cols = METHODS + ["specialist"]
-    lines = [(f"**{res['zoo']}**: mean Deep-Align barrier per architecture (aligner {res['aligner']}; "
+    intro = (f"**{res['zoo']}**: mean Deep-Align barrier per architecture (aligner {res['aligner']}; "
              "split heldout = never trained on; BatchNorm statistics of every interpolated network reset "
-             f"on 512 training inputs; torch threads {res['torch_threads']})"), "",
-             "| architecture | split | pairs | " + " | ".join(cols) + " | gnn ≤ wm | gnn+wm ≤ am |",
-             "|---|---|---|" + "---|" * (len(cols) + 2)]
+             f"on 512 training inputs; torch threads {res['torch_threads']})")
+    rows = []
     for r in res["rows"]:
         b = r["barrier"]
-        cells = [f"{b[m]:.4f}" if m in b else "–" for m in cols]
-        lines.append(f"| {r['member']} | {r['split']} | {r['pairs']} | " + " | ".join(cells)
-                     + f" | {'yes' if b['gnn'] <= b['wm'] else 'no'} | {'yes' if b['gnn+wm'] <= b['am'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+        rows.append([r["member"], r["split"], r["pairs"], *(f"{b[m]:.4f}" if m in b else "–" for m in cols),
+                     "yes" if b["gnn"] <= b["wm"] else "no", "yes" if b["gnn+wm"] <= b["am"] else "no"])
+    table = markdown_table(["architecture", "split", "pairs", *cols, "gnn ≤ wm", "gnn+wm ≤ am"], rows)
+    return f"{intro}\n\n{table}\n"
 
 
 if __name__ == "__main__":

@@ -112,11 +112,14 @@ def observed(c: dict) -> str:
 
 
 def markdown(result: dict) -> str:
+    from gnn_align.studies.report import markdown_table  # gnn_align is imported after the catalogue ran
+
     cell = lambda s: s.replace("|", "\\|").replace("\n", " ")
     intro = (f"Issue 18's catalogue of hostile inputs: {len(result['cases'])} cases of {', '.join(result['files'])}, "
              f"run in {result['seconds']:.0f} s.")
-    lines = [intro, "", "| case | expected | observed |", "|---|---|---|"]
-    lines += [f"| `{cell(c['case'])}` | {cell(c['expected'])} | {cell(observed(c))} |" for c in result["cases"]]
+    lines = [intro, "", markdown_table(["case", "expected", "observed"],
+                                       [[f"`{cell(c['case'])}`", cell(c["expected"]), cell(observed(c))]
+                                        for c in result["cases"]])]
     s = result["counts"]
     closing = (f"Cases tried: {s['tried']} (of {s['cases']}; {s['not_tried']} not tried); handled cleanly: "
                f"{s['handled_cleanly']}; mishandled: {s['mishandled']}; data lost: {s['data_lost']} (must be 0); "
@@ -147,12 +150,13 @@ def main(argv: list | None = None) -> int:
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         print(f"catalogue.py: pytest could not run the catalogue (exit {int(code)})", file=sys.stderr)
         return 2
-    from gnn_align.provenance import provenance, write_report
+    from gnn_align.provenance import provenance
+    from gnn_align.studies.report import write_report
 
     cases = sorted(collector.cases.values(), key=lambda c: (c["item"] or 99, c["file"], c["case"]))
     result = {"files": files, "seconds": time.perf_counter() - t0, "counts": summarise(cases), "cases": cases,
               "provenance": provenance()}
-    write_report(out, "catalogue", result, markdown(result))
+    write_report(out, "catalogue", result, markdown(result), echo=True)
     s = result["counts"]
     return 0 if s["mishandled"] == 0 and s["tracebacks"] == 0 and not s["items_without_a_case"] else 1
 

@@ -75,16 +75,19 @@ def one(name: str, method: str, pair: int, threads: int, profile: int) -> dict:
     return row
 
 
-def _cells(r: dict | None) -> str:
+def _cells(r: dict | None) -> list:
+    """The wall s, method s and permutation sha256 cells of a row (dashes for a missing row)."""
     if r is None:
-        return "– | – | –"
+        return ["–", "–", "–"]
     if "error" in r:
-        return f"{r['wall_seconds']:.1f} | refused (below) | –"
-    return f"{r['wall_seconds']:.1f} | {r['method_seconds']:.1f} | `{r['perm_sha256']}`"
+        return [f"{r['wall_seconds']:.1f}", "refused (below)", "–"]
+    return [f"{r['wall_seconds']:.1f}", f"{r['method_seconds']:.1f}", f"`{r['perm_sha256']}`"]
 
 
 def markdown(result: dict) -> str:
     """The table (with the ``--before`` run's columns when given) and the profiles."""
+    from gnn_align.studies.report import markdown_table
+
     before = {(r["model"], r["method"], r["pair"]): r for r in (result.get("before") or {}).get("rows", [])}
     threads = sorted({r["threads"] for r in result["rows"]})
     lines = [result["label"], ""] if result.get("label") else []
@@ -94,16 +97,13 @@ def markdown(result: dict) -> str:
     if loads:
         lines += [f"Load average (1 min) as the calls started: {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} CPUs.",
                   ""]
-    head = "| model | source | parameters | method | pair | wall s | method s | permutation sha256 |"
+    head = ["model", "source", "parameters", "method", "pair", "wall s", "method s", "permutation sha256"]
     if before:
-        lines += [f"Compared with {result['before'].get('label') or 'the --before run'}.", "",
-                  head + " before: wall s | method s | permutation sha256 |", "|---" * 11 + "|"]
-    else:
-        lines += [head, "|---" * 8 + "|"]
-    for r in result["rows"]:
-        key = (r["model"], r["method"], r["pair"])
-        row = f"| {r['model']} | {r['source']} | {r['parameters']:,} | {r['method']} | {r['pair']} | {_cells(r)} |"
-        lines.append(row + (f" {_cells(before.get(key))} |" if before else ""))
+        lines += [f"Compared with {result['before'].get('label') or 'the --before run'}.", ""]
+        head += ["before: wall s", "method s", "permutation sha256"]
+    rows = [[r["model"], r["source"], f"{r['parameters']:,}", r["method"], r["pair"], *_cells(r),
+             *(_cells(before.get((r["model"], r["method"], r["pair"]))) if before else [])] for r in result["rows"]]
+    lines.append(markdown_table(head, rows))
     refusals = dict.fromkeys(f"{r['model']} / {r['method']}: {r['error']}" for r in result["rows"] if "error" in r)
     lines += ["", *(f"Refused: {text}" for text in refusals)] if refusals else []
     for r in result["rows"]:
@@ -130,7 +130,8 @@ def main(argv: list | None = None) -> None:
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], int(args.one[2]), args.threads, args.profile)))
         return
-    from gnn_align.provenance import provenance, write_report
+    from gnn_align.provenance import provenance
+    from gnn_align.studies.report import write_report
 
     rows = []
     for name in args.models:
@@ -145,7 +146,7 @@ def main(argv: list | None = None) -> None:
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "profile"}), file=sys.stderr)
     before = json.loads(args.before.read_text()) if args.before else None
     result = {"label": args.label, "rows": rows, "before": before, "provenance": provenance()}
-    write_report(args.out, args.stem, result, markdown(result))
+    write_report(args.out, args.stem, result, markdown(result), echo=True)
 
 
 if __name__ == "__main__":

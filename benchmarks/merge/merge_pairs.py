@@ -20,23 +20,24 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.api import merge
 from gnn_align.archs import build_arch
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.metrics import accuracy
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", default="digits-mlp")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--methods", default="gnn,wm,am")
     p.add_argument("--aligner", default=None, help="a train.py run folder (default: the shipped aligner)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/merge")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/merge")
     args = p.parse_args()
     methods = args.methods.split(",")
     aligner = load_aligner(args.aligner) if args.aligner else load_pretrained()
@@ -61,15 +62,19 @@ def main() -> None:
     res = {"zoo": args.zoo, "pairs": len(rows), "seed": args.seed, "aligner": args.aligner or "shipped (mixed)",
            "summary": summary, "aligned_at_least_naive": wins, "per_pair": rows,
            "provenance": provenance(sys.argv, aligner=args.aligner or "pretrained:mixed", aligner_model=aligner)}
-    md = (f"**{args.zoo}**: test accuracy of merged pairs ({len(rows)} test pairs, seed {args.seed}; gnn = "
-          f"{res['aligner']})\n\n| | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n| mean ± std | "
-          + " | ".join(f"{summary[c]['mean']:.4f} ± {summary[c]['std']:.4f}" for c in cols) + " |\n"
-          + "| pairs where aligned ≥ naive | – | – | – | " + " | ".join(f"{wins[m]}/{len(rows)}" for m in methods)
-          + " |\n")
-    out = Path(args.out)
-    write_json(out / "merge.json", res)
-    atomic_write(out / "merge.md", lambda tmp: Path(tmp).write_text(md))
+    md = markdown(res)
+    write_report(args.out, "merge", res, md)
     print(md)
+
+
+def markdown(res: dict) -> str:
+    """The report of a run: mean ± std test accuracy per column, and how often aligning beat the plain average."""
+    methods = list(res["aligned_at_least_naive"])
+    cols, summary, n = ["a", "b", "naive"] + methods, res["summary"], res["pairs"]
+    rows = [["mean ± std", *(f"{summary[c]['mean']:.4f} ± {summary[c]['std']:.4f}" for c in cols)],
+            ["pairs where aligned ≥ naive", "–", "–", "–", *(f"{res['aligned_at_least_naive'][m]}/{n}" for m in methods)]]
+    return (f"**{res['zoo']}**: test accuracy of merged pairs ({n} test pairs, seed {res['seed']}; gnn = "
+            f"{res['aligner']})\n\n{markdown_table(['', *cols], rows)}\n")
 
 
 if __name__ == "__main__":

@@ -18,18 +18,19 @@ from gnn_align import spec_from_module
 from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.partial import extract_subnetwork
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True, help="a zoo of MLPs (member 0 is used)")
     p.add_argument("--aligner", default=None, help="a train.py run folder, or pretrained (the shipped aligner); optional")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--width", type=int, required=True, help="A's width in every hidden group")
     p.add_argument("--pairs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -60,14 +61,16 @@ def main(argv: list | None = None) -> dict:
            "exact": {m: sum(h) / len(h) for m, h in hits.items()},
            "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
                                     aligner_model=al)}
-    out = Path(args.out or Path("results") / f"partial-{args.zoo}")
-    write_json(out / "partial.json", res)
-    md = (f"**{args.zoo}**: A = random {args.width}-wide sub-network of B {arch['hidden']} ({args.pairs} test "
-          f"networks, seed {args.seed})\n\n| method | sub-networks recovered exactly |\n|---|---|\n"
-          + "".join(f"| {m} | {v:.3f} |\n" for m, v in res["exact"].items()))
-    atomic_write(out / "partial.md", lambda tmp: Path(tmp).write_text(md))
+    write_report(args.out or Path(DEFAULT_RESULTS_ROOT) / f"partial-{args.zoo}", "partial", res, markdown(res))
     print(json.dumps(res))
     return res
+
+
+def markdown(res: dict) -> str:
+    """The report of a run: the fraction of sub-networks each method recovered exactly."""
+    table = markdown_table(["method", "sub-networks recovered exactly"], [[m, f"{v:.3f}"] for m, v in res["exact"].items()])
+    return (f"**{res['zoo']}**: A = random {res['width_a']}-wide sub-network of B {res['width_b']} ({res['pairs']} test "
+            f"networks, seed {res['seed']})\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -18,19 +18,20 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.baselines import weight_matching
 from gnn_align.graph import to_graph
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.metrics import exact_recovery, matching_accuracy
 from gnn_align.permute import invert_permutation
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo, planted_pair
-from gnn_align.zoo.storage import atomic_write, write_json
 
 
 def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
     p.add_argument("--aligner", required=True, help="a train.py run folder, or pretrained (the shipped aligner)")
-    p.add_argument("--root", default="data/zoos")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--batch", type=int, default=25, help="pairs per forward")
     p.add_argument("--seed", type=int, default=0)
@@ -57,22 +58,25 @@ def main(argv: list | None = None) -> dict:
            "neuron_accuracy": sum(acc) / len(acc), "networks_exact": sum(exact) / len(exact),
            "provenance": provenance(None if argv is None else [__file__, *argv], aligner=args.aligner,
                                     aligner_model=al)}
-    rows = [("gnn", res["neuron_accuracy"], res["networks_exact"])]
     if args.wm:
         wm = [weight_matching(q.a, q.b, zoo.spec(q.member), generator=torch.Generator().manual_seed(k)).perm
               for k, q in enumerate(pairs)]
         truth = [invert_permutation(q.perm) for q in pairs]
         res["wm"] = {"neuron_accuracy": sum(map(matching_accuracy, wm, truth)) / len(pairs),
                      "networks_exact": sum(map(exact_recovery, wm, truth)) / len(pairs)}
-        rows.append(("wm", res["wm"]["neuron_accuracy"], res["wm"]["networks_exact"]))
-    out = Path(args.out or Path("results") / f"planted-{args.zoo}")
-    write_json(out / "planted.json", res)
-    md = (f"**{args.zoo}**{' / ' + args.member if args.member else ''}: {len(pairs)} planted {args.split} pairs "
-          f"(seed {args.seed})\n\n| method | neuron accuracy | networks recovered exactly |\n|---|---|---|\n"
-          + "".join(f"| {m} | {a:.4f} | {e:.4f} |\n" for m, a, e in rows))
-    atomic_write(out / "planted.md", lambda tmp: Path(tmp).write_text(md))
+    write_report(args.out or Path(DEFAULT_RESULTS_ROOT) / f"planted-{args.zoo}", "planted", res, markdown(res))
     print(json.dumps(res))
     return res
+
+
+def markdown(res: dict) -> str:
+    """The report of a run: neuron accuracy and exact recoveries of the aligner (and of WM with --wm)."""
+    rows = [["gnn", f"{res['neuron_accuracy']:.4f}", f"{res['networks_exact']:.4f}"]]
+    if "wm" in res:
+        rows.append(["wm", f"{res['wm']['neuron_accuracy']:.4f}", f"{res['wm']['networks_exact']:.4f}"])
+    table = markdown_table(["method", "neuron accuracy", "networks recovered exactly"], rows)
+    return (f"**{res['zoo']}**{' / ' + res['member'] if res['member'] else ''}: {res['pairs']} planted {res['split']} "
+            f"pairs (seed {res['seed']})\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -25,14 +25,15 @@ import torch
 
 from gnn_align.aligner import load_aligner
 from gnn_align.archs import build_arch
-from gnn_align.bench import evaluate_alignment, pair_generator
+from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import input_batches
 from gnn_align.pretrained import load_pretrained
-from gnn_align.provenance import provenance, write_report
+from gnn_align.provenance import provenance
+from gnn_align.studies.bench import evaluate_alignment, pair_generator
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
-from gnn_align.zoo.storage import atomic_write
 
 STATS = ("gain", "bias_rms", "dead", "logit_std", "test_acc")
 
@@ -130,22 +131,21 @@ def _spearman(x: list, y: list) -> float:
 def markdown(res: dict) -> str:
     head = ["member", "split", "wm", "am", "gnn", "gnn-probe", "gnn/wm", "gnn/am", "gain", "bias rms",
             "dead", "logit std", "test acc"]
+    rows = [[r["member"], r["split"], f"{r['barrier_wm']:.4f}", f"{r['barrier_am']:.4f}", f"{r['barrier_gnn']:.4f}",
+             f"{r['barrier_gnn-probe']:.4f}", f"{r['gnn_over_wm']:.2f}", f"{r['gnn_over_am']:.2f}", f"{r['gain']:.2f}",
+             f"{r['bias_rms']:.3f}", f"{r['dead']:.3f}", f"{r['logit_std']:.2f}", f"{r['test_acc']:.3f}"]
+            for r in res["rows"]]
+    spearman = [[fam, *(f"{c[k]:+.2f}" for k in STATS)] for fam, c in res["spearman_gnn_over_wm"].items()]
     lines = [(f"**{res['zoo']}**: {res['pairs_per_member']} seeded pairs per member (seed {res['seed']}), mean "
               "Deep-Align barrier (BatchNorm reset on data for every method where the net has it)"), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in res["rows"]:
-        lines.append(f"| {r['member']} | {r['split']} | {r['barrier_wm']:.4f} | {r['barrier_am']:.4f} | "
-                     f"{r['barrier_gnn']:.4f} | {r['barrier_gnn-probe']:.4f} | {r['gnn_over_wm']:.2f} | "
-                     f"{r['gnn_over_am']:.2f} | {r['gain']:.2f} | {r['bias_rms']:.3f} | {r['dead']:.3f} | "
-                     f"{r['logit_std']:.2f} | {r['test_acc']:.3f} |")
-    lines += ["", "Spearman correlation, across the members of a family, of gnn/wm with each statistic:", "",
-              "| family | " + " | ".join(STATS) + " |", "|---|" + "---|" * len(STATS)]
-    for fam, c in res["spearman_gnn_over_wm"].items():
-        lines.append(f"| {fam} | " + " | ".join(f"{c[k]:+.2f}" for k in STATS) + " |")
+             markdown_table(head, rows),
+             "", "Spearman correlation, across the members of a family, of gnn/wm with each statistic:", "",
+             markdown_table(["family", *STATS], spearman)]
     return "\n".join(lines) + "\n"
 
 
-def plot(res: dict, path: Path) -> None:
+def plot(res: dict):
+    """gnn/WM barrier against each statistic, one point per member: a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,21 +162,20 @@ def plot(res: dict, path: Path) -> None:
     axes[0].set_ylabel("gnn barrier / WM barrier")
     fig.suptitle(f"{res['zoo']}: aligner vs weight matching per member (o MLP, □ CNN, △ ResNet; red: held-out recipe)")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", default="recipes")
-    p.add_argument("--zoo-root", default="data/zoos")
+    p.add_argument("--zoo-root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--aligner", default="pretrained", help="'pretrained' (the shipped one) or a run folder")
     p.add_argument("--pairs", type=int, default=20, help="pairs per member")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/recipe-diagnosis", help="output folder (default results/recipe-diagnosis)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/recipe-diagnosis", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/recipe-diagnosis)")
     args = p.parse_args(argv)
     res = run(args)
-    write_report(args.out, "diagnosis", res, markdown(res), plot)
+    write_report(args.out, "diagnosis", res, markdown(res), plot(res), echo=True)
     return 0
 
 

@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from gnn_align.provenance import provenance, write_report
+from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 
 ZOOS = ("digits-mlp", "mnist1d-mlp", "digits-cnn", "digits-resnet", "sine-inr")
 REFINERS = ("wm", "sinkhorn", "ste")
@@ -68,22 +69,17 @@ def checks(zoo: str, m: dict) -> list:
 
 def markdown(res: dict) -> str:
     methods = list(dict.fromkeys(k for z in res["zoos"].values() for k in z["methods"]))
+    cell = lambda s: "–" if s is None else f"{s['barrier_deepalign']['mean']:.4f} ({s['median_seconds']:.2f} s)"
+    barriers = [[zoo, z["pairs"], *(cell(z["methods"].get(k)) for k in methods)] for zoo, z in res["zoos"].items()]
+    checks = [[zoo, text, "yes" if ok else "**no**"] for zoo, z in res["zoos"].items() for text, ok in z["checks"]]
     lines = [("Mean Deep-Align barrier (median seconds per pair) on seeded test pairs, BatchNorm statistics reset "
               "for every method; gnn = the shipped aligner; one torch thread per process."),
-             "", "| zoo | pairs | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-    for zoo, z in res["zoos"].items():
-        cells = []
-        for k in methods:
-            s = z["methods"].get(k)
-            cells.append("–" if s is None else f"{s['barrier_deepalign']['mean']:.4f} ({s['median_seconds']:.2f} s)")
-        lines.append(f"| {zoo} | {z['pairs']} | " + " | ".join(cells) + " |")
-    lines += ["", "| zoo | acceptance check | holds |", "|---|---|---|"]
-    for zoo, z in res["zoos"].items():
-        lines += [f"| {zoo} | {text} | {'yes' if ok else '**no**'} |" for text, ok in z["checks"]]
+             "", markdown_table(["zoo", "pairs", *methods], barriers),
+             "", markdown_table(["zoo", "acceptance check", "holds"], checks)]
     kept = [(zoo, k, s["kept"]) for zoo, z in res["zoos"].items() for k, s in z["methods"].items() if s.get("kept")]
     if kept:
-        lines += ["", "| zoo | method | answer kept (pairs) |", "|---|---|---|"]
-        lines += [f"| {zoo} | {k} | " + ", ".join(f"{a} {n}" for a, n in c.items()) + " |" for zoo, k, c in kept]
+        lines += ["", markdown_table(["zoo", "method", "answer kept (pairs)"],
+                                     [[zoo, k, ", ".join(f"{a} {n}" for a, n in c.items())] for zoo, k, c in kept])]
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +95,7 @@ def main() -> None:
         zoos[zoo] = {"pairs": res["pairs"], "methods": m, "checks": checks(zoo, res["methods"]),
                      "run": res.get("provenance")}
     result = {"zoos": zoos, "provenance": provenance()}
-    write_report(out, "summary", result, markdown(result))
+    write_report(out, "summary", result, markdown(result), echo=True)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ import argparse
 import os
 import statistics
 import warnings
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from gnn_align.api import align
+from gnn_align.io import DEFAULT_RESULTS_ROOT
 from gnn_align.memory import (
     available_memory_mb,
     check_aligner_memory,
@@ -45,8 +45,8 @@ from gnn_align.memory import (
 from gnn_align.models import build_model, example_input
 from gnn_align.pretrained import DEFAULT, coverage_problems, load_pretrained, signature
 from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.trace import spec_from_module
-from gnn_align.zoo.storage import atomic_write, write_json
 
 VGG5 = "cnn2d:3,64,128,256,512,512,10"
 VGG16 = "cnn2d:3,64,64,128,128,256,256,256,512,512,512,512,512,512,10"  # VGG-16's 13 convs, no pooling
@@ -150,9 +150,8 @@ def to_markdown(res: dict) -> str:
              f"{res['seed'] + 1}); gnn = the shipped aligner `{res['aligner']}`; seconds = the method's own time "
              f"(median of {res['repeats']} below {res['repeat_below']:,} edges, else 1 run); peak MB = rise of "
              f"the peak RSS during the align call; est. = the pre-check's estimate for gnn. Machine: "
-             f"{m['cpus']} CPU cores, torch threads {m['torch_threads']}, {avail} available at the start."), "",
-             "| model | nodes | edges | gnn s/pair | gnn peak MB | gnn est. MB | wm s/pair | wm peak MB | notes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{m['cpus']} CPU cores, torch threads {m['torch_threads']}, {avail} available at the start."), ""]
+    rows = []
     for row in res["rows"]:
         cells = [f"`{row['model']}`", f"{row['nodes']:,}", f"{row['edges']:,}"]
         for method in METHODS:
@@ -160,7 +159,9 @@ def to_markdown(res: dict) -> str:
             cells += [_fmt(r.get("seconds")), _fmt(r.get("peak_mb"))]
             if method == "gnn":
                 cells.append(_fmt(row["gnn_estimate_mb"]))
-        lines.append("| " + " | ".join(cells + [notes(row)]) + " |")
+        rows.append(cells + [notes(row)])
+    lines.append(markdown_table(["model", "nodes", "edges", "gnn s/pair", "gnn peak MB", "gnn est. MB", "wm s/pair",
+                                 "wm peak MB", "notes"], rows))
     ratios = estimate_ratios(res["rows"])
     if ratios:
         low, high = min(ratios.values()), max(ratios.values())
@@ -174,10 +175,10 @@ def estimate_ratios(rows: list) -> dict:
             if r["methods"].get("gnn", {}).get("peak_mb")}
 
 
-def plot(res: dict, path: Path) -> None:
+def plot(res: dict):
     """Two log-log panels, edges against seconds and against peak MB: one line per method and
     architecture family (colour: method; solid/dotted and marker: family), the gnn estimate as grey
-    crosses; written atomically."""
+    crosses: a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,8 +209,7 @@ def plot(res: dict, path: Path) -> None:
         ax.legend()
     fig.suptitle(f"gnn (shipped aligner) vs weight matching, torch threads {res['machine']['torch_threads']}")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list | None = None) -> dict:
@@ -224,7 +224,7 @@ def main(argv: list | None = None) -> dict:
     p.add_argument("--repeat-below", type=int, default=1_000_000, help="edges below which --repeats are made")
     p.add_argument("--seed", type=int, default=0, help="model A is initialised with this seed, model B with seed+1")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default="results/scale")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/scale")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -246,11 +246,8 @@ def main(argv: list | None = None) -> dict:
            "rows": rows, "gnn_estimate_over_measured": estimate_ratios(rows),
            "provenance": provenance(None if argv is None else [__file__, *argv], aligner=f"pretrained:{DEFAULT}",
                                     aligner_model=aligner)}
-    out = Path(args.out)
-    write_json(out / "results.json", res)
     md = to_markdown(res)
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(md))
-    plot(res, out / "scale.png")
+    write_report(args.out, "results", res, md, plot(res), figure_name="scale.png")
     print(md)
     return res
 

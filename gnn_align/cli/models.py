@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import GNNAlignError
+from ..io import DEFAULT_RESULTS_ROOT
 from .data import DATA_SUFFIXES, check_fits, load_data
-from .jsonout import dumps_json
+from .jsonout import dumps_json, strict
 
 # torch and the library are imported inside the commands: `gnn-align --help` and argument errors must not
 # wait for them. The default of --budget is the library's (gnn_align.refine.AUTO_BUDGET; a test checks it).
@@ -171,10 +172,11 @@ def _align(args) -> dict:
 def _print_outcome(info: dict) -> None:
     """The candidates a refining method or ``auto`` scored, and which it kept."""
     if info.get("scores"):
-        print("| candidate | midpoint loss (held out) | seconds |\n|---|---|---|")
-        for name, score in info["scores"].items():
-            mark = " (kept)" if name == info["kept"] else ""
-            print(f"| {name}{mark} | {score:.4f} | {info['seconds'].get(name, float('nan')):.3f} |")
+        from ..studies.report import markdown_table
+
+        rows = [[name + (" (kept)" if name == info["kept"] else ""), f"{score:.4f}",
+                 f"{info['seconds'].get(name, float('nan')):.3f}"] for name, score in info["scores"].items()]
+        print(markdown_table(["candidate", "midpoint loss (held out)", "seconds"], rows))
     elif info.get("kept"):
         print(f"  kept: {info['kept']}" + (f" ({info['note']})" if info.get("note") else ""))
 
@@ -204,17 +206,18 @@ def _merge(args) -> dict:
     if not args.json:
         print(f"merged {len(states)} models ({args.method}, {info['seconds']:.2f} s aligning) -> {out}")
         if "test_accuracy" in info:
+            from ..studies.report import markdown_table
+
             t = info["test_accuracy"]
-            print("| model | test accuracy |\n|---|---|")
-            for p, acc in zip(args.models, t["models"], strict=True):
-                print(f"| {p} | {acc:.4f} |")
-            print(f"| naive average | {t['naive_average']:.4f} |\n| aligned average | {t['aligned_average']:.4f} |")
+            rows = [[p, f"{acc:.4f}"] for p, acc in zip(args.models, t["models"], strict=True)]
+            rows += [["naive average", f"{t['naive_average']:.4f}"], ["aligned average", f"{t['aligned_average']:.4f}"]]
+            print(markdown_table(["model", "test accuracy"], rows))
     return info
 
 
 def _eval(args) -> dict:
     from ..metrics import curve_metrics, interpolation_curve
-    from ..zoo.storage import atomic_write
+    from ..studies.report import markdown_table, write_report
 
     if args.lambdas < 2:
         raise GNNAlignError(f"--lambdas {args.lambdas}: must be at least 2")
@@ -233,11 +236,11 @@ def _eval(args) -> dict:
     curve = interpolation_curve(module, a, b, task.x_test, task.y_test, loss=task.loss, num_lambdas=args.lambdas)
     info = {"a": args.a, "b": args.b, "aligned_with": args.align, "data": args.data} | curve_metrics(curve) | {
         "curve": curve}
-    rows = ["| λ | test loss | test accuracy |", "|---|---|---|"] + [
-        f"| {lam:.3f} | {loss:.4f} | {acc:.4f} |"
-        for lam, loss, acc in zip(curve["lambdas"], curve["loss"], curve.get("acc", [float("nan")] * len(curve["loss"])),
-                                  strict=True)]
-    md = "\n".join(rows) + f"\n\nbarrier (Deep-Align): {info['barrier_deepalign']:.4f}\n"
+    rows = [[f"{lam:.3f}", f"{loss:.4f}", f"{acc:.4f}"]
+            for lam, loss, acc in zip(curve["lambdas"], curve["loss"], curve.get("acc", [float("nan")] * len(curve["loss"])),
+                                      strict=True)]
+    md = markdown_table(["λ", "test loss", "test accuracy"], rows) + \
+        f"\n\nbarrier (Deep-Align): {info['barrier_deepalign']:.4f}\n"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,11 +252,7 @@ def _eval(args) -> dict:
     ax.set_ylabel(f"test loss ({task.loss})")
     ax.set_title(f"{Path(args.a).name} → {Path(args.b).name}")
     fig.tight_layout()
-    text = dumps_json(info) + "\n"
-    atomic_write(out / "curve.json", lambda tmp: Path(tmp).write_text(text))
-    atomic_write(out / "curve.md", lambda tmp: Path(tmp).write_text(md))
-    atomic_write(out / "curve.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    write_report(out, "curve", strict(info), md, fig)  # strict JSON, as the CLI prints it
     if not args.json:
         print(md + f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
     return info
@@ -313,7 +312,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")
     p.add_argument("--lambdas", type=int, default=11, help="points on the curve (default 11)")
-    p.add_argument("--out", default="results/eval", help="output folder (default results/eval)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/eval", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/eval)")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.set_defaults(run=_eval)

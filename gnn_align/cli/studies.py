@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from .jsonout import dumps_json
 
 # torch and the library are imported inside the commands: `gnn-align --help` and argument errors
@@ -98,8 +99,9 @@ def _guarded(args: argparse.Namespace, compute):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..bench import dumps, register_aligner, run_benchmark, to_markdown, write_results
+    from ..methods import register_aligner
     from ..provenance import provenance
+    from ..studies.bench import dumps, run_benchmark, to_markdown, write_results
     from .models import _aligner
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -121,7 +123,7 @@ def _bench(args: argparse.Namespace) -> int:
         return res | {"provenance": provenance(aligner=args.aligner, aligner_model=aligner)}
 
     res = _guarded(args, compute)
-    paths = write_results(res, args.out or Path("results") / f"bench-{args.zoo}")
+    paths = write_results(res, args.out or Path(DEFAULT_RESULTS_ROOT) / f"bench-{args.zoo}")
     print(dumps_json(json.loads(dumps(res)), indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
 
@@ -136,28 +138,27 @@ def _with_provenance(args: argparse.Namespace, study) -> dict:
 
 
 def _warmstart(args: argparse.Namespace) -> int:
-    from ..warmstart import to_markdown, warm_start_study, write_warm_start
+    from ..studies.warmstart import to_markdown, warm_start_study, write_warm_start
 
     _positive(args, "pairs", 1)
     res = _guarded(args, lambda: _with_provenance(args, lambda al: warm_start_study(
         Path(args.root) / args.zoo, al, num_pairs=args.pairs, seed=args.seed, progress=not args.json)))
-    paths = write_warm_start(res, args.out or Path("results") / f"warmstart-{args.zoo}")
+    paths = write_warm_start(res, args.out or Path(DEFAULT_RESULTS_ROOT) / f"warmstart-{args.zoo}")
     print(dumps_json(res, indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from ..bench import speed_comparison, speed_markdown
-    from ..zoo.storage import atomic_write, write_json
+    from ..studies.bench import speed_comparison, speed_markdown
+    from ..studies.report import write_report
 
     _positive(args, "pairs", 1)
     _positive(args, "batch", 1)
     res = _guarded(args, lambda: _with_provenance(args, lambda al: speed_comparison(
         Path(args.root) / args.zoo, al, num_pairs=args.pairs, batch_size=args.batch)))
-    out = Path(args.out or Path("results") / f"speed-{args.zoo}")
+    out = Path(args.out or Path(DEFAULT_RESULTS_ROOT) / f"speed-{args.zoo}")
     md = speed_markdown(res)
-    write_json(out / "speed.json", res)
-    atomic_write(out / "speed.md", lambda tmp: Path(tmp).write_text(md))
+    write_report(out, "speed", res, md)
     print(md)
     return 0
 
@@ -166,10 +167,10 @@ def _aligner_study_args(p: argparse.ArgumentParser, pairs: int, out: str) -> Non
     """The options shared by the commands that study a trained aligner on a zoo's test pairs."""
     p.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
     p.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
-    p.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
+    p.add_argument("--root", default=DEFAULT_ZOO_ROOT, help=f"folder holding built zoos (default {DEFAULT_ZOO_ROOT})")
     p.add_argument("--pairs", type=int, default=pairs, help=f"number of test pairs (default {pairs})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", default=None, help=f"output folder (default results/{out}-ZOO)")
+    p.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_RESULTS_ROOT}/{out}-ZOO)")
 
 
 def add_parsers(sub) -> None:
@@ -192,7 +193,7 @@ def add_parsers(sub) -> None:
                            "results.json, results.md and curves.png (atomically) to --out.")
     bench.add_argument("--zoo", required=True, help="zoo name (a folder under --root; build it with "
                        "`python -m datasets build NAME`)")
-    bench.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
+    bench.add_argument("--root", default=DEFAULT_ZOO_ROOT, help=f"folder holding built zoos (default {DEFAULT_ZOO_ROOT})")
     bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, "
                        "sinkhorn, ste, auto, gnn, gnn+wm, gnn+sinkhorn, gnn+ste (gnn: --aligner)")
     bench.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name (default: the shipped aligner when a gnn method or auto is asked for): adds it "
@@ -207,7 +208,7 @@ def add_parsers(sub) -> None:
     bench.add_argument("--reset-bn", action="store_true", help="reset BatchNorm statistics of every "
                        "interpolated network on 512 training inputs before evaluating it")
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    bench.add_argument("--out", default=None, help="output folder (default results/bench-ZOO)")
+    bench.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_RESULTS_ROOT}/bench-ZOO)")
     bench.add_argument("--json", action="store_true", help="print the summary as JSON")
     bench.set_defaults(func=_bench)
     warm = sub.add_parser("warmstart", help="barrier against Sinkhorn re-basin steps and WM sweeps, started "

@@ -12,8 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
+from ..io import atomic_write, write_json
 from ..zoo import ModelZoo
-from ..zoo.storage import atomic_write, write_json
 from . import HERE, merge_signatures, signature
 
 

@@ -3,12 +3,12 @@
 from .augment import augment
 from .batched import StackedForward, evaluate, init_states, stable_seed, stack_states, train_networks, unstack_state
 from .pairs import PlantedPair, PlantedPairs, independent_pairs, member_weights, planted_pair, sample_networks
-from .storage import ZooError, load_manifest, read_shard, write_json, write_shard
+from .storage import ZooError, load_manifest, read_shard, write_shard
 
 __all__ = ["ModelZoo", "PlantedPair", "PlantedPairs", "StackedForward", "ZooError", "augment", "evaluate",
            "independent_pairs", "init_states", "load_manifest", "member_weights", "planted_pair", "read_shard",
            "sample_networks",
-           "stable_seed", "stack_states", "train_networks", "unstack_state", "write_json", "write_shard"]
+           "stable_seed", "stack_states", "train_networks", "unstack_state", "write_shard"]
 
 
 def __getattr__(name: str):

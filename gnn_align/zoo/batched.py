@@ -15,11 +15,11 @@ import zlib
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from ..archs import build_arch, reset_parameters
+from ..tasks import task_loss
 
 
 def stable_seed(*parts) -> int:
@@ -71,17 +71,6 @@ class StackedForward:
     def __call__(self, params: dict, buffers: dict, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         self.module.train(train)
         return self._fn(params, buffers, x)
-
-
-def task_loss(out: torch.Tensor, y: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Per-network mean loss. Shapes: out (M, B, C), y (M, B) labels or (M, B, C) targets -> (M,)."""
-    if loss == "ce":
-        m, b, c = out.shape
-        return F.cross_entropy(out.reshape(m * b, c), y.reshape(-1), reduction="none",
-                               label_smoothing=label_smoothing).view(m, b).mean(1)
-    if loss == "mse":
-        return ((out - y) ** 2).flatten(1).mean(1)
-    raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
 
 
 def _targets(y: torch.Tensor, idx: torch.Tensor, per_network: bool) -> torch.Tensor:

@@ -25,9 +25,10 @@ from torch_geometric.data import InMemoryDataset
 
 from ..archs import build_arch
 from ..graph import NetGraph, to_graph
+from ..io import atomic_write, content_sha256, verified_sha256
 from ..spec import PermutationSpec
 from ..trace import spec_from_module
-from .storage import ZooError, atomic_write, content_sha256, load_manifest, read_shard, verified_sha256
+from .storage import ZooError, load_manifest, read_shard
 
 #: layout version of the processed file; part of its name, so a layout change never reads old caches
 #: (3: the file holds the sha256 of its own contents)

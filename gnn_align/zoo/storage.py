@@ -12,15 +12,16 @@ A built zoo is a folder::
 Network records carry ``id``, ``member``, ``shard``, ``row`` (index in the shard), ``seed``,
 ``split`` (``train``/``val``/``test``, or ``heldout`` for held-out architectures) and the metrics
 measured after training (``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``).
+
+The general file helpers used here (atomic writes, JSON, sha256) live in :mod:`gnn_align.io`; this
+module holds what is particular to zoos (shards, manifests, build logs, build locks, :class:`ZooError`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import GNNAlignError
+from ..io import atomic_write, sha256, verified_sha256, write_json
 
 MANIFEST = "manifest.json"
 #: wall-clock training time of each shard; not part of the zoo (it differs between runs and machines)
@@ -39,38 +41,6 @@ BUILD_LOG_ABOUT = "training seconds of each shard, keyed by shard file; not part
 
 class ZooError(GNNAlignError):
     """A zoo folder, manifest or shard that is missing, truncated or inconsistent (names the file)."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it there.
-
-    An existing ``path`` keeps its permissions; a new one gets ``0o666`` less the umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        try:  # overwriting: keep the file's permissions
-            mode = os.stat(path).st_mode & 0o7777
-        except OSError:  # a new file (mkstemp creates 0600): the usual permissions
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file + ``os.replace``)."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-    atomic_write(Path(path), write)
 
 
 def read_json(path: str | Path) -> dict:
@@ -106,67 +76,6 @@ def read_shard(path: str | Path, expected_sha256: str | None = None) -> dict:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ZooError(f"{path}: cannot read safetensors file ({e})") from None
-
-
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of the file ``path``, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-#: (path, size, mtime_ns, inode) -> sha256 of files hashed by this process (see :func:`verified_sha256`)
-_SHA256_SEEN: dict = {}
-
-
-def verified_sha256(path: str | Path) -> str:
-    """:func:`sha256` of ``path``, hashed once per process while its size, mtime and inode stay the same.
-
-    A process that opens several views of one zoo (train and validation splits) hashes each shard once;
-    another process hashes it again.
-    """
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _SHA256_SEEN:
-        _SHA256_SEEN[key] = sha256(path)
-    return _SHA256_SEEN[key]
-
-
-def content_sha256(obj) -> str:
-    """Hex sha256 of a nest of tensors, dicts, lists, tuples and plain scalars, as loaded.
-
-    Covers every tensor's dtype, shape and bytes and every key and value in order, so a value changed
-    anywhere in a file (a flipped byte in a weight) changes the digest. Used to check the contents of
-    files written with ``torch.save`` (training checkpoints, processed zoo caches) when they are read back.
-    """
-    import torch  # storage itself needs no torch; its callers have it loaded already
-
-    h = hashlib.sha256()
-
-    def feed(x):
-        if isinstance(x, torch.Tensor):
-            t = x.detach().cpu().contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(x, dict):
-            h.update(f"D{len(x)};".encode())
-            for k, v in x.items():
-                feed(k)
-                feed(v)
-        elif isinstance(x, (list, tuple)):
-            h.update(f"{type(x).__name__[0].upper()}{len(x)};".encode())
-            for v in x:
-                feed(v)
-        elif x is None or isinstance(x, (bool, int, float, str, bytes)):
-            h.update(f"{type(x).__name__}:{x!r};".encode())
-        else:
-            raise TypeError(f"cannot checksum a {type(x).__name__}")
-
-    feed(obj)
-    return h.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:

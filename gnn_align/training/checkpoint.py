@@ -6,7 +6,7 @@ floats, e.g. finished epochs, steps into the next one and that epoch's running l
 saved with ``torch.save`` to a temporary file that replaces the old checkpoint with ``os.replace``,
 so a process killed at any moment leaves either the previous or the new checkpoint, never a torn
 one; it is read with ``torch.load(..., weights_only=True)``. The checkpoint holds the sha256 of its
-own contents (:func:`~gnn_align.zoo.storage.content_sha256`), checked on load, so a changed byte is
+own contents (:func:`~gnn_align.io.content_sha256`), checked on load, so a changed byte is
 refused instead of resuming from a silently different state (checkpoints written before the checksum
 existed load unchecked).
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import GNNAlignError
-from .zoo.storage import atomic_write, content_sha256
+from ..errors import GNNAlignError
+from ..io import atomic_write, content_sha256
 
 _STATE_KEYS = ("model", "opt", "sched", "rng")
 _CHECKSUM = "sha256"

@@ -17,16 +17,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .archs import build_arch
-from .baselines import weight_matching
-from .graph import to_graph
-from .methods import METHODS, WARM_START_SCALE, PairContext, register_aligner, register_method  # noqa: F401 (re-exported)
-from .metrics import curve_metrics, input_batches, interpolation_curve
-from .permute import apply_permutation
-from .tasks import NETWORK_TASKS, loss_label, network_task
-from .zoo.dataset import ModelZoo
-from .zoo.pairs import independent_pairs
-from .zoo.storage import ZooError, atomic_write, write_json
+from ..archs import build_arch
+from ..baselines import weight_matching
+from ..graph import to_graph
+from ..methods import METHODS, PairContext
+from ..metrics import curve_metrics, input_batches, interpolation_curve
+from ..permute import apply_permutation
+from ..tasks import NETWORK_TASKS, loss_label, network_task
+from ..zoo.dataset import ModelZoo
+from ..zoo.pairs import independent_pairs
+from ..zoo.storage import ZooError
+from .report import markdown_table, write_report
 
 METRICS = ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier", "loss_mid")
 
@@ -104,25 +105,23 @@ def _summary(rows: list, data: str) -> dict:
 
 
 def to_markdown(res: dict) -> str:
+    """The Markdown report of a :func:`run_benchmark` result: what was run, then one row per method."""
     head = ["method"] + [f"{k} (mean ± std)" for k in METRICS] + ["median s/pair", "data used", "kept (pairs)"]
-    lines = [f"**{res['zoo']}**" + (f" / {res['member']}" if res.get("member") else "")
+    intro = (f"**{res['zoo']}**" + (f" / {res['member']}" if res.get("member") else "")
              + f" v{res['zoo_version']}: {res['pairs']} {res.get('split', 'test')} pairs (seed {res['seed']}), "
              f"{res['num_lambdas']} λ, test {loss_label(res.get('loss', 'ce'))}; torch threads {res['torch_threads']}"
              + ("; BatchNorm statistics reset on 512 training inputs per interpolated network"
-                if res["bn_reset"] else ""), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                if res["bn_reset"] else ""))
+    rows = []
     for name, s in res["methods"].items():
         cells = [name] + [f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" if k in s else "–" for k in METRICS]
         kept = ", ".join(f"{k} {n}" for k, n in s.get("kept", {}).items()) or "–"
-        lines.append("| " + " | ".join(cells + [f"{s['median_seconds'] * 1000:.1f} ms", s["data"], kept]) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells + [f"{s['median_seconds'] * 1000:.1f} ms", s["data"], kept])
+    return f"{intro}\n\n{markdown_table(head, rows)}\n"
 
 
 def write_results(res: dict, out_dir: str | Path) -> list:
     """Write ``results.json``, ``results.md`` and ``curves.png`` atomically; returns the paths."""
-    out = Path(out_dir)
-    write_json(out / "results.json", res)
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(to_markdown(res)))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,9 +138,7 @@ def write_results(res: dict, out_dir: str | Path) -> list:
     ax.set_title(f"{res['zoo']}: {res['pairs']} test pairs")
     ax.legend()
     fig.tight_layout()
-    atomic_write(out / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return [out / "results.json", out / "results.md", out / "curves.png"]
+    return write_report(out_dir, "results", res, to_markdown(res), fig, figure_name="curves.png")
 
 
 def dumps(res: dict) -> str:
@@ -185,8 +182,8 @@ def speed_comparison(zoo_dir: str | Path, aligner, num_pairs: int = 200, batch_s
 
 def speed_markdown(res: dict) -> str:
     """The table of a :func:`speed_comparison` result."""
+    rows = [["wm", f"{res['wm_median_seconds'] * 1000:.1f} ms", f"{res['wm_pairs_per_second']:.1f}"],
+            ["gnn, batch 1", f"{res['gnn_median_seconds'] * 1000:.1f} ms", f"{res['gnn_single_pairs_per_second']:.1f}"],
+            [f"gnn, batch {res['batch_size']}", "–", f"{res['gnn_batched_pairs_per_second']:.1f}"]]
     return (f"**{res['zoo']}**: {res['pairs']} test pairs, torch threads {res['torch_threads']}\n\n"
-            "| method | median s/pair (batch 1) | pairs/s |\n|---|---|---|\n"
-            f"| wm | {res['wm_median_seconds'] * 1000:.1f} ms | {res['wm_pairs_per_second']:.1f} |\n"
-            f"| gnn, batch 1 | {res['gnn_median_seconds'] * 1000:.1f} ms | {res['gnn_single_pairs_per_second']:.1f} |\n"
-            f"| gnn, batch {res['batch_size']} | – | {res['gnn_batched_pairs_per_second']:.1f} |\n")
+            + markdown_table(["method", "median s/pair (batch 1)", "pairs/s"], rows) + "\n")

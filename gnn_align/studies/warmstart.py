@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .archs import build_arch
-from .baselines import sinkhorn_rebasin, weight_matching
-from .bench import WARM_START_SCALE, evaluate_alignment, pair_generator
-from .permute import identity_permutation
-from .tasks import loss_label, network_task
-from .zoo.dataset import ModelZoo
-from .zoo.pairs import independent_pairs
-from .zoo.storage import atomic_write, write_json
+from ..archs import build_arch
+from ..baselines import sinkhorn_rebasin, weight_matching
+from ..methods import WARM_START_SCALE
+from ..permute import identity_permutation
+from ..tasks import loss_label, network_task
+from ..zoo.dataset import ModelZoo
+from ..zoo.pairs import independent_pairs
+from .bench import evaluate_alignment, pair_generator
+from .report import markdown_table, write_report
 
 CHECKPOINTS = (0, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300)
 
@@ -93,24 +94,25 @@ def warm_start_study(zoo_dir: str | Path, aligner, num_pairs: int = 20, seed: in
             "sweeps_to_wm": {s: _first_reach(list(range(n_sweeps)), m, wm_level) for s, m in mean_sw.items()}}
 
 
+def _curve_rows(curves: dict, reached: dict) -> list:
+    """One row per start: its mean barriers, then when it reached WM's (``never``: not within the run)."""
+    return [[name] + [f"{m:.4f}" for m in means] + ["never" if reached[name] is None else reached[name]]
+            for name, means in curves.items()]
+
+
 def to_markdown(res: dict) -> str:
+    """The Markdown report of a :func:`warm_start_study` result: Sinkhorn re-basin's table, then WM's."""
     steps = res["checkpoints"]
-    lines = [f"**{res['zoo']}**: {res['pairs']} test pairs (seed {res['seed']}); mean Deep-Align barrier "
+    n = len(next(iter(res["wm_sweeps"].values())))
+    intro = (f"**{res['zoo']}**: {res['pairs']} test pairs (seed {res['seed']}); mean Deep-Align barrier "
              f"(test {loss_label(res.get('loss', 'ce'))}); "
              f"weight matching's barrier {res['wm_barrier']:.4f}; warm starts at logit scale "
-             f"{res['init_scale']}; torch threads {res['torch_threads']}", "",
-             "| Sinkhorn re-basin from | " + " | ".join(f"{s} steps" for s in steps) + " | steps to reach WM |",
-             "|---|" + "---|" * (len(steps) + 1)]
-    for name, means in res["sinkhorn"].items():
-        reach = res["steps_to_wm"][name]
-        lines.append(f"| {name} | " + " | ".join(f"{m:.4f}" for m in means) + f" | {'never' if reach is None else reach} |")
-    n = len(next(iter(res["wm_sweeps"].values())))
-    lines += ["", "| WM from | " + " | ".join(f"{k} sweeps" for k in range(n)) + " | sweeps to reach WM |",
-              "|---|" + "---|" * (n + 1)]
-    for name, means in res["wm_sweeps"].items():
-        reach = res["sweeps_to_wm"][name]
-        lines.append(f"| {name} | " + " | ".join(f"{m:.4f}" for m in means) + f" | {'never' if reach is None else reach} |")
-    return "\n".join(lines) + "\n"
+             f"{res['init_scale']}; torch threads {res['torch_threads']}")
+    sinkhorn = markdown_table(["Sinkhorn re-basin from", *(f"{s} steps" for s in steps), "steps to reach WM"],
+                              _curve_rows(res["sinkhorn"], res["steps_to_wm"]))
+    wm = markdown_table(["WM from", *(f"{k} sweeps" for k in range(n)), "sweeps to reach WM"],
+                        _curve_rows(res["wm_sweeps"], res["sweeps_to_wm"]))
+    return f"{intro}\n\n{sinkhorn}\n\n{wm}\n"
 
 
 def write_warm_start(res: dict, out_dir: str | Path) -> list:
@@ -120,9 +122,6 @@ def write_warm_start(res: dict, out_dir: str | Path) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    write_json(out / "warmstart.json", res)
-    atomic_write(out / "warmstart.md", lambda tmp: Path(tmp).write_text(to_markdown(res)))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     for name, means in res["sinkhorn"].items():
         ax.plot([max(s, 0.5) for s in res["checkpoints"]], means, marker="o", label=f"from {name}")
@@ -136,6 +135,4 @@ def write_warm_start(res: dict, out_dir: str | Path) -> list:
         axis.legend()
     ax.set_xscale("log")
     fig.tight_layout()
-    atomic_write(out / "warmstart.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return [out / "warmstart.json", out / "warmstart.md", out / "warmstart.png"]
+    return write_report(out_dir, "warmstart", res, to_markdown(res), fig)
