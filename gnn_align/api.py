@@ -174,8 +174,8 @@ class _Prepared:
         self.spec = spec_from_module(self.module, self.example[:8])
 
 
-def _gnn_table(prep: _Prepared, aligner) -> dict:
-    """:func:`aligner_methods` of ``aligner`` (default the shipped one), once it is known to fit the model."""
+def _checked_aligner(prep: _Prepared, aligner):
+    """``aligner`` (default the shipped one), once it is known to fit the model."""
     if aligner is None:
         from .pretrained import load_pretrained
 
@@ -184,7 +184,12 @@ def _gnn_table(prep: _Prepared, aligner) -> dict:
     # a graph too large for the encoder is refused before anything is allocated
     check_aligner_memory(type(prep.module).__name__, graph_size(prep.spec), aligner.config,
                          float_bytes=next(aligner.parameters()).element_size())
-    return aligner_methods(aligner)
+    return aligner
+
+
+def _gnn_table(prep: _Prepared, aligner) -> dict:
+    """:func:`aligner_methods` of ``aligner`` (default the shipped one), once it is known to fit the model."""
+    return aligner_methods(_checked_aligner(prep, aligner))
 
 
 def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None,
@@ -342,18 +347,19 @@ def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budge
         init = [{g: torch.arange(s) for g, s in prep.spec.group_sizes.items()}]
         init += [_run(prep, 0, k, method, aligner, loss, None, budget).perm
                  for k in tqdm(range(1, n), desc="aligning to model 0", disable=not progress)]
-        perms, rounds = merge_many(prep.work, prep.spec, init, prep.gen, progress=progress)
+        match = None  # weight matching against the average of the others, unless the aligner is asked for
+        if method == "gnn":
+            learned = _checked_aligner(prep, aligner)
+            dtype = next(learned.parameters()).dtype
+            match = lambda target, state, start: learned.align({k: v.to(dtype) for k, v in target.items()},
+                                                               state, prep.spec)
+        perms, rounds = merge_many(prep.work, prep.spec, init, match, prep.gen, progress=progress)
     else:
         pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
         if method == "gnn":
             from .population import _Embedded
 
-            if aligner is None:
-                from .pretrained import load_pretrained
-
-                aligner = load_pretrained()
-            _gnn_table(prep, aligner)
-            found = _Embedded(prep, aligner).perms(pairs)
+            found = _Embedded(prep, _checked_aligner(prep, aligner)).perms(pairs)
         else:
             found = [_run(prep, i, j, method, aligner, loss, None, budget).perm
                      for i, j in tqdm(pairs, desc="aligning pairs", disable=not progress)]

@@ -4,9 +4,10 @@ Two ways, both returning one permutation per network (``apply_permutation(state_
 is network k in the shared frame):
 
 * :func:`merge_many`: Git Re-Basin's MergeMany (Ainsworth et al., 2023, Alg. 3): coordinate descent
-  that weight-matches each network in turn to the average of all the others (in the frame), until a
-  sweep changes nothing. It starts from given permutations (e.g. each network aligned to network 0 by
-  the learned aligner) or the identity.
+  that aligns each network in turn to the average of all the others (in the frame) — by weight
+  matching, or by any matcher such as the learned aligner — until a sweep changes nothing. It starts
+  from given permutations (e.g. each network aligned to network 0 by the learned aligner) or the
+  identity, and keeps the sweep whose networks lie closest to their average (:func:`spread`).
 * :func:`synchronize`: permutation synchronisation of pairwise alignments. Given ``A[i, j]`` aligning
   j to i for every pair, frame permutations ``M`` are cycle-consistent when applying ``A[i, j]`` and
   then ``M[i]`` equals ``M[j]``; each round sets ``M[j]`` to the permutation (Hungarian) that agrees
@@ -16,7 +17,7 @@ is network k in the shared frame):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -40,36 +41,54 @@ def _same(p: Mapping, q: Mapping) -> bool:
     return all(torch.equal(p[g], q[g]) for g in p)
 
 
+def spread(states: Sequence[Mapping], perms: Sequence[Mapping], spec: PermutationSpec) -> float:
+    """Mean squared distance of the networks, moved to the frame, to their average (learnable tensors):
+    what MergeMany lowers."""
+    centre = frame_average(states, perms, spec)
+    keys = spec.learnable_keys()
+    return sum(float(((apply_permutation(s, p, spec)[k].double() - centre[k]) ** 2).sum())
+               for s, p in zip(states, perms, strict=True) for k in keys) / len(states)
+
+
 def merge_many(states: Sequence[Mapping], spec: PermutationSpec, init: Sequence[Mapping] | None = None,
-               generator: torch.Generator | None = None, max_sweeps: int = 50, progress: bool = False) -> tuple:
+               match: Callable | None = None, generator: torch.Generator | None = None, max_sweeps: int = 10,
+               progress: bool = False) -> tuple:
     """MergeMany coordinate descent (module docstring).
 
     Args:
         states: N >= 2 state dicts of one architecture.
         spec: their permutation symmetry.
         init: one starting permutation per network (default the identity).
+        match: ``match(target, state, init) -> perm`` aligning ``state`` to ``target`` (the average of
+            the others); default weight matching started from ``init``. A learned aligner fits here.
         generator: source of the random order of every sweep (and of weight matching's group order).
         max_sweeps: bound on the number of sweeps.
         progress: a progress bar over sweeps.
 
     Returns:
-        ``(perms, sweeps)``: one permutation per network into the shared frame, and the number of
-        sweeps run (the last one changed nothing unless ``max_sweeps`` was reached).
+        ``(perms, sweeps)``: one permutation per network into the shared frame — those of the sweep
+        with the lowest :func:`spread` (the initial ones included) — and the number of sweeps run
+        (the last one changed nothing unless ``max_sweeps`` was reached).
     """
+    if match is None:
+        match = lambda target, state, start: weight_matching(target, state, spec, init=start, generator=generator,
+                                                             progress=False).perm
     n = len(states)
     perms = [dict(p) for p in init] if init is not None else [identity_permutation(spec) for _ in range(n)]
+    best, best_spread = list(perms), spread(states, perms, spec)
     sweeps = 0
     for sweeps in tqdm(range(1, max_sweeps + 1), desc="MergeMany sweeps", disable=not progress):
         changed = False
         for k in torch.randperm(n, generator=generator).tolist():
-            target = frame_average(states, perms, spec, skip=k)
-            new = weight_matching(target, states[k], spec, init=perms[k], generator=generator,
-                                  progress=False).perm
+            new = match(frame_average(states, perms, spec, skip=k), states[k], perms[k])
             changed |= not _same(new, perms[k])
             perms[k] = new
+        current = spread(states, perms, spec)
+        if current < best_spread:
+            best, best_spread = list(perms), current
         if not changed:
             break
-    return perms, sweeps
+    return best, sweeps
 
 
 def _votes(perms: Sequence[Mapping], group: str, size: int) -> torch.Tensor:

@@ -29,13 +29,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .api import _gnn_table, _Prepared, _run
+from .api import _checked_aligner, _Prepared, _run
 from .errors import GNNAlignError
 from .metrics import barrier, input_batches, interpolation_curve
 from .permute import apply_permutation, invert_permutation
 from .provenance import weights_hash as fingerprint
 from .spec import PermutationSpec
-from .zoo.storage import atomic_write, write_json
+from .io import atomic_write, write_json
 
 
 def _keysets(spec: PermutationSpec) -> dict:
@@ -265,11 +265,7 @@ def _distances(prep: _Prepared, pairs: list, method: str, aligner, loss: str, pr
 
     embedded = None
     if method == "gnn":
-        if aligner is None:
-            from .pretrained import load_pretrained
-
-            aligner = load_pretrained()
-        _gnn_table(prep, aligner)  # coverage and memory checks, as align() makes them
+        aligner = _checked_aligner(prep, aligner)  # coverage and memory checks, as align() makes them
     prints = [fingerprint(s) for s in prep.states]
     folder = None if cache is None else _open_cache(cache, _meta(prep, prints, pairs, method, aligner, chunk))
     names = list(prep.spec.group_sizes)

@@ -33,7 +33,8 @@ from gnn_align.archs import build_arch
 from gnn_align.metrics import accuracy, barrier, interpolation_curve
 from gnn_align.population import distance, distances_to, pairwise
 from gnn_align.pretrained import load_pretrained
-from gnn_align.provenance import provenance, write_report
+from gnn_align.provenance import provenance
+from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs, planted_pair
 
@@ -137,16 +138,16 @@ def markdown(res: dict) -> str:
         r = res["retrieval"]
         lines += ["", f"Retrieval: a permuted, augmented copy of each of {r['queries']} networks among the "
                   f"{r['gallery']} originals; nearest neighbour is the original:", "",
-                  "| distance | hits | seconds |", "|---|---|---|",
-                  f"| gnn | {r['gnn']['hits']}/{r['gnn']['of']} | {r['gnn']['seconds']:.1f} |",
-                  f"| wm | {r['wm']['hits']}/{r['wm']['of']} | {r['wm']['seconds']:.1f} |",
-                  f"| raw weights | {r['raw']['hits']}/{r['raw']['of']} | – |"]
+                  markdown_table(["distance", "hits", "seconds"],
+                                 [[k, f"{r[k]['hits']}/{r[k]['of']}", f"{r[k].get('seconds', float('nan')):.1f}"]
+                                  for k in ("gnn", "wm", "raw")])]
     if "meaning" in res:
         m = res["meaning"]
         lines += ["", f"Meaning: Spearman correlation of distance and barrier after the same alignment, "
-                  f"{m['pairs']} pairs:", "", "| alignment | Spearman | mean distance | mean barrier |", "|---|---|---|---|"]
-        lines += [f"| {k} | {m[k]['spearman']:.3f} | {m[k]['mean_distance']:.4f} | {m[k]['mean_barrier']:.4f} |"
-                  for k in ("gnn", "wm", "raw")]
+                  f"{m['pairs']} pairs:", "",
+                  markdown_table(["alignment", "Spearman", "mean distance", "mean barrier"],
+                                 [[k, f"{m[k]['spearman']:.3f}", f"{m[k]['mean_distance']:.4f}",
+                                   f"{m[k]['mean_barrier']:.4f}"] for k in ("gnn", "wm", "raw")])]
     if "scale" in res:
         s = res["scale"]
         lines += ["", f"Scale: the full matrix of {s['networks']} networks ({s['pairs']} pairs): gnn "
@@ -158,9 +159,10 @@ def markdown(res: dict) -> str:
         g = res["merging"]
         lines += ["", f"Merging {g['size']} networks with no data, {g['groups']} groups (mean test accuracy of the "
                   f"models {g['models_acc_mean']:.4f}):", "",
-                  "| merge | test accuracy (mean) | barrier to the centre (mean / max) | seconds |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['acc_mean']:.4f} | {v['barrier_to_centre_mean']:.4f} / "
-                  f"{v['barrier_to_centre_max']:.4f} | {v['seconds_mean']:.1f} |" for k, v in g["methods"].items()]
+                  markdown_table(["merge", "test accuracy (mean)", "barrier to the centre (mean / max)", "seconds"],
+                                 [[k, f"{v['acc_mean']:.4f}", f"{v['barrier_to_centre_mean']:.4f} / "
+                                   f"{v['barrier_to_centre_max']:.4f}", f"{v['seconds_mean']:.1f}"]
+                                  for k, v in g["methods"].items()])]
     return "\n".join(lines) + "\n"
 
 
@@ -191,7 +193,7 @@ def main() -> None:
         res["scale"] = scale(zoo, net, aligner, args.wm_sample, args.seed)
     if "merging" in parts:
         res["merging"] = merging(zoo, net, aligner, args.groups, 8, args.seed)
-    write_report(args.out, "population", res, markdown(res), None)
+    write_report(args.out, "population", res, markdown(res), echo=True)
 
 
 if __name__ == "__main__":
