@@ -40,7 +40,6 @@ from gnn_align.errors import GNNAlignError
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
 from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import matching_accuracy
-from gnn_align.permute import invert_permutation
 from gnn_align.runconfig import parse_dataclass_args
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs, member_weights, planted_pair, sample_networks
@@ -265,8 +264,8 @@ class Trainer:
                 targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
                 for t, r in enumerate(rows):
                     k, g = groups[r]
-                    inv = invert_permutation(planted[k].perm)[g]
-                    targets[t, :len(inv)] = inv
+                    target = planted[k].target[g]
+                    targets[t, :len(target)] = target
                 losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
         if unlabelled:
             mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):]
@@ -297,8 +296,7 @@ class Trainer:
         al.eval()
         preds = al.predict([self.graph(p.a, zoo, p.member) for p in self.val_planted],
                            [self.graph(p.b, zoo, p.member) for p in self.val_planted])
-        acc = sum(matching_accuracy(pr, invert_permutation(p.perm)) for pr, p in zip(preds, self.val_planted,
-                                                                                        strict=True))
+        acc = sum(matching_accuracy(pr, p.target) for pr, p in zip(preds, self.val_planted, strict=True))
         barriers = [self.barrier(i, j, lambda c: al.align(c.state_a, c.state_b, c.spec)) for i, j in self.val_pairs]
         al.train(was_training)
         record = {"val_planted_acc": acc / len(self.val_planted), "val_barrier": sum(barriers) / len(barriers)}
