@@ -34,11 +34,11 @@ from gnn_align import distributed as ddp
 from gnn_align import to_graph
 from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
-from gnn_align.bench import evaluate_alignment, register_aligner, run_benchmark, to_markdown, write_results
+from gnn_align.bench import evaluate_alignment, run_benchmark, to_markdown, write_results
 from gnn_align.checkpoint import load_training_state, save_training_state
 from gnn_align.errors import GNNAlignError
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
-from gnn_align.methods import METHODS, PairContext
+from gnn_align.methods import METHODS, PairContext, aligner_methods, method_table
 from gnn_align.metrics import matching_accuracy
 from gnn_align.runconfig import parse_dataclass_args
 from gnn_align.tasks import network_task
@@ -180,7 +180,7 @@ class Trainer:
                             for i in torch.randint(0, len(self.val_zoo), (cfg.val_planted,), generator=vgen)]
         self.val_pairs = independent_pairs(self.val_zoo, cfg.val_pairs, vgen)
         # weight matching's validation barriers, once (only rank 0 validates)
-        self.val_wm = ([self.barrier(i, j, METHODS["wm"][0]) for i, j in self.val_pairs]
+        self.val_wm = ([self.barrier(i, j, METHODS["wm"]) for i, j in self.val_pairs]
                        if cfg.select == "wm_ratio" and info.is_main else None)
 
     @property
@@ -462,8 +462,10 @@ def main(cfg: Config) -> Path:
     train(cfg)
     out = Path(cfg.out)
     if cfg.bench_pairs and int(os.environ.get("RANK", "0")) == 0:
-        names = ["naive", "wm", "am", "sinkhorn"] + register_aligner(load_aligner(out))
-        res = run_benchmark(Path(cfg.zoo_root) / cfg.zoo, names, num_pairs=cfg.bench_pairs, seed=cfg.seed)
+        aligner = load_aligner(out)
+        names = ["naive", "wm", "am", "sinkhorn"] + list(aligner_methods(aligner))
+        res = run_benchmark(Path(cfg.zoo_root) / cfg.zoo, names, num_pairs=cfg.bench_pairs, seed=cfg.seed,
+                            table=method_table(aligner))
         write_results(res, out / "bench")
         print(to_markdown(res))
     return out

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .errors import GNNAlignError
 from .memory import check_aligner_memory, graph_size
-from .methods import METHODS, PairContext, aligner_methods
+from .methods import METHODS, Method, PairContext, method_names, method_table
 from .metrics import input_batches, recompute_bn_stats
 from .models import check_state
 from .models import example_input as guess_input
@@ -29,7 +29,9 @@ from .refine import AUTO_BUDGET
 from .spec import PermutationSpec
 from .trace import spec_from_module
 
-ALIGN_METHODS = ("auto", "gnn", "wm", "am", "sinkhorn", "ste", "gnn+wm", "gnn+sinkhorn", "gnn+ste")
+#: the methods :func:`align` and :func:`merge` offer: the registry's and a learned aligner's (:func:`method_names`),
+#: less ``naive`` (the benchmark's baseline, the identity)
+ALIGN_METHODS = tuple(m for m in method_names() if m != "naive")
 #: tolerance of the function check (times max(1, max |B(x)|)) by the dtype it runs in; 16-bit: 1e-2
 CHECK_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -175,7 +177,7 @@ class _Prepared:
 
 
 def _gnn_table(prep: _Prepared, aligner) -> dict:
-    """:func:`aligner_methods` of ``aligner`` (default the shipped one), once it is known to fit the model."""
+    """:func:`method_table` of ``aligner`` (default the shipped one), once it is known to fit the model."""
     if aligner is None:
         from .pretrained import load_pretrained
 
@@ -184,7 +186,7 @@ def _gnn_table(prep: _Prepared, aligner) -> dict:
     # a graph too large for the encoder is refused before anything is allocated
     check_aligner_memory(type(prep.module).__name__, graph_size(prep.spec), aligner.config,
                          float_bytes=next(aligner.parameters()).element_size())
-    return aligner_methods(aligner)
+    return method_table(aligner)
 
 
 def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None,
@@ -193,7 +195,7 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALIGN_METHODS)}")
     table, note = METHODS, ""
     if not prep.spec.group_sizes:  # no hidden neurons: the empty alignment, whatever the method
-        table, note = {method: (lambda c: {},)}, "no hidden neurons to align"
+        table, note = {method: Method(method, lambda c: {})}, "no hidden neurons to align"
     elif method.startswith("gnn"):
         table = _gnn_table(prep, aligner)
     elif method == "auto":
@@ -204,7 +206,7 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
     sb = prep.states[b]
     ctx = PairContext(prep.module, prep.spec, prep.work[a], prep.work[b], prep.x, prep.y, loss, prep.gen, budget)
     t0 = time.perf_counter()
-    perm = table[method][0](ctx)
+    perm = table[method](ctx)
     seconds = time.perf_counter() - t0
     state = apply_permutation(sb, perm, prep.spec)
     delta, scale, dtype = _max_abs_diff(prep.module, sb, state, prep.example)

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from gnn_align.aligner import load_aligner
-from gnn_align.bench import register_aligner, run_benchmark
+from gnn_align.bench import run_benchmark
+from gnn_align.methods import method_table
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance, weights_hash, write_report
 from gnn_align.zoo import ModelZoo
@@ -39,14 +40,15 @@ def family(member: dict) -> str:
 
 def run(args) -> dict:
     runs = dict(r.split("=", 1) for r in args.run)
-    names = []
+    names, table = [], method_table()
     info = {}
     for name, path in runs.items():
         if path == "pretrained" or path.startswith("pretrained:"):
             al = load_pretrained(*path.split(":")[1:])
         else:
             al = load_aligner(path)
-        names += register_aligner(al, name=name)[:1]
+        table = method_table(al, name=name, base=table)
+        names.append(name)
         info[name] = {"run": path, "weights_sha256": weights_hash(al), "config": al.config}
     methods = ["wm", "am", *names]
     root = Path(args.root) / args.zoo
@@ -62,7 +64,7 @@ def run(args) -> dict:
             if len(view.indices_of(m)) < 2:
                 continue
             res = run_benchmark(root, methods, num_pairs=pairs, split=split, member=member["name"], progress=False,
-                                reset_bn=True, seed=args.seed)
+                                reset_bn=True, seed=args.seed, table=table)
             bar = {k: s["barrier_deepalign"]["mean"] for k, s in res["methods"].items()}
             rows.append({"member": member["name"], "family": family(member), "split": split, "pairs": res["pairs"],
                          "barrier": bar})

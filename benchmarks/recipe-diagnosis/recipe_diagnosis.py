@@ -96,7 +96,7 @@ def run(args) -> dict:
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(args.seed, i, j))
             for name, values in barriers.items():
                 t0 = time.perf_counter()
-                perm = (METHODS[name][0](ctx) if name in ("wm", "am")
+                perm = (METHODS[name](ctx) if name in ("wm", "am")
                         else variants[name].align(a, b, spec))
                 seconds[name] += time.perf_counter() - t0
                 values.append(evaluate_alignment(module, a, b, perm, spec, task, reset_bn=bn)[0]["barrier_deepalign"])

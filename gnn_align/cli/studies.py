@@ -98,7 +98,8 @@ def _guarded(args: argparse.Namespace, compute):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..bench import dumps, register_aligner, run_benchmark, to_markdown, write_results
+    from ..bench import dumps, run_benchmark, to_markdown, write_results
+    from ..methods import method_table
     from ..provenance import provenance
     from .models import _aligner
 
@@ -113,11 +114,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     def compute() -> dict:
         aligner = _aligner(args.aligner)
-        if aligner is not None:
-            register_aligner(aligner)
         res = run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
                             num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json,
-                            split=args.split, member=args.member)
+                            split=args.split, member=args.member, table=method_table(aligner))
         return res | {"provenance": provenance(aligner=args.aligner, aligner_model=aligner)}
 
     res = _guarded(args, compute)
