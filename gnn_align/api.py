@@ -134,7 +134,7 @@ def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
     from .pretrained import coverage_problems, signature
 
     sig = signature(spec, module)
-    edge_dim = aligner.config["edge_dim"]
+    edge_dim = aligner.config.edge_dim
     if max(sig["edge_lens"], default=0) > edge_dim:
         raise GNNAlignError(f"the aligner reads edges of at most {edge_dim} values; this network has kernels of "
                             f"{max(sig['edge_lens'])}: use method 'wm'")
@@ -181,7 +181,7 @@ def _gnn_table(prep: _Prepared, aligner) -> dict:
     if aligner is None:
         from .pretrained import load_pretrained
 
-        aligner = load_pretrained()
+        aligner = load_pretrained()  # the shipped name, whatever folders the working directory holds
     _check_coverage(aligner, prep.spec, prep.module)
     # a graph too large for the encoder is refused before anything is allocated
     check_aligner_memory(type(prep.module).__name__, graph_size(prep.spec), aligner.config,

@@ -162,7 +162,7 @@ def speed_comparison(zoo_dir: str | Path, aligner, num_pairs: int = 200, batch_s
     zoo = ModelZoo(str(zoo_dir), split="test", log=False)
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
     states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.spec(zoo.member_of(i))) for i, j in pairs]
-    d = aligner.config["edge_dim"]
+    d = aligner.config.edge_dim
     single, wm = [], []
     for k, (a, b, spec) in enumerate(states):
         t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 from gnn_align.aligner import load_aligner
 from gnn_align.bench import run_benchmark
 from gnn_align.methods import method_table
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance, weights_hash, write_report
 from gnn_align.zoo import ModelZoo
 from gnn_align.zoo.storage import ZooError, atomic_write
@@ -43,13 +43,11 @@ def run(args) -> dict:
     names, table = [], method_table()
     info = {}
     for name, path in runs.items():
-        if path == "pretrained" or path.startswith("pretrained:"):
-            al = load_pretrained(*path.split(":")[1:])
-        else:
-            al = load_aligner(path)
+        shipped = path == "pretrained" or path.startswith("pretrained:")
+        al = load_aligner((path.partition(":")[2] or DEFAULT) if shipped else path)
         table = method_table(al, name=name, base=table)
         names.append(name)
-        info[name] = {"run": path, "weights_sha256": weights_hash(al), "config": al.config}
+        info[name] = {"run": path, "weights_sha256": weights_hash(al), "config": al.config.to_dict()}
     methods = ["wm", "am", *names]
     root = Path(args.root) / args.zoo
     rows = []

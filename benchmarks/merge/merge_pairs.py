@@ -21,7 +21,7 @@ from gnn_align.aligner import load_aligner
 from gnn_align.api import merge
 from gnn_align.archs import build_arch
 from gnn_align.metrics import accuracy
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--out", default="results/merge")
     args = p.parse_args()
     methods = args.methods.split(",")
-    aligner = load_aligner(args.aligner) if args.aligner else load_pretrained()
+    aligner = load_aligner(args.aligner or DEFAULT)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="test", log=False)
     rows = []
     for i, j in independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(args.seed)):

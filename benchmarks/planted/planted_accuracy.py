@@ -19,7 +19,7 @@ from gnn_align.aligner import load_aligner
 from gnn_align.baselines import weight_matching
 from gnn_align.graph import to_graph
 from gnn_align.metrics import exact_recovery, matching_accuracy
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance
 from gnn_align.zoo import ModelZoo, planted_pair
 from gnn_align.zoo.storage import atomic_write, write_json
@@ -38,10 +38,10 @@ def main(argv: list | None = None) -> dict:
     p.add_argument("--member", default=None, help="only this member (architecture) of the zoo")
     p.add_argument("--wm", action="store_true", help="also score weight matching on the same planted pairs")
     args = p.parse_args(argv)
-    al = load_pretrained() if args.aligner == "pretrained" else load_aligner(args.aligner)
+    al = load_aligner(DEFAULT if args.aligner == "pretrained" else args.aligner)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split=args.split, log=False)
     idx = zoo.indices_of(zoo.member_index(args.member)) if args.member else list(range(len(zoo)))
-    gen, d = torch.Generator().manual_seed(args.seed), al.config["edge_dim"]
+    gen, d = torch.Generator().manual_seed(args.seed), al.config.edge_dim
     pairs = [planted_pair(zoo, idx[i % len(idx)], gen) for i in range(args.pairs)]
     acc, exact = [], []
     for s in range(0, len(pairs), args.batch):

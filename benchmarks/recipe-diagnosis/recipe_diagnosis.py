@@ -28,7 +28,7 @@ from gnn_align.archs import build_arch
 from gnn_align.bench import evaluate_alignment, pair_generator
 from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import input_batches
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance, write_report
 from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo, independent_pairs
@@ -69,7 +69,7 @@ def probe_only(aligner):
 
 def run(args) -> dict:
     zoo_all = ModelZoo(str(Path(args.zoo_root) / args.zoo), log=False)
-    aligner = load_pretrained() if args.aligner == "pretrained" else load_aligner(args.aligner)
+    aligner = load_aligner(DEFAULT if args.aligner == "pretrained" else args.aligner)
     variants = {"gnn": aligner, "gnn-probe": probe_only(aligner)}
     rows = []
     for mi, member in enumerate(zoo_all.members):

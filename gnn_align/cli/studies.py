@@ -164,7 +164,8 @@ def _speed(args: argparse.Namespace) -> int:
 def _aligner_study_args(p: argparse.ArgumentParser, pairs: int, out: str) -> None:
     """The options shared by the commands that study a trained aligner on a zoo's test pairs."""
     p.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
-    p.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
+    p.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner), a weights file or "
+                   "a shipped aligner's name")
     p.add_argument("--root", default="data/zoos", help="folder holding built zoos (default data/zoos)")
     p.add_argument("--pairs", type=int, default=pairs, help=f"number of test pairs (default {pairs})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
