@@ -33,12 +33,12 @@ from tqdm.auto import tqdm
 from gnn_align import to_graph
 from gnn_align.aligner import GNNAligner, load_aligner
 from gnn_align.archs import build_arch
+from gnn_align.config import AlignerConfig, upgrade_keys
 from gnn_align.errors import GNNAlignError
 from gnn_align.io import atomic_write, write_json
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
-from gnn_align.methods import METHODS, PairContext, register_aligner
+from gnn_align.methods import METHODS, PairContext, aligner_methods, method_table
 from gnn_align.metrics import matching_accuracy
-from gnn_align.permute import invert_permutation
 from gnn_align.studies.bench import evaluate_alignment, run_benchmark, to_markdown, write_results
 from gnn_align.tasks import network_task
 from gnn_align.training import distributed as ddp
@@ -46,21 +46,25 @@ from gnn_align.training.checkpoint import load_training_state, save_training_sta
 from gnn_align.training.runconfig import parse_dataclass_args
 from gnn_align.zoo import ModelZoo, independent_pairs, member_weights, planted_pair, sample_networks
 
+#: the defaults of the aligner's fields of :class:`Config`: :class:`~gnn_align.config.AlignerConfig`'s (the one set)
+_ALIGNER = AlignerConfig()
+
 
 @dataclass
 class Config:
-    """Every setting of a training run (the command line is generated from these fields)."""
+    """Every setting of a training run (the command line is generated from these fields). The aligner's
+    settings have :class:`~gnn_align.config.AlignerConfig`'s names and defaults."""
 
     zoo: str = "digits-mlp"  # zoo to train on (built with `python -m datasets build` if missing)
     zoo_root: str = "data/zoos"  # folder of built zoos
     out: str = "runs/digits-mlp"  # run folder
-    hidden: int = 32  # encoder width
-    layers: int = 0  # message-passing rounds after the probe pass
-    conv: str = "weight"  # message passing: weight (WeightConv, dense, no edge states) or edge (NetConv)
-    scale_invariant: bool = True  # node parameters divided by their RMS over their layer
-    edge_hidden: int = 4  # edge state width (conv=edge)
-    head_scale: float = 5.0  # initial scale s of the scores s² cos(f_A, f_B)
-    probes: int = 128  # probe channels (network run on learned virtual inputs/outputs; 0: none)
+    hidden: int = _ALIGNER.hidden  # encoder width
+    num_layers: int = _ALIGNER.num_layers  # message-passing rounds after the probe pass
+    conv: str = _ALIGNER.conv  # message passing: weight (WeightConv, dense, no edge states) or edge (NetConv)
+    scale_invariant: bool = _ALIGNER.scale_invariant  # node parameters divided by their RMS over their layer
+    edge_hidden: int = _ALIGNER.edge_hidden  # edge state width (conv=edge)
+    head_scale: float = _ALIGNER.head_scale  # initial scale s of the scores s² cos(f_A, f_B)
+    probes: int = _ALIGNER.probes  # probe channels (network run on learned virtual inputs/outputs; 0: none)
     epochs: int = 3
     steps_per_epoch: int = 100
     planted_per_step: int = 2  # planted pairs per step
@@ -86,6 +90,12 @@ class Config:
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (0: off)
     select: str = "barrier"  # best epoch by: barrier (mean validation barrier) or wm_ratio (relative to WM)
 
+    def aligner_config(self, edge_dim: int, activation: str = "relu", w0: float = 1.0) -> AlignerConfig:
+        """The architecture of the run's aligner: its fields named as AlignerConfig's, and what the zoo
+        decides (the graphs' edge width, the networks' activation and SIREN frequency)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in AlignerConfig.names()}
+        return AlignerConfig(**own, edge_dim=edge_dim, activation=activation, w0=w0)
+
 
 #: named sets of Config defaults (``--preset NAME``; flags given on the command line still win)
 PRESETS = {
@@ -99,7 +109,7 @@ PRESETS = {
               "ema": 0.995, "select": "wm_ratio", "val_pairs": 144, "bench_pairs": 0},
     # the mixed preset on networks of many training recipes too (zoo mixed-recipes), with two rounds
     # of WeightConv message passing after the probe pass and node parameters normalised per layer
-    "v2": {"zoo": "mixed-recipes", "out": "runs/v2", "hidden": 64, "layers": 2, "conv": "weight",
+    "v2": {"zoo": "mixed-recipes", "out": "runs/v2", "hidden": 64, "num_layers": 2, "conv": "weight",
            "scale_invariant": True, "epochs": 24, "steps_per_epoch": 150, "planted_per_step": 4,
            "unlabelled_per_step": 4, "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2",
            "ema": 0.995, "select": "wm_ratio", "val_pairs": 64, "bench_pairs": 0},
@@ -111,8 +121,9 @@ DERIVED_KEYS = ("edge_dim", "aligner")
 
 
 def parse_config(argv: list | None = None) -> Config:
-    """Config from the command line: dataclass defaults < ``--preset`` < ``--config FILE`` < flags."""
-    return parse_dataclass_args(Config, argv, PRESETS, DERIVED_KEYS, __doc__.split("\n\n")[0])
+    """Config from the command line: dataclass defaults < ``--preset`` < ``--config FILE`` < flags (a file
+    of an older run that says ``layers`` is read as ``num_layers``: :func:`~gnn_align.config.upgrade_keys`)."""
+    return parse_dataclass_args(Config, argv, PRESETS, DERIVED_KEYS, __doc__.split("\n\n")[0], upgrade=upgrade_keys)
 
 
 def ensure_zoo(cfg: Config) -> Path:
@@ -154,10 +165,7 @@ class Trainer:
         (activation, w0), = acts
         with torch.random.fork_rng():  # initialise from the run's seed without touching the global RNG
             torch.manual_seed(cfg.seed)
-            self.aligner = GNNAligner(cfg.hidden, cfg.layers, self.edge_dim, edge_hidden=cfg.edge_hidden,
-                                      head_scale=cfg.head_scale, probes=cfg.probes,
-                                      activation=activation, w0=w0, conv=cfg.conv,
-                                      scale_invariant=cfg.scale_invariant)
+            self.aligner = GNNAligner(cfg.aligner_config(self.edge_dim, activation, w0))
         # DDP all-reduces (averages) the gradients; one process calls the aligner directly
         self.model = torch.nn.parallel.DistributedDataParallel(self.aligner) if info.active else self.aligner
         self.opt = torch.optim.AdamW(self.aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -181,7 +189,7 @@ class Trainer:
                             for i in torch.randint(0, len(self.val_zoo), (cfg.val_planted,), generator=vgen)]
         self.val_pairs = independent_pairs(self.val_zoo, cfg.val_pairs, vgen)
         # weight matching's validation barriers, once (only rank 0 validates)
-        self.val_wm = ([self.barrier(i, j, METHODS["wm"][0]) for i, j in self.val_pairs]
+        self.val_wm = ([self.barrier(i, j, METHODS["wm"]) for i, j in self.val_pairs]
                        if cfg.select == "wm_ratio" and info.is_main else None)
 
     @property
@@ -265,8 +273,8 @@ class Trainer:
                 targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
                 for t, r in enumerate(rows):
                     k, g = groups[r]
-                    inv = invert_permutation(planted[k].perm)[g]
-                    targets[t, :len(inv)] = inv
+                    target = planted[k].target[g]
+                    targets[t, :len(target)] = target
                 losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
         if unlabelled:
             mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):]
@@ -297,8 +305,7 @@ class Trainer:
         al.eval()
         preds = al.predict([self.graph(p.a, zoo, p.member) for p in self.val_planted],
                            [self.graph(p.b, zoo, p.member) for p in self.val_planted])
-        acc = sum(matching_accuracy(pr, invert_permutation(p.perm)) for pr, p in zip(preds, self.val_planted,
-                                                                                        strict=True))
+        acc = sum(matching_accuracy(pr, p.target) for pr, p in zip(preds, self.val_planted, strict=True))
         barriers = [self.barrier(i, j, lambda c: al.align(c.state_a, c.state_b, c.spec)) for i, j in self.val_pairs]
         al.train(was_training)
         record = {"val_planted_acc": acc / len(self.val_planted), "val_barrier": sum(barriers) / len(barriers)}
@@ -330,12 +337,13 @@ RUNTIME_FIELDS = ("threads", "resume", "bench_pairs", "checkpoint_every")
 
 
 def _read_run_config(out: Path) -> dict | None:
-    """The run's ``config.json``, or ``None`` when it is missing or not a readable JSON object."""
+    """The run's ``config.json`` (old setting names upgraded), or ``None`` when it is missing or not a
+    readable JSON object."""
     try:
         old = json.loads((out / "config.json").read_text())
+        return upgrade_keys(old) if isinstance(old, dict) else None
     except (OSError, ValueError):
         return None
-    return old if isinstance(old, dict) else None
 
 
 def _same_run(out: Path, cfg: Config) -> bool:
@@ -390,8 +398,8 @@ def _check_architecture(out: Path, trainer: Trainer) -> None:
     old = _read_run_config(out)
     if old is None or "aligner" not in old:
         return  # nothing recorded: the checkpoint's own shapes are checked when it is loaded
-    recorded = dict(old["aligner"], edge_dim=old.get("edge_dim", old["aligner"].get("edge_dim")))
-    now = dict(trainer.aligner.config, edge_dim=trainer.edge_dim)
+    recorded = dict(upgrade_keys(old["aligner"]), edge_dim=old.get("edge_dim", old["aligner"].get("edge_dim")))
+    now = dict(trainer.aligner.config.to_dict(), edge_dim=trainer.edge_dim)
     # keys a run of an older version did not record are left to the checkpoint's shape check
     changed = [k for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]]
     if changed:
@@ -419,7 +427,7 @@ def _train(cfg: Config, info: ddp.DistInfo) -> Trainer:
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", dataclasses.asdict(cfg) | {"edge_dim": trainer.edge_dim,
-                                                                   "aligner": trainer.aligner.config})
+                                                                   "aligner": trainer.aligner.config.to_dict()})
         if same and not cfg.resume:
             print(f"{out} holds a run with this config: continuing it (its aligner is loaded if it finished; "
                   "use another --out to train afresh)")
@@ -464,8 +472,10 @@ def main(cfg: Config) -> Path:
     train(cfg)
     out = Path(cfg.out)
     if cfg.bench_pairs and int(os.environ.get("RANK", "0")) == 0:
-        names = ["naive", "wm", "am", "sinkhorn"] + register_aligner(load_aligner(out))
-        res = run_benchmark(Path(cfg.zoo_root) / cfg.zoo, names, num_pairs=cfg.bench_pairs, seed=cfg.seed)
+        aligner = load_aligner(out)
+        names = ["naive", "wm", "am", "sinkhorn"] + list(aligner_methods(aligner))
+        res = run_benchmark(Path(cfg.zoo_root) / cfg.zoo, names, num_pairs=cfg.bench_pairs, seed=cfg.seed,
+                            table=method_table(aligner))
         write_results(res, out / "bench")
         print(to_markdown(res))
     return out

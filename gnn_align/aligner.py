@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
+from .config import AlignerConfig, resolve
 from .errors import GNNAlignError
 from .graph import NetGraph, to_graph
 from .nn import MatchingHead, NetEncoder, pool_groups
@@ -26,29 +27,19 @@ class GNNAligner(nn.Module):
     follows the package's convention: ``apply_permutation(theta_B, perm, spec)`` is B aligned to A.
 
     Args:
-        hidden: width of the encoder states.
-        num_layers: message-passing rounds.
-        edge_dim: edge feature width of the graphs it reads.
-        edge_hidden: width of the encoder's edge states.
-        head_scale: initial value of the head's scale s (scores are s² cos).
-        probes: probe channels of the encoder's :class:`~gnn_align.nn.ProbePass` (0: none).
-        activation, w0: the hidden activation of the networks it aligns (``relu``, ``tanh``, or
-            ``sine`` with SIREN's frequency ``w0``), used by the probe pass.
-        conv: the message-passing layer, ``weight`` (:class:`~gnn_align.nn.WeightConv`) or ``edge``
-            (:class:`~gnn_align.nn.NetConv`).
-        scale_invariant: normalise node parameters per layer (:func:`~gnn_align.nn.encoder.nodeset_normalize`).
+        config: its architecture (default :class:`~gnn_align.config.AlignerConfig` (), ``train.py``'s
+            defaults); kept as :attr:`config`.
+        **overrides: settings that replace the config's, by name (``GNNAligner(hidden=64, probes=0)``).
+
+    Raises:
+        GNNAlignError: an unknown setting, named.
     """
 
-    def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, edge_hidden: int = 16,
-                 head_scale: float = 1.0, probes: int = 0, activation: str = "relu", w0: float = 1.0,
-                 conv: str = "weight", scale_invariant: bool = True):
+    def __init__(self, config: AlignerConfig | None = None, **overrides):
         super().__init__()
-        self.config = {"hidden": hidden, "num_layers": num_layers, "edge_dim": edge_dim, "edge_hidden": edge_hidden,
-                       "head_scale": head_scale, "probes": probes, "activation": activation, "w0": w0,
-                       "conv": conv, "scale_invariant": scale_invariant}
-        self.encoder = NetEncoder(hidden, num_layers, edge_dim, edge_hidden=edge_hidden, probes=probes,
-                                  activation=activation, w0=w0, conv=conv, scale_invariant=scale_invariant)
-        self.head = MatchingHead(head_scale)
+        self.config = resolve(config, overrides)
+        self.encoder = NetEncoder(self.config)
+        self.head = MatchingHead(self.config.head_scale)
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
@@ -124,29 +115,67 @@ class GNNAligner(nn.Module):
               spec_b: PermutationSpec | None = None) -> dict:
         """The permutation aligning B to A (one pair); ``spec_b``: B's spec when B is a wider copy
         of A (then a partial match, see :func:`~gnn_align.partial.extract_subnetwork`)."""
-        d = self.config["edge_dim"]
+        d = self.config.edge_dim
         return self.predict([to_graph(state_a, spec, edge_dim=d)],
                             [to_graph(state_b, spec if spec_b is None else spec_b, edge_dim=d)])[0]
 
 
-def load_aligner(run_dir: str | Path) -> GNNAligner:
-    """The best aligner of a training run: architecture from ``config.json``, weights from
-    ``aligner.safetensors`` (no unpickling). Raises :class:`GNNAlignError` naming a missing file."""
+def load_aligner(path_or_name: str | Path) -> GNNAligner:
+    """A trained aligner, in eval mode, from any of:
+
+    * a ``train.py`` run folder: architecture from its ``config.json``, weights (the best epoch's) from
+      its ``aligner.safetensors``;
+    * a weights file ``X.safetensors``, described by ``X.json`` beside it (a shipped aligner's metadata)
+      or else by the ``config.json`` of its folder (a run's);
+    * the name of an aligner shipped in the package (``"mixed"``, ``"v2"``; see
+      :func:`gnn_align.pretrained.available`). A path that exists wins over a name.
+
+    Weights are read with safetensors (no unpickling). An aligner described by shipped metadata keeps
+    it as ``.meta`` (what :func:`gnn_align.align` checks new models against).
+
+    Raises:
+        GNNAlignError: one line naming the missing, unreadable or mismatched file, or the unknown name
+            with the shipped ones.
+    """
+    src = Path(path_or_name)
+    if src.is_dir():
+        config, weights = src / "config.json", src / "aligner.safetensors"
+        for f in (config, weights):
+            if not f.is_file():
+                raise GNNAlignError(f"{f}: not found (is {src} a finished train.py run folder?)")
+    elif src.is_file():
+        weights, config = src, src.with_suffix(".json")
+        config = config if config.is_file() else src.parent / "config.json"
+        if not config.is_file():
+            raise GNNAlignError(f"{src}: neither {src.with_suffix('.json').name} nor config.json beside it "
+                                "describes the aligner")
+    else:
+        from .pretrained import HERE, available
+
+        name = str(path_or_name)
+        if name not in available() or not (HERE / f"{name}.json").is_file():
+            raise GNNAlignError(f"no aligner '{name}': not a run folder, a weights file or a shipped aligner "
+                                f"(shipped: {', '.join(available()) or 'none'})")
+        weights, config = HERE / f"{name}.safetensors", HERE / f"{name}.json"
+    return _load_files(config, weights)
+
+
+def _load_files(config: Path, weights: Path) -> GNNAligner:
+    """The aligner described by ``config`` (a run's ``config.json`` or a shipped aligner's metadata)
+    with the weights of ``weights``."""
     from safetensors.torch import load_file
 
-    run = Path(run_dir)
-    for name in ("config.json", "aligner.safetensors"):
-        if not (run / name).is_file():
-            raise GNNAlignError(f"{run / name}: not found (is {run} a finished train.py run folder?)")
-    config, weights = run / "config.json", run / "aligner.safetensors"
     try:
-        kwargs = json.loads(config.read_text())["aligner"]
-        al = GNNAligner(**kwargs)
+        info = json.loads(config.read_text())
+        shipped = isinstance(info, dict) and "aligner" not in info  # a shipped aligner's metadata: under "config"
+        al = GNNAligner(AlignerConfig.from_dict((info["config"] if shipped else info)["aligner"]))
     except json.JSONDecodeError as e:
         raise GNNAlignError(f"{config}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise GNNAlignError(f"{config}: cannot read ({e.strerror or e})") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise GNNAlignError(f"{config}: not a valid aligner config (its 'aligner' entry must hold "
-                            f"GNNAligner's arguments): {type(e).__name__}: {e}") from None
+                            f"AlignerConfig's settings): {type(e).__name__}: {e}") from None
     try:
         state = load_file(str(weights))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad headers
@@ -157,4 +186,6 @@ def load_aligner(run_dir: str | Path) -> GNNAligner:
     except RuntimeError as e:
         raise GNNAlignError(f"{weights}: does not fit the aligner described by {config}: "
                             f"{' '.join(str(e).split())[:300]}") from None
+    if shipped:
+        al.meta = info
     return al.eval()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .errors import GNNAlignError
 from .memory import check_aligner_memory, graph_size
-from .methods import METHODS, PairContext, aligner_methods
+from .methods import METHODS, Method, PairContext, method_names, method_table
 from .metrics import input_batches, recompute_bn_stats
 from .models import check_state
 from .models import example_input as guess_input
@@ -29,7 +29,9 @@ from .refine import AUTO_BUDGET
 from .spec import PermutationSpec
 from .trace import spec_from_module
 
-ALIGN_METHODS = ("auto", "gnn", "wm", "am", "sinkhorn", "ste", "gnn+wm", "gnn+sinkhorn", "gnn+ste")
+#: the methods :func:`align` and :func:`merge` offer: the registry's and a learned aligner's (:func:`method_names`),
+#: less ``naive`` (the benchmark's baseline, the identity)
+ALIGN_METHODS = tuple(m for m in method_names() if m != "naive")
 #: tolerance of the function check (times max(1, max |B(x)|)) by the dtype it runs in; 16-bit: 1e-2
 CHECK_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -132,7 +134,7 @@ def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
     from .pretrained import coverage_problems, signature
 
     sig = signature(spec, module)
-    edge_dim = aligner.config["edge_dim"]
+    edge_dim = aligner.config.edge_dim
     if max(sig["edge_lens"], default=0) > edge_dim:
         raise GNNAlignError(f"the aligner reads edges of at most {edge_dim} values; this network has kernels of "
                             f"{max(sig['edge_lens'])}: use method 'wm'")
@@ -179,7 +181,7 @@ def _checked_aligner(prep: _Prepared, aligner):
     if aligner is None:
         from .pretrained import load_pretrained
 
-        aligner = load_pretrained()
+        aligner = load_pretrained()  # the shipped name, whatever folders the working directory holds
     _check_coverage(aligner, prep.spec, prep.module)
     # a graph too large for the encoder is refused before anything is allocated
     check_aligner_memory(type(prep.module).__name__, graph_size(prep.spec), aligner.config,
@@ -188,8 +190,8 @@ def _checked_aligner(prep: _Prepared, aligner):
 
 
 def _gnn_table(prep: _Prepared, aligner) -> dict:
-    """:func:`aligner_methods` of ``aligner`` (default the shipped one), once it is known to fit the model."""
-    return aligner_methods(_checked_aligner(prep, aligner))
+    """:func:`method_table` of ``aligner`` (default the shipped one), once it is known to fit the model."""
+    return method_table(_checked_aligner(prep, aligner))
 
 
 def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None,
@@ -198,7 +200,7 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALIGN_METHODS)}")
     table, note = METHODS, ""
     if not prep.spec.group_sizes:  # no hidden neurons: the empty alignment, whatever the method
-        table, note = {method: (lambda c: {},)}, "no hidden neurons to align"
+        table, note = {method: Method(method, lambda c: {})}, "no hidden neurons to align"
     elif method.startswith("gnn"):
         table = _gnn_table(prep, aligner)
     elif method == "auto":
@@ -209,7 +211,7 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
     sb = prep.states[b]
     ctx = PairContext(prep.module, prep.spec, prep.work[a], prep.work[b], prep.x, prep.y, loss, prep.gen, budget)
     t0 = time.perf_counter()
-    perm = table[method][0](ctx)
+    perm = table[method](ctx)
     seconds = time.perf_counter() - t0
     state = apply_permutation(sb, perm, prep.spec)
     delta, scale, dtype = _max_abs_diff(prep.module, sb, state, prep.example)

@@ -1,8 +1,10 @@
 """Alignment methods by name: what the benchmark, the warm-start study and :func:`gnn_align.align` run.
 
-A method is a function of a :class:`PairContext` (the architecture, the two state dicts, their spec
-and, for data-driven methods, training inputs and targets) returning the permutation that aligns B
-to A, in the convention of :mod:`gnn_align.permute`.
+A method (:class:`Method`) is a function of a :class:`PairContext` (the architecture, the two state
+dicts, their spec and, for data-driven methods, training inputs and targets) returning the
+permutation that aligns B to A, in the convention of :mod:`gnn_align.permute`, with the data it uses.
+:data:`METHODS`, the base registry, is read-only; a learned aligner's methods join it in the new
+table :func:`method_table` returns.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
@@ -144,41 +147,64 @@ def auto_method(gnn: Callable | None) -> Callable:
     return method
 
 
-#: method name -> (function of a PairContext returning a permutation, data it uses)
-METHODS: dict = {
-    "naive": (lambda c: identity_permutation(c.spec), "none"),
-    "wm": (_wm, "none"),
-    "am": (_am, "train split, first 512 inputs"),
-    "sinkhorn": (_sinkhorn, _SINKHORN_DATA),
-    "ste": (_ste, _STE_DATA),
-    "auto": (auto_method(None), "train split: 80% to fit, 20% (≤ 1024) to choose"),
-}
+@dataclass(frozen=True)
+class Method:
+    """An alignment method of the registry.
+
+    Attributes:
+        name: its name (``wm``, ``gnn+sinkhorn``, ...).
+        fn: ``fn(PairContext) -> permutation`` aligning B to A.
+        needs: the data it uses, in words (``none``, ``train split, first 512 inputs``, ...; what the
+            benchmark's ``data used`` column says).
+    """
+
+    name: str
+    fn: Callable = field(repr=False)
+    needs: str = "none"
+
+    def __call__(self, ctx: PairContext) -> dict:
+        return self.fn(ctx)
 
 
-def register_method(name: str, fn: Callable, data: str = "none") -> None:
-    """Add an alignment method (``fn(PairContext) -> permutation``) to the benchmark."""
-    METHODS[name] = (fn, data)
+#: the base registry, read-only: method name -> :class:`Method`; a learned aligner's methods come from
+#: :func:`method_table`
+METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
+    Method("naive", lambda c: identity_permutation(c.spec)),
+    Method("wm", _wm),
+    Method("am", _am, "train split, first 512 inputs"),
+    Method("sinkhorn", _sinkhorn, _SINKHORN_DATA),
+    Method("ste", _ste, _STE_DATA),
+    Method("auto", auto_method(None), "train split: 80% to fit, 20% (≤ 1024) to choose"),
+)})
 
 
 def aligner_methods(aligner, name: str = "gnn") -> dict:
     """Methods of a trained :class:`~gnn_align.aligner.GNNAligner`: ``name`` (its prediction);
     ``name+wm``, ``name+sinkhorn`` and ``name+ste`` (the prediction as the optimiser's starting
     permutation, kept when the refinement does worse; the time includes the prediction); and
-    ``auto`` (:func:`auto_method`), as ``{method: (function, data it uses)}``."""
+    ``auto`` (:func:`auto_method`), as ``{method name: Method}``. ``aligner`` is used only when a
+    method runs."""
     def gnn(c: PairContext) -> dict:
         return aligner.align(c.state_a, c.state_b, c.spec)
 
     sink = lambda c, init: _sinkhorn(c, init=init, init_scale=WARM_START_SCALE)
     keep = " (train split, when given, to keep the better)"
-    return {name: (gnn, "none"),
-            f"{name}+wm": (lambda c: refined(f"{name}+wm", gnn, _wm, _wm_accepts(c))(c), "none" + keep),
-            f"{name}+sinkhorn": (refined(f"{name}+sinkhorn", gnn, sink), _SINKHORN_DATA + keep),
-            f"{name}+ste": (refined(f"{name}+ste", gnn, _ste), _STE_DATA + keep),
-            "auto": (auto_method(gnn), METHODS["auto"][1])}
+    return {m.name: m for m in (
+        Method(name, gnn),
+        Method(f"{name}+wm", lambda c: refined(f"{name}+wm", gnn, _wm, _wm_accepts(c))(c), "none" + keep),
+        Method(f"{name}+sinkhorn", refined(f"{name}+sinkhorn", gnn, sink), _SINKHORN_DATA + keep),
+        Method(f"{name}+ste", refined(f"{name}+ste", gnn, _ste), _STE_DATA + keep),
+        Method("auto", auto_method(gnn), METHODS["auto"].needs),
+    )}
 
 
-def register_aligner(aligner, name: str = "gnn") -> list:
-    """Register :func:`aligner_methods` of ``aligner`` in :data:`METHODS`; returns the method names."""
-    added = aligner_methods(aligner, name)
-    METHODS.update(added)
-    return list(added)
+def method_table(aligner=None, name: str = "gnn", base: Mapping[str, Method] = METHODS) -> Mapping[str, Method]:
+    """A new read-only table of methods: ``base`` (default the registry :data:`METHODS`) and, with
+    ``aligner``, its :func:`aligner_methods` under ``name`` (its ``auto`` replacing the base's). A second
+    aligner joins a table with ``method_table(other, "other", base=table)``; nothing is ever registered."""
+    return MappingProxyType(dict(base) | (aligner_methods(aligner, name) if aligner is not None else {}))
+
+
+def method_names(name: str = "gnn") -> tuple:
+    """The names of :func:`method_table` with an aligner named ``name``, in order."""
+    return tuple(dict(METHODS) | aligner_methods(None, name))

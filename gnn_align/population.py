@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 
 from .api import _checked_aligner, _Prepared, _run
 from .errors import GNNAlignError
+from .io import atomic_write, write_json
 from .metrics import barrier, input_batches, interpolation_curve
 from .permute import apply_permutation, invert_permutation
 from .provenance import weights_hash as fingerprint
 from .spec import PermutationSpec
-from .io import atomic_write, write_json
 
 
 def _keysets(spec: PermutationSpec) -> dict:
@@ -197,7 +197,7 @@ class _Embedded:
         from .nn.head import unit
 
         self.aligner, self.spec = aligner, prep.spec
-        d, dtype = aligner.config["edge_dim"], next(aligner.parameters()).dtype
+        d, dtype = aligner.config.edge_dim, next(aligner.parameters()).dtype
         embs, masks = [], []
         for s in tqdm(range(0, len(prep.states), batch_size), desc="embedding", disable=not progress):
             batch = Batch.from_data_list([to_graph(st, prep.spec, edge_dim=d)

@@ -52,6 +52,7 @@ def provenance(argv: list | None = None, aligner: str | None = None,
         out["aligner"] = aligner
     if aligner_model is not None:
         out["aligner_weights_sha256"] = weights_hash(aligner_model)
-        out["aligner_config"] = getattr(aligner_model, "config", None)
+        config = getattr(aligner_model, "config", None)
+        out["aligner_config"] = config.to_dict() if hasattr(config, "to_dict") else config
     return out
 

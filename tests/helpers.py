@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from gnn_align.config import AlignerConfig
 from gnn_align.io import write_json
 from gnn_align.models import build_model, example_input
 from gnn_align.trace import spec_from_module
@@ -18,10 +19,10 @@ from gnn_align.zoo import init_states, stable_seed, write_shard
 REPO = Path(__file__).resolve().parents[1]
 
 #: the aligner configuration the memory tests estimate for (the shipped aligner's, at width 32)
-SHIPPED = {"hidden": 32, "num_layers": 0, "edge_dim": 10, "edge_hidden": 4, "probes": 128}
+SHIPPED = AlignerConfig(hidden=32, num_layers=0, edge_dim=10, edge_hidden=4, probes=128)
 
 #: ``train.py`` settings of a tiny run: 2 epochs of 2 steps, a width-8 encoder (about a second)
-TINY_RUN = {"hidden": 8, "layers": 1, "edge_hidden": 4, "probes": 8, "epochs": 2, "steps_per_epoch": 2,
+TINY_RUN = {"hidden": 8, "num_layers": 1, "edge_hidden": 4, "probes": 8, "epochs": 2, "steps_per_epoch": 2,
             "planted_per_step": 2, "unlabelled_per_step": 1, "val_planted": 2, "val_pairs": 1, "bench_pairs": 0}
 
 #: marks a fenced block of a Markdown file as a command the tests run: ``<!-- readme-test: fast -->``

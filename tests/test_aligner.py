@@ -25,7 +25,7 @@ def _setup(name, seed=0):
 
 def _encoder(probes=0, conv="weight", scale_invariant=True):
     torch.manual_seed(0)
-    return NetEncoder(hidden=16, num_layers=3, edge_dim=9, probes=probes, conv=conv,
+    return NetEncoder(hidden=16, num_layers=3, edge_dim=9, edge_hidden=16, probes=probes, conv=conv,
                       scale_invariant=scale_invariant).double().eval()
 
 
@@ -90,7 +90,7 @@ def test_encoder_outputs_differ_between_networks():
 
 def _aligner(probes=0):
     torch.manual_seed(0)
-    return GNNAligner(hidden=16, num_layers=3, edge_dim=9, probes=probes).double().eval()
+    return GNNAligner(hidden=16, num_layers=3, edge_dim=9, probes=probes, head_scale=1.0).double().eval()
 
 
 def _same(p, q):
@@ -138,7 +138,7 @@ def test_tiny_training_run_overfits_planted_pairs(conv):
         noisy = {k: v + 0.6 * v.std() * torch.randn(v.shape, generator=gen) for k, v in a.items()}
         pi = random_permutation(spec, gen)
         pairs.append((to_graph(a, spec), to_graph(apply_permutation(noisy, pi, spec), spec), invert_permutation(pi)))
-    al = GNNAligner(hidden=32, num_layers=3, edge_dim=1, conv=conv).double()
+    al = GNNAligner(hidden=32, num_layers=3, edge_dim=1, edge_hidden=16, probes=0, head_scale=1.0, conv=conv).double()
     opt = torch.optim.Adam(al.parameters(), lr=1e-2)
 
     def accuracy():

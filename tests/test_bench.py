@@ -56,11 +56,12 @@ def test_learned_aligner_methods_join_the_same_table(tiny_zoo):
     import torch
 
     from gnn_align.aligner import GNNAligner
-    from gnn_align.methods import register_aligner
+    from gnn_align.methods import aligner_methods, method_table
 
     torch.manual_seed(0)
-    names = register_aligner(GNNAligner(hidden=8, num_layers=1, edge_dim=9, edge_hidden=4).eval())
-    res = run_benchmark(tiny_zoo, ["naive", "wm"] + names, num_pairs=2, progress=False)
+    al = GNNAligner(hidden=8, num_layers=1, edge_dim=9, edge_hidden=4, probes=0, head_scale=1.0).eval()
+    names = list(aligner_methods(al))
+    res = run_benchmark(tiny_zoo, ["naive", "wm"] + names, num_pairs=2, progress=False, table=method_table(al))
     assert list(res["methods"]) == ["naive", "wm", "gnn", "gnn+wm", "gnn+sinkhorn", "gnn+ste", "auto"]
     for m in ("gnn+wm", "auto"):  # what the refiner kept, or auto chose, is counted over the pairs
         assert sum(res["methods"][m]["kept"].values()) == 2

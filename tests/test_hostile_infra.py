@@ -69,7 +69,7 @@ def test_item02_resume_with_changed_flag_leaves_the_run_intact(zoo_root, finishe
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "config.json" in err and "hidden" in err, err
     assert _snapshot(run) == before  # config.json, checkpoint, metrics and weights untouched
-    assert train.load_aligner(run).config["hidden"] == 8  # the run still loads
+    assert train.load_aligner(run).config.hidden == 8  # the run still loads
 
 
 def test_item02_resume_without_checkpoint_says_so_and_exits_2(zoo_root, tmp_path, capsys):

@@ -114,7 +114,7 @@ def test_benchmark_on_a_sine_zoo(sine_zoo, tmp_path):
 @pytest.mark.slow
 def test_warm_start_study_on_a_sine_zoo(sine_zoo):
     torch.manual_seed(0)
-    al = GNNAligner(hidden=8, num_layers=1, edge_dim=1, edge_hidden=4, probes=8).eval()
+    al = GNNAligner(hidden=8, num_layers=1, edge_dim=1, edge_hidden=4, probes=8, head_scale=1.0).eval()
     res = warm_start_study(sine_zoo[0], al, num_pairs=2, checkpoints=(0, 2), progress=False)
     ref = run_benchmark(sine_zoo[0], ["naive"], num_pairs=2, progress=False)["methods"]["naive"]
     assert res["loss"] == "mse"
@@ -129,7 +129,7 @@ def test_train_py_on_a_sine_zoo(tmp_path):
     build(recipe, tmp_path / "zoos", progress=False)
     torch.set_default_dtype(torch.float32)
     cfg = train.Config(zoo=recipe["name"], zoo_root=str(tmp_path / "zoos"), out=str(tmp_path / "run"), hidden=8,
-                       layers=1, edge_hidden=4, probes=8, epochs=1, steps_per_epoch=2, planted_per_step=1,
+                       num_layers=1, edge_hidden=4, probes=8, epochs=1, steps_per_epoch=2, planted_per_step=1,
                        unlabelled_per_step=2, val_planted=2, val_pairs=2, bench_pairs=0)
     out = train.main(cfg)
     (record,) = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]

@@ -85,7 +85,7 @@ def test_graph_size_is_what_to_graph_builds(name):
     assert size.params == sum(module.state_dict()[ly.weight].numel() for ly in spec.structure.layers)
 
 
-@pytest.mark.parametrize("config", [SHIPPED, {**SHIPPED, "num_layers": 2}, {**SHIPPED, "probes": 0, "num_layers": 1}])
+@pytest.mark.parametrize("config", [SHIPPED, SHIPPED.replace(num_layers=2), SHIPPED.replace(probes=0, num_layers=1)])
 def test_estimate_is_monotone(config):
     base = {"num_nodes": 1000, "num_edges": 100_000, "edge_dim": 10, "group_widths": (300, 300), "params": 100_000}
     ref = estimate_aligner_memory_mb(aligner_config=config, **base)
@@ -95,7 +95,8 @@ def test_estimate_is_monotone(config):
         assert estimate_aligner_memory_mb(aligner_config=config, **(base | {key: bigger})) > ref, key
     assert estimate_aligner_memory_mb(aligner_config=config, float_bytes=8, **base) > ref
     for key in ("hidden", "probes", "num_layers"):
-        assert estimate_aligner_memory_mb(aligner_config=config | {key: config[key] + 1}, **base) >= ref, key
+        bigger = config.replace(**{key: getattr(config, key) + 1})
+        assert estimate_aligner_memory_mb(aligner_config=bigger, **base) >= ref, key
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -18,8 +18,8 @@ def tiny(tiny_mlp_test_zoo, tmp_path_factory):
     zoo = tiny_mlp_test_zoo
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
-    al = GNNAligner(hidden=8, num_layers=1, edge_dim=1, edge_hidden=4, probes=8).eval()
-    (run / "config.json").write_text(json.dumps({"aligner": al.config}))
+    al = GNNAligner(hidden=8, num_layers=1, edge_dim=1, edge_hidden=4, probes=8, head_scale=1.0).eval()
+    (run / "config.json").write_text(json.dumps({"aligner": al.config.to_dict()}))
     save_file({k: v.contiguous() for k, v in al.state_dict().items()}, str(run / "aligner.safetensors"))
     return zoo, run
 
@@ -27,7 +27,7 @@ def tiny(tiny_mlp_test_zoo, tmp_path_factory):
 def test_load_aligner_round_trips_and_names_missing_files(tiny, tmp_path):
     _, run = tiny
     al = load_aligner(run)
-    assert al.config["probes"] == 8 and not al.training
+    assert al.config.probes == 8 and not al.training
     with pytest.raises(GNNAlignError, match="aligner.safetensors"):
         (tmp_path / "config.json").write_text("{}")
         load_aligner(tmp_path)

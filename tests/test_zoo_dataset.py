@@ -268,10 +268,27 @@ def test_planted_pair_is_exact(tiny_zoo, idx):
     b, perm = _replay(zoo, idx, 11, (0.9, 1.1))
     assert all(torch.equal(pp.perm[g], perm[g]) for g in perm)
     assert pp.b.keys() == b.keys() and all(torch.equal(pp.b[k], b[k]) for k in b)
-    back = apply_permutation(pp.b, invert_permutation(pp.perm), spec)
+    back = apply_permutation(pp.b, pp.target, spec)  # the target recovers A (augmented) from B
     assert all(torch.equal(back[k], pp.a_augmented[k]) for k in back)
+    inverse = invert_permutation(pp.perm)
+    assert pp.target.keys() == inverse.keys() and all(torch.equal(pp.target[g], inverse[g]) for g in inverse)
     assert all(torch.equal(pp.a[k], zoo.state_dict(idx)[k]) for k in pp.a)
     assert any(not torch.equal(pp.a[k], pp.a_augmented[k]) for k in pp.a)
+
+
+@pytest.mark.parametrize("idx", [1, 8])
+def test_aligning_a_planted_pair_recovers_its_target(tiny_zoo, idx):
+    """``align(a, b)`` predicts ``PlantedPair.target`` (B permuted by it is A), not ``perm`` (what made B)."""
+    from gnn_align import align
+
+    zoo = ModelZoo(tiny_zoo[0])
+    exact = {"noise": 0.0, "dropout": 0.0, "rescale": None, "max_quantile": 0.0}  # b: a permuted, nothing else
+    pp = planted_pair(zoo, idx, torch.Generator().manual_seed(5), augment_kwargs=exact)
+    module = build_arch(zoo.members[pp.member]["arch"]).eval()
+    res = align(pp.a, pp.b, method="wm", module=module)
+    assert res.perm.keys() == pp.target.keys() and all(torch.equal(res.perm[g], pp.target[g]) for g in pp.target)
+    assert any(not torch.equal(pp.perm[g], pp.target[g]) for g in pp.perm)  # the two directions differ here
+    assert all(torch.equal(res.state[k], pp.a[k]) for k in pp.a)
 
 
 def test_planted_pair_rescales_only_relu(tmp_path):

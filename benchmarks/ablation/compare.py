@@ -23,8 +23,8 @@ import torch
 
 from gnn_align.aligner import load_aligner
 from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
-from gnn_align.methods import register_aligner
-from gnn_align.pretrained import load_pretrained
+from gnn_align.methods import method_table
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance, weights_hash
 from gnn_align.studies.bench import run_benchmark
 from gnn_align.studies.report import markdown_table, write_report
@@ -42,15 +42,14 @@ def family(member: dict) -> str:
 
 def run(args) -> dict:
     runs = dict(r.split("=", 1) for r in args.run)
-    names = []
+    names, table = [], method_table()
     info = {}
     for name, path in runs.items():
-        if path == "pretrained" or path.startswith("pretrained:"):
-            al = load_pretrained(*path.split(":")[1:])
-        else:
-            al = load_aligner(path)
-        names += register_aligner(al, name=name)[:1]
-        info[name] = {"run": path, "weights_sha256": weights_hash(al), "config": al.config}
+        shipped = path == "pretrained" or path.startswith("pretrained:")
+        al = load_aligner((path.partition(":")[2] or DEFAULT) if shipped else path)
+        table = method_table(al, name=name, base=table)
+        names.append(name)
+        info[name] = {"run": path, "weights_sha256": weights_hash(al), "config": al.config.to_dict()}
     methods = ["wm", "am", *names]
     root = Path(args.root) / args.zoo
     rows = []
@@ -65,7 +64,7 @@ def run(args) -> dict:
             if len(view.indices_of(m)) < 2:
                 continue
             res = run_benchmark(root, methods, num_pairs=pairs, split=split, member=member["name"], progress=False,
-                                reset_bn=True, seed=args.seed)
+                                reset_bn=True, seed=args.seed, table=table)
             bar = {k: s["barrier_deepalign"]["mean"] for k, s in res["methods"].items()}
             rows.append({"member": member["name"], "family": family(member), "split": split, "pairs": res["pairs"],
                          "barrier": bar})

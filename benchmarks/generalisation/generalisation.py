@@ -21,7 +21,7 @@ import torch
 
 from gnn_align.aligner import load_aligner
 from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
-from gnn_align.methods import register_aligner
+from gnn_align.methods import method_table
 from gnn_align.provenance import provenance
 from gnn_align.studies.bench import run_benchmark
 from gnn_align.studies.report import markdown_table, write_report
@@ -48,7 +48,7 @@ def main(argv: list | None = None) -> dict:
     root = Path(args.root) / args.zoo
     specialists = dict(s.split("=", 1) for s in args.specialist)
     aligner = load_aligner(args.aligner)
-    register_aligner(aligner)
+    general = method_table(aligner)
     rows = []
     for split, pairs in (("test", args.pairs), ("heldout", args.heldout_pairs)):
         try:
@@ -58,11 +58,12 @@ def main(argv: list | None = None) -> dict:
         for m, name in enumerate(mb["name"] for mb in view.members):
             if len(view.indices_of(m)) < 2:  # e.g. a held-out architecture, in the test split
                 continue
-            methods = list(METHODS)
+            methods, table = list(METHODS), general
             if name in specialists:
-                methods += register_aligner(load_aligner(specialists[name]), name="specialist")[:1]
+                table = method_table(load_aligner(specialists[name]), name="specialist", base=general)
+                methods.append("specialist")
             res = run_benchmark(root, methods, num_pairs=pairs, split=split, member=name, progress=False,
-                                reset_bn=True)
+                                reset_bn=True, table=table)
             bar = {m: s["barrier_deepalign"]["mean"] for m, s in res["methods"].items()}
             rows.append({"member": name, "split": split, "pairs": res["pairs"], "barrier": bar})
             print(json.dumps(rows[-1]), flush=True)

@@ -22,7 +22,7 @@ from gnn_align.api import merge
 from gnn_align.archs import build_arch
 from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.metrics import accuracy
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance
 from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.tasks import network_task
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/merge")
     args = p.parse_args()
     methods = args.methods.split(",")
-    aligner = load_aligner(args.aligner) if args.aligner else load_pretrained()
+    aligner = load_aligner(args.aligner or DEFAULT)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="test", log=False)
     rows = []
     for i, j in independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(args.seed)):

@@ -20,7 +20,7 @@ from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
 from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.partial import extract_subnetwork
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance
 from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo
@@ -44,7 +44,7 @@ def main(argv: list | None = None) -> dict:
     spec_b = spec_from_module(build_arch(arch), torch.zeros(shape))
     narrow = dict(arch, hidden=[args.width] * len(arch["hidden"]))
     spec_a = spec_from_module(build_arch(narrow), torch.zeros(shape))
-    al = (load_pretrained() if args.aligner == "pretrained" else load_aligner(args.aligner)) if args.aligner else None
+    al = load_aligner(DEFAULT if args.aligner == "pretrained" else args.aligner) if args.aligner else None
     gen = torch.Generator().manual_seed(args.seed)
     hits = {"wm": [], "gnn": []} if al else {"wm": []}
     for k in range(args.pairs):

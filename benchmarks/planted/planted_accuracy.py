@@ -20,8 +20,7 @@ from gnn_align.baselines import weight_matching
 from gnn_align.graph import to_graph
 from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.metrics import exact_recovery, matching_accuracy
-from gnn_align.permute import invert_permutation
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance
 from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.zoo import ModelZoo, planted_pair
@@ -40,10 +39,10 @@ def main(argv: list | None = None) -> dict:
     p.add_argument("--member", default=None, help="only this member (architecture) of the zoo")
     p.add_argument("--wm", action="store_true", help="also score weight matching on the same planted pairs")
     args = p.parse_args(argv)
-    al = load_pretrained() if args.aligner == "pretrained" else load_aligner(args.aligner)
+    al = load_aligner(DEFAULT if args.aligner == "pretrained" else args.aligner)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split=args.split, log=False)
     idx = zoo.indices_of(zoo.member_index(args.member)) if args.member else list(range(len(zoo)))
-    gen, d = torch.Generator().manual_seed(args.seed), al.config["edge_dim"]
+    gen, d = torch.Generator().manual_seed(args.seed), al.config.edge_dim
     pairs = [planted_pair(zoo, idx[i % len(idx)], gen) for i in range(args.pairs)]
     acc, exact = [], []
     for s in range(0, len(pairs), args.batch):
@@ -51,8 +50,8 @@ def main(argv: list | None = None) -> dict:
         preds = al.predict([to_graph(q.a, zoo.spec(q.member), edge_dim=d) for q in chunk],
                            [to_graph(q.b, zoo.spec(q.member), edge_dim=d) for q in chunk])
         for pr, q in zip(preds, chunk, strict=True):
-            acc.append(matching_accuracy(pr, invert_permutation(q.perm)))
-            exact.append(exact_recovery(pr, invert_permutation(q.perm)))
+            acc.append(matching_accuracy(pr, q.target))
+            exact.append(exact_recovery(pr, q.target))
     res = {"zoo": args.zoo, "member": args.member, "split": args.split, "aligner": args.aligner,
            "pairs": len(pairs), "seed": args.seed,
            "neuron_accuracy": sum(acc) / len(acc), "networks_exact": sum(exact) / len(exact),
@@ -61,7 +60,7 @@ def main(argv: list | None = None) -> dict:
     if args.wm:
         wm = [weight_matching(q.a, q.b, zoo.spec(q.member), generator=torch.Generator().manual_seed(k)).perm
               for k, q in enumerate(pairs)]
-        truth = [invert_permutation(q.perm) for q in pairs]
+        truth = [q.target for q in pairs]
         res["wm"] = {"neuron_accuracy": sum(map(matching_accuracy, wm, truth)) / len(pairs),
                      "networks_exact": sum(map(exact_recovery, wm, truth)) / len(pairs)}
     write_report(args.out or Path(DEFAULT_RESULTS_ROOT) / f"planted-{args.zoo}", "planted", res, markdown(res))

@@ -28,7 +28,7 @@ from gnn_align.archs import build_arch
 from gnn_align.io import DEFAULT_RESULTS_ROOT, DEFAULT_ZOO_ROOT
 from gnn_align.methods import METHODS, PairContext
 from gnn_align.metrics import input_batches
-from gnn_align.pretrained import load_pretrained
+from gnn_align.pretrained import DEFAULT
 from gnn_align.provenance import provenance
 from gnn_align.studies.bench import evaluate_alignment, pair_generator
 from gnn_align.studies.report import markdown_table, write_report
@@ -70,7 +70,7 @@ def probe_only(aligner):
 
 def run(args) -> dict:
     zoo_all = ModelZoo(str(Path(args.zoo_root) / args.zoo), log=False)
-    aligner = load_pretrained() if args.aligner == "pretrained" else load_aligner(args.aligner)
+    aligner = load_aligner(DEFAULT if args.aligner == "pretrained" else args.aligner)
     variants = {"gnn": aligner, "gnn-probe": probe_only(aligner)}
     rows = []
     for mi, member in enumerate(zoo_all.members):
@@ -97,7 +97,7 @@ def run(args) -> dict:
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(args.seed, i, j))
             for name, values in barriers.items():
                 t0 = time.perf_counter()
-                perm = (METHODS[name][0](ctx) if name in ("wm", "am")
+                perm = (METHODS[name](ctx) if name in ("wm", "am")
                         else variants[name].align(a, b, spec))
                 seconds[name] += time.perf_counter() - t0
                 values.append(evaluate_alignment(module, a, b, perm, spec, task, reset_bn=bn)[0]["barrier_deepalign"])

@@ -33,6 +33,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from gnn_align.aligner import load_aligner
 from gnn_align.api import align
 from gnn_align.io import DEFAULT_RESULTS_ROOT
 from gnn_align.memory import (
@@ -43,7 +44,7 @@ from gnn_align.memory import (
     peak_memory,
 )
 from gnn_align.models import build_model, example_input
-from gnn_align.pretrained import DEFAULT, coverage_problems, load_pretrained, signature
+from gnn_align.pretrained import DEFAULT, coverage_problems, signature
 from gnn_align.provenance import provenance
 from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.trace import spec_from_module
@@ -94,7 +95,7 @@ def run_model(arch: str, args, aligner, bar) -> dict:
     now) and every method's measurement."""
     size, spec, meta_module = model_size(arch)
     cfg, float_bytes = aligner.config, torch.get_default_dtype().itemsize  # the models' and the aligner's
-    estimate = estimate_aligner_memory_mb(size.nodes, size.edges, cfg["edge_dim"], cfg, group_widths=size.group_widths,
+    estimate = estimate_aligner_memory_mb(size.nodes, size.edges, cfg.edge_dim, cfg, group_widths=size.group_widths,
                                           params=size.params, float_bytes=float_bytes)
     available = available_memory_mb()
     verdict = check_aligner_memory(arch, size, cfg, available_mb=available, float_bytes=float_bytes,
@@ -232,14 +233,14 @@ def main(argv: list | None = None) -> dict:
         p.error(f"--methods: unknown {unknown or 'none given'}; choose from {', '.join(METHODS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    aligner = load_pretrained()
+    aligner = load_aligner(DEFAULT)
     warm_up(aligner, args.methods)
     available = available_memory_mb()
     rows = []
     with tqdm(total=len(args.models) * len(args.methods), desc="scale") as bar:
         for arch in args.models:
             rows.append(run_model(arch, args, aligner, bar))
-    res = {"aligner": DEFAULT, "aligner_config": aligner.config, "seed": args.seed, "repeats": args.repeats,
+    res = {"aligner": DEFAULT, "aligner_config": aligner.config.to_dict(), "seed": args.seed, "repeats": args.repeats,
            "repeat_below": args.repeat_below, "max_edges": args.max_edges, "methods": args.methods,
            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "available_mb": available,
                        "torch": torch.__version__},

@@ -53,13 +53,9 @@ def _load(args, paths: list, data_name: str | None = None) -> tuple:
 def _aligner(spec: str | None):
     if spec is None:
         return None
-    if Path(spec).is_dir():
-        from ..aligner import load_aligner
+    from ..aligner import load_aligner
 
-        return load_aligner(spec)
-    from ..pretrained import load_pretrained
-
-    return load_pretrained(spec)
+    return load_aligner(spec)
 
 
 def _data(task):

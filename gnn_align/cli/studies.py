@@ -99,7 +99,7 @@ def _guarded(args: argparse.Namespace, compute):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..methods import register_aligner
+    from ..methods import method_table
     from ..provenance import provenance
     from ..studies.bench import dumps, run_benchmark, to_markdown, write_results
     from .models import _aligner
@@ -115,11 +115,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     def compute() -> dict:
         aligner = _aligner(args.aligner)
-        if aligner is not None:
-            register_aligner(aligner)
         res = run_benchmark(Path(args.root) / args.zoo, methods, num_pairs=args.pairs, seed=args.seed,
                             num_lambdas=args.lambdas, reset_bn=args.reset_bn, progress=not args.json,
-                            split=args.split, member=args.member)
+                            split=args.split, member=args.member, table=method_table(aligner))
         return res | {"provenance": provenance(aligner=args.aligner, aligner_model=aligner)}
 
     res = _guarded(args, compute)
@@ -166,7 +164,8 @@ def _speed(args: argparse.Namespace) -> int:
 def _aligner_study_args(p: argparse.ArgumentParser, pairs: int, out: str) -> None:
     """The options shared by the commands that study a trained aligner on a zoo's test pairs."""
     p.add_argument("--zoo", required=True, help="zoo name (a folder under --root)")
-    p.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner)")
+    p.add_argument("--aligner", required=True, help="a train.py run folder (its best aligner), a weights file or "
+                   "a shipped aligner's name")
     p.add_argument("--root", default=DEFAULT_ZOO_ROOT, help=f"folder holding built zoos (default {DEFAULT_ZOO_ROOT})")
     p.add_argument("--pairs", type=int, default=pairs, help=f"number of test pairs (default {pairs})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")

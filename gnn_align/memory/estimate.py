@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..config import AlignerConfig
 from ..errors import GNNAlignError
 from ..spec import PermutationSpec
 from .measure import MB, available_memory_mb
@@ -63,7 +64,7 @@ SAFETY = 1.2
 FIXED_MB = 8.0
 
 
-def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, aligner_config: Mapping, *,
+def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, aligner_config: AlignerConfig, *,
                                group_widths: Sequence[int] = (), params: int = 0, float_bytes: int = 4) -> float:
     """Upper estimate of the peak memory (MB) of aligning one pair of networks with a
     :class:`~gnn_align.aligner.GNNAligner`: building both graphs, the encoder's forward pass, the
@@ -123,10 +124,10 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
 
     Args:
         num_nodes, num_edges: size of one network's graph (:func:`graph_size`).
-        edge_dim: the edge feature width of the graphs (the aligner's ``config["edge_dim"]``, which
+        edge_dim: the edge feature width of the graphs (the aligner's ``config.edge_dim``, which
             :meth:`~gnn_align.aligner.GNNAligner.align` builds them with).
-        aligner_config: the aligner's ``config`` (``hidden``, ``num_layers``, ``edge_hidden``,
-            ``probes``; missing keys count as the :class:`~gnn_align.aligner.GNNAligner` defaults).
+        aligner_config: the aligner's :class:`~gnn_align.config.AlignerConfig` (it reads ``hidden``,
+            ``num_layers``, ``conv``, ``edge_hidden`` and ``probes``).
         group_widths: the sizes of the network's permutation groups (score matrices); default none.
         params: values in one network's weight tensors, to count :func:`gnn_align.align`'s copies.
         float_bytes: bytes of a float of the networks and the aligner (8 for float64).
@@ -134,14 +135,14 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     Returns:
         the estimated peak in MB (monotone in every size).
     """
-    cfg = {"hidden": 64, "num_layers": 4, "edge_hidden": 16, "probes": 0, "conv": "weight"} | dict(aligner_config)
-    k, h, he, layers = int(cfg["probes"]), int(cfg["hidden"]), int(cfg["edge_hidden"]), int(cfg["num_layers"])
+    cfg = aligner_config
+    k, h, he, layers = int(cfg.probes), int(cfg.hidden), int(cfg.edge_hidden), int(cfg.num_layers)
     e, n, d, f, i = int(num_edges), int(num_nodes), int(edge_dim), int(float_bytes), _INDEX
     graphs = e * (4 * f * d + 9 * i)
     blocks = 2 * e * (2 * f * d + i)  # the gathered weight blocks of a dense pass
     probe = blocks if k else 0
     edge_states = 2 * e * (f * (d + 2 + 8 * he + 4 * h) + 2 * i)
-    conv = (blocks if cfg["conv"] == "weight" else edge_states) if layers else 0
+    conv = (blocks if cfg.conv == "weight" else edge_states) if layers else 0
     nodes = 2 * n * f * (k * (2 * d + 6) + 4 * h + 64)
     width = max(group_widths, default=0)
     head = ((3 * f + 3) * len(group_widths) + 16) * width * width
@@ -161,8 +162,9 @@ def _gb(mb: float) -> str:
     return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
-def check_aligner_memory(name: str, size: GraphSize, aligner_config: Mapping, *, available_mb: float | None = None,
-                         usable: float = 0.9, float_bytes: int = 4, raise_error: bool = True) -> str | None:
+def check_aligner_memory(name: str, size: GraphSize, aligner_config: AlignerConfig, *,
+                         available_mb: float | None = None, usable: float = 0.9, float_bytes: int = 4,
+                         raise_error: bool = True) -> str | None:
     """Say, before anything is allocated, whether aligning a pair of networks of ``size`` with an
     aligner of ``aligner_config`` fits in memory (:func:`estimate_aligner_memory_mb` against
     ``usable`` times the available memory).
@@ -170,7 +172,8 @@ def check_aligner_memory(name: str, size: GraphSize, aligner_config: Mapping, *,
     Args:
         name: the model's name, for the message.
         size: its :func:`graph_size`.
-        aligner_config: the aligner's ``config`` (its ``edge_dim`` is the graphs' edge width).
+        aligner_config: the aligner's :class:`~gnn_align.config.AlignerConfig` (its ``edge_dim`` is the
+            graphs' edge width).
         available_mb: memory to compare with; default :func:`available_memory_mb` now (the smallest of
             ``MemAvailable``, ``RLIMIT_AS`` and the cgroup memory limits). Where that
             is unknown (not Linux) nothing can be checked: a warning says so and the check passes.
@@ -191,9 +194,8 @@ def check_aligner_memory(name: str, size: GraphSize, aligner_config: Mapping, *,
                       "aligner memory not checked",
                       stacklevel=2)
         return None
-    need = estimate_aligner_memory_mb(size.nodes, size.edges, aligner_config.get("edge_dim", size.edge_len),
-                                      aligner_config, group_widths=size.group_widths, params=size.params,
-                                      float_bytes=float_bytes)
+    need = estimate_aligner_memory_mb(size.nodes, size.edges, aligner_config.edge_dim, aligner_config,
+                                      group_widths=size.group_widths, params=size.params, float_bytes=float_bytes)
     if need <= usable * avail:
         return None
     msg = f"{name}: {_count(size.edges)} edges need ~{_gb(need)} for the aligner, {_gb(avail)} available"

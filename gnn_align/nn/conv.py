@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from ..config import AlignerConfig
+
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     """Two-layer perceptron with SiLU."""
@@ -33,7 +35,7 @@ class NetConv(MessagePassing):
 
     Args:
         hidden: width of node states.
-        edge_hidden: width of edge states.
+        edge_hidden: width of edge states (default :class:`~gnn_align.config.AlignerConfig`'s).
 
     Shapes:
         - **input:** node states :math:`(N, H)`, edge_index :math:`(2, E)` (forward edges only),
@@ -41,7 +43,7 @@ class NetConv(MessagePassing):
         - **output:** node states :math:`(N, H)`, edge states :math:`(E, H_e)`
     """
 
-    def __init__(self, hidden: int, edge_hidden: int = 16):
+    def __init__(self, hidden: int, edge_hidden: int = AlignerConfig.edge_hidden):
         super().__init__(aggr="mean")
         self.hidden, self.edge_hidden = hidden, edge_hidden
         self.proj_src, self.proj_dst = nn.Linear(hidden, edge_hidden), nn.Linear(hidden, edge_hidden)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from ..config import CONVS, AlignerConfig, resolve
 from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
 from .blocks import DST0, NDST, SKIP
@@ -15,9 +16,7 @@ from .conv import NetConv
 from .probe import ProbePass
 from .weight_conv import WeightConv
 
-#: message-passing layers the encoder can run: ``weight`` (:class:`WeightConv`, dense, no edge
-#: states) or ``edge`` (:class:`NetConv`, sparse, node and edge states)
-CONVS = ("weight", "edge")
+__all__ = ["CONVS", "NetEncoder", "nodeset_normalize", "sinusoidal"]
 
 
 def nodeset_normalize(x: Tensor, g, eps: float = 1e-12) -> Tensor:
@@ -70,15 +69,10 @@ class NetEncoder(nn.Module):
     :class:`NetConv` (``conv="edge"``: node and edge states, sparse).
 
     Args:
-        hidden: width of node and edge states.
-        num_layers: rounds of message passing (see ``conv``).
-        edge_dim: edge feature width the graphs are built with (``to_graph(..., edge_dim=)``).
-        pos_dim: width of each sinusoidal encoding.
-        edge_hidden: width of edge states.
-        probes: probe channels of the :class:`ProbePass` (0: none).
-        activation, w0: the activation the :class:`ProbePass` runs the networks with.
-        conv: ``"weight"`` or ``"edge"`` (see above).
-        scale_invariant: normalise the node parameters per layer (see above).
+        config: the settings it reads (``hidden``, ``num_layers``, ``conv``, ``scale_invariant``,
+            ``edge_hidden``, ``probes``, ``edge_dim``, ``activation``, ``w0``, ``pos_dim``,
+            ``max_fixed``); default :class:`~gnn_align.config.AlignerConfig` ().
+        **overrides: settings that replace the config's, by name.
 
     Shapes:
         - **input:** a :class:`torch_geometric.data.Batch` of NetGraphs (or one NetGraph)
@@ -86,20 +80,17 @@ class NetEncoder(nn.Module):
           \text{probes})` with probes
     """
 
-    def __init__(self, hidden: int = 64, num_layers: int = 4, edge_dim: int = 1, pos_dim: int = 16,
-                 edge_hidden: int = 16, probes: int = 0, activation: str = "relu", w0: float = 1.0,
-                 conv: str = "weight", scale_invariant: bool = True):
+    def __init__(self, config: AlignerConfig | None = None, **overrides):
         super().__init__()
-        if conv not in CONVS:
-            raise ValueError(f"unknown conv '{conv}'; choose from {', '.join(CONVS)}")
-        self.hidden, self.edge_dim, self.pos_dim, self.probes = hidden, edge_dim, pos_dim, probes
-        self.conv, self.scale_invariant = conv, scale_invariant
-        self.probe = ProbePass(probes, edge_dim, activation=activation, w0=w0) if probes else None
-        self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * pos_dim + 2 * probes, hidden)
-        self.edge_in = nn.Linear(edge_dim + 2, edge_hidden) if conv == "edge" else None  # edge states
-        self.convs = nn.ModuleList(WeightConv(hidden, edge_dim) if conv == "weight" else NetConv(hidden, edge_hidden)
-                                   for _ in range(num_layers))
-        self.gains = nn.Parameter(torch.empty(2)) if probes else None
+        self.config = c = resolve(config, overrides)
+        self.hidden, self.edge_dim, self.pos_dim, self.probes = c.hidden, c.edge_dim, c.pos_dim, c.probes
+        self.conv, self.scale_invariant = c.conv, c.scale_invariant
+        self.probe = ProbePass(c.probes, c.edge_dim, c.max_fixed, c.activation, c.w0) if c.probes else None
+        self.node_in = nn.Linear(len(NODE_FEATURES) + 3 + 3 * c.pos_dim + 2 * c.probes, c.hidden)
+        self.edge_in = nn.Linear(c.edge_dim + 2, c.edge_hidden) if c.conv == "edge" else None  # edge states
+        self.convs = nn.ModuleList(WeightConv(c.hidden, c.edge_dim) if c.conv == "weight"
+                                   else NetConv(c.hidden, c.edge_hidden) for _ in range(c.num_layers))
+        self.gains = nn.Parameter(torch.empty(2)) if c.probes else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

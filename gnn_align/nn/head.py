@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from ..config import AlignerConfig
 from ..graph import global_group
 
 
@@ -37,14 +38,15 @@ def unit(emb: Tensor) -> Tensor:
 
 class MatchingHead(nn.Module):
     r"""Scores :math:`Q_{ij} = s^2 \cos(f^A_i, f^B_j)` between A's and B's neurons of one group
-    (Deep-Align's head, one learned scale :math:`s`). Symmetric: swapping A and B transposes Q.
+    (Deep-Align's head, one learned scale :math:`s`, initially ``init_scale``, by default
+    :class:`~gnn_align.config.AlignerConfig`'s ``head_scale``). Symmetric: swapping A and B transposes Q.
 
     Shapes:
         - **input:** emb_a, emb_b :math:`(G, n, H)`, mask_a, mask_b :math:`(G, n)`
         - **output:** scores :math:`(G, n, n)`, mask :math:`(G, n, n)` (padded entries masked)
     """
 
-    def __init__(self, init_scale: float = 1.0):
+    def __init__(self, init_scale: float = AlignerConfig.head_scale):
         super().__init__()
         self.init_scale = init_scale
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..config import AlignerConfig as _Config  # the defaults
 from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
 from .blocks import DST0 as _DST0
 from .blocks import SRC0 as _SRC0
@@ -46,7 +47,8 @@ class ProbePass(nn.Module):
     the cost is that of running the networks, with no per-edge tensors and no sparse indexing.
 
     Args:
-        probes: number of probe channels :math:`K`.
+        probes: number of probe channels :math:`K` (every default is
+            :class:`~gnn_align.config.AlignerConfig`'s).
         edge_dim: edge feature width of the graphs (kernel length).
         max_fixed: rows of the input and output probe tables (the most input or output neurons
             a network may have).
@@ -60,8 +62,8 @@ class ProbePass(nn.Module):
           (zeros for the fixed neurons on the side they are read from)
     """
 
-    def __init__(self, probes: int = 64, edge_dim: int = 1, max_fixed: int = 1024, activation: str = "relu",
-                 w0: float = 1.0):
+    def __init__(self, probes: int = _Config.probes, edge_dim: int = _Config.edge_dim,
+                 max_fixed: int = _Config.max_fixed, activation: str = _Config.activation, w0: float = _Config.w0):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}'; choose from {sorted(ACTIVATIONS)}")

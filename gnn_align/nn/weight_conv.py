@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from ..config import AlignerConfig
 from ..graph import EDGE_SKIP
 from .blocks import push_blocks, used_columns
 from .conv import mlp
@@ -35,7 +36,8 @@ class WeightConv(MessagePassing):
 
     Args:
         hidden: width :math:`H` of node states.
-        edge_dim: edge feature width :math:`d` (kernel length) of the graphs.
+        edge_dim: edge feature width :math:`d` (kernel length) of the graphs (default
+            :class:`~gnn_align.config.AlignerConfig`'s).
         eps: added to the message norm.
 
     Shapes:
@@ -44,7 +46,7 @@ class WeightConv(MessagePassing):
         - **output:** node states :math:`(N, H)`
     """
 
-    def __init__(self, hidden: int, edge_dim: int = 1, eps: float = 1e-6):
+    def __init__(self, hidden: int, edge_dim: int = AlignerConfig.edge_dim, eps: float = 1e-6):
         super().__init__(aggr="add")
         self.hidden, self.edge_dim, self.eps = hidden, edge_dim, eps
         self.lin_fwd, self.lin_bwd = nn.Linear(hidden, hidden, bias=False), nn.Linear(hidden, hidden, bias=False)

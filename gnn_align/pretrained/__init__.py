@@ -8,12 +8,11 @@ so that :func:`gnn_align.align` can warn when a model lies outside what the alig
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
 
-from ..aligner import GNNAligner
+from ..aligner import GNNAligner, load_aligner
 from ..errors import GNNAlignError
 from ..spec import NODE_FEATURES, PermutationSpec
 
@@ -30,21 +29,16 @@ def available() -> list:
 
 
 def load_pretrained(name: str = DEFAULT) -> GNNAligner:
-    """The shipped aligner ``name`` (weights read with safetensors), with its metadata as ``.meta``.
+    """The shipped aligner ``name``: an alias of :func:`~gnn_align.aligner.load_aligner` for shipped names
+    only (kept for code written before ``load_aligner`` took names), with its metadata as ``.meta``.
 
     Raises:
-        GNNAlignError: naming the missing file and the aligners that exist.
+        GNNAlignError: naming the missing aligner and the aligners that exist.
     """
-    from safetensors.torch import load_file
-
-    weights, meta = HERE / f"{name}.safetensors", HERE / f"{name}.json"
-    if not weights.is_file() or not meta.is_file():
+    weights = HERE / f"{name}.safetensors"
+    if name not in available() or not (HERE / f"{name}.json").is_file():
         raise GNNAlignError(f"no pretrained aligner '{name}' ({weights}); available: {available() or 'none'}")
-    info = json.loads(meta.read_text())
-    al = GNNAligner(**info["config"]["aligner"])
-    al.load_state_dict(load_file(str(weights)))
-    al.meta = info
-    return al.eval()
+    return load_aligner(weights)
 
 
 def activation_of(module: nn.Module) -> str | None:

@@ -48,14 +48,15 @@ def evaluate_alignment(module: torch.nn.Module, state_a: dict, state_b: dict, pe
 
 def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed: int = 0,
                   num_lambdas: int = 25, reset_bn: bool = False, progress: bool = True, split: str = "test",
-                  member: str | None = None) -> dict:
-    """Benchmark ``methods`` on ``num_pairs`` pairs of the zoo at ``zoo_dir``; returns the results.
+                  member: str | None = None, table=METHODS) -> dict:
+    """Benchmark ``methods`` (names in ``table``: the registry, or a :func:`~gnn_align.methods.method_table`
+    with learned aligners) on ``num_pairs`` pairs of the zoo at ``zoo_dir``; returns the results.
 
     Pairs come from ``split`` (``test``; ``heldout`` for a zoo's held-out architectures), of every
     member or only of the member named ``member``."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in table]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(table)}")
     zoo = ModelZoo(str(zoo_dir), split=split, log=False)
     unsupported = sorted({str(m.get("task")) for m in zoo.members} - set(NETWORK_TASKS))
     if unsupported:
@@ -76,7 +77,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
         for name in methods:
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(seed, i, j))
             t0 = time.perf_counter()
-            perm = METHODS[name][0](ctx)
+            perm = table[name](ctx)
             seconds = time.perf_counter() - t0
             metrics, curve = evaluate_alignment(module, a, b, perm, spec, task, num_lambdas, bn)
             kept = {"kept": ctx.info["kept"]} if "kept" in ctx.info else {}  # refiners and auto
@@ -85,7 +86,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
     return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": split, "member": member,
             "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
             "loss": "+".join(sorted(losses)),
-            "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], METHODS[m][1])
+            "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], table[m].needs)
                                                                    for m in methods}}
 
 
@@ -158,7 +159,7 @@ def speed_comparison(zoo_dir: str | Path, aligner, num_pairs: int = 200, batch_s
     zoo = ModelZoo(str(zoo_dir), split="test", log=False)
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
     states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.spec(zoo.member_of(i))) for i, j in pairs]
-    d = aligner.config["edge_dim"]
+    d = aligner.config.edge_dim
     single, wm = [], []
     for k, (a, b, spec) in enumerate(states):
         t0 = time.perf_counter()

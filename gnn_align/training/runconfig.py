@@ -11,17 +11,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
-def read_config_file(path: str | Path, cls: type, derived: Sequence = ()) -> dict:
+def read_config_file(path: str | Path, cls: type, derived: Sequence = (), upgrade: Callable | None = None) -> dict:
     """The fields of ``cls`` set by a JSON file.
 
     Args:
         path: a JSON object of field values.
         cls: the config dataclass.
         derived: keys the program itself writes next to the fields (ignored when read back).
+        upgrade: a function that renames the old keys of the file's dict (e.g.
+            :func:`gnn_align.config.upgrade_keys`), applied first.
 
     Raises:
         SystemExit: an unreadable file, or a key that is neither a field nor derived (named).
@@ -33,6 +35,11 @@ def read_config_file(path: str | Path, cls: type, derived: Sequence = ()) -> dic
         raise SystemExit(f"error: --config {path}: cannot read JSON ({e})") from None
     if not isinstance(data, dict):
         raise SystemExit(f"error: --config {path}: expected a JSON object of config fields")
+    if upgrade is not None:
+        try:
+            data = upgrade(data)
+        except ValueError as e:
+            raise SystemExit(f"error: --config {path}: {e}") from None
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields - set(derived))
     if unknown:
@@ -41,7 +48,7 @@ def read_config_file(path: str | Path, cls: type, derived: Sequence = ()) -> dic
 
 
 def parse_dataclass_args(cls: type, argv: Sequence | None = None, presets: Mapping | None = None,
-                         derived: Sequence = (), description: str = ""):
+                         derived: Sequence = (), description: str = "", upgrade: Callable | None = None):
     """Build ``cls`` from a command line with one ``--field-name`` flag per dataclass field.
 
     Args:
@@ -50,6 +57,7 @@ def parse_dataclass_args(cls: type, argv: Sequence | None = None, presets: Mappi
         presets: named dicts of field defaults, chosen with ``--preset NAME``.
         derived: keys of a config file to ignore (see :func:`read_config_file`).
         description: the ``--help`` text.
+        upgrade: renames the old keys of a config file (see :func:`read_config_file`).
     """
     presets = dict(presets or {})
     pre = argparse.ArgumentParser(add_help=False)
@@ -58,7 +66,7 @@ def parse_dataclass_args(cls: type, argv: Sequence | None = None, presets: Mappi
     known, _ = pre.parse_known_args(argv)
     defaults = dataclasses.asdict(cls()) | presets.get(known.preset, {})
     if known.config:
-        defaults |= read_config_file(known.config, cls, derived)
+        defaults |= read_config_file(known.config, cls, derived, upgrade)
     parser = argparse.ArgumentParser(description=description)
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=None,

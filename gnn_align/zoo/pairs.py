@@ -3,7 +3,7 @@
 * :func:`independent_pairs`: two independently trained networks of one architecture (and, in INR
   zoos, of one signal; no known alignment; for unsupervised objectives and evaluation).
 * :func:`planted_pair`: a network and a randomly permuted, augmented copy of it, with the planted
-  permutation as the ground truth (Deep-Align's supervised pairs).
+  permutation as the ground truth (Deep-Align's supervised pairs; :attr:`PlantedPair.target`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..permute import apply_permutation, random_permutation
+from ..permute import apply_permutation, invert_permutation, random_permutation
 from .augment import augment
 from .batched import stable_seed
 from .storage import ZooError
@@ -136,11 +136,10 @@ class PlantedPair:
     """A network ``a``, its augmented copy ``a_augmented`` and ``b``, that copy permuted by ``perm``.
 
     ``b == apply_permutation(a_augmented, perm, spec)`` exactly, hence
-    ``apply_permutation(b, invert_permutation(perm), spec)`` gives back ``a_augmented``. In the
-    direction convention of :mod:`gnn_align.permute` (the permutation moves the network being
-    aligned onto the reference): ``perm`` aligns ``a`` (up to the augmentation) to reference ``b``, and
-    ``invert_permutation(perm)`` is the ground truth for aligning ``b`` to reference ``a``.
-    ``member`` indexes ``zoo.members``; ``network_id`` is the manifest id of ``a``.
+    ``apply_permutation(b, target, spec)`` gives back ``a_augmented``: :attr:`target`, the inverse of
+    ``perm``, is the ground truth for aligning ``b`` to reference ``a`` (what ``align(a, b)`` should
+    predict, in the direction convention of :mod:`gnn_align.permute`); ``perm`` is the permutation that
+    made ``b``. ``member`` indexes ``zoo.members``; ``network_id`` is the manifest id of ``a``.
     """
 
     a: dict
@@ -149,6 +148,12 @@ class PlantedPair:
     a_augmented: dict
     member: int
     network_id: int
+
+    @property
+    def target(self) -> dict:
+        """The alignment that recovers A from B (``invert_permutation(perm)``): group name -> permutation
+        with ``apply_permutation(b, target, spec) == a_augmented``."""
+        return invert_permutation(self.perm)
 
 
 def planted_pair(zoo: ModelZoo, idx: int, generator: torch.Generator,
