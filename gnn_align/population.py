@@ -38,29 +38,34 @@ from .provenance import weights_hash as fingerprint
 from .spec import PermutationSpec
 
 
-def _keysets(spec: PermutationSpec) -> dict:
-    """``None`` (overall) and every group -> the learnable keys it covers."""
-    learn = spec.learnable_keys()
-    out = {None: learn}
-    for g in spec.group_sizes:
-        acted = {k for k, _, _ in spec.acts_on(g)}
-        out[g] = [k for k in learn if k in acted]
-    return out
+class _Flat:
+    """The learnable tensors of a spec as one float64 vector, and which entries each distance sums:
+    row 0 of ``member`` marks every entry (overall), row 1 + k those group k acts on."""
 
+    def __init__(self, spec: PermutationSpec):
+        self.keys = spec.learnable_keys()
+        self.groups = list(spec.group_sizes)
+        self.spec = spec
+        self.member: torch.Tensor | None = None
 
-def _flat(state: dict, keysets: dict) -> dict:
-    """Keyset -> the concatenated float64 entries of its tensors."""
-    return {g: torch.cat([state[k].detach().double().reshape(-1) for k in keys]) if keys
-            else torch.zeros(0, dtype=torch.float64) for g, keys in keysets.items()}
+    def __call__(self, state: dict) -> torch.Tensor:
+        flat = torch.cat([state[k].detach().double().reshape(-1) for k in self.keys])
+        if self.member is None:
+            sizes = [state[k].numel() for k in self.keys]
+            member = torch.zeros(1 + len(self.groups), sum(sizes), dtype=torch.float64)
+            member[0] = 1.0
+            for r, g in enumerate(self.groups, start=1):
+                acted = {k for k, _, _ in self.spec.acts_on(g)}
+                member[r] = torch.cat([torch.full((n,), float(k in acted), dtype=torch.float64)
+                                       for k, n in zip(self.keys, sizes, strict=True)])
+            self.member = member
+        return flat
 
-
-def _normalised(fa: dict, fb: dict) -> dict:
-    out = {}
-    for g, a in fa.items():
-        b = fb[g]
-        na, nb, d = float(a @ a), float(b @ b), a - b
-        out[g] = (float(d @ d) / (na + nb)) ** 0.5 if na + nb > 0 else 0.0
-    return out
+    def distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(..., 1 + G) normalised distances of flat vectors ``a`` and ``b`` (..., P): overall, then per group."""
+        sq = ((a - b) ** 2) @ self.member.T
+        norms = (a * a + b * b) @ self.member.T
+        return torch.where(norms > 0, (sq / norms.clamp_min(1e-300)).sqrt(), torch.zeros_like(sq))
 
 
 def weight_distance(state_a: dict, state_b: dict, spec: PermutationSpec) -> tuple:
@@ -69,9 +74,9 @@ def weight_distance(state_a: dict, state_b: dict, spec: PermutationSpec) -> tupl
     Returns:
         ``(overall, {group: distance})`` (see the module docstring), in float64.
     """
-    keysets = _keysets(spec)
-    out = _normalised(_flat(state_a, keysets), _flat(state_b, keysets))
-    return out.pop(None), out
+    flat = _Flat(spec)
+    d = flat.distances(flat(state_a), flat(state_b)).tolist()
+    return d[0], dict(zip(flat.groups, d[1:], strict=True))
 
 
 @dataclass
@@ -258,19 +263,21 @@ def _open_cache(cache: str | Path, meta: dict) -> Path:
 
 
 def _distances(prep: _Prepared, pairs: list, method: str, aligner, loss: str, progress: bool,
-               cache: str | Path | None = None, chunk: int = 2048) -> tuple:
+               cache: str | Path | None = None) -> tuple:
     """``(weight (P,), {group: (P,)}, raw (P,))`` float64 distances of the pairs ``(i, j)`` (j aligned
-    to i), computed chunk by chunk; with ``cache`` every finished chunk is kept there and reused."""
+    to i), computed chunk by chunk (up to 2048 pairs, fewer for large networks: a chunk's stacked
+    weights stay near 160 MB); with ``cache`` every finished chunk is kept there and reused."""
     from safetensors.torch import load_file, save_file
 
     embedded = None
     if method == "gnn":
         aligner = _checked_aligner(prep, aligner)  # coverage and memory checks, as align() makes them
+    names = list(prep.spec.group_sizes)
+    flat = _Flat(prep.spec)
+    flats = torch.stack([flat(st) for st in prep.states])
+    chunk = max(1, min(2048, 20_000_000 // flats.shape[1]))
     prints = [fingerprint(s) for s in prep.states]
     folder = None if cache is None else _open_cache(cache, _meta(prep, prints, pairs, method, aligner, chunk))
-    names = list(prep.spec.group_sizes)
-    keysets = _keysets(prep.spec)
-    flats = [_flat(st, keysets) for st in prep.states]
     parts = []
     bar = tqdm(total=len(pairs), desc=f"distances ({method})", disable=not progress, unit="pair")
     for c, s in enumerate(range(0, len(pairs), chunk)):
@@ -283,12 +290,12 @@ def _distances(prep: _Prepared, pairs: list, method: str, aligner, loss: str, pr
             embedded = _Embedded(prep, aligner, progress=progress)
         perms = (embedded.perms(part) if embedded is not None
                  else [_run(prep, i, j, method, aligner, loss, None).perm for i, j in part])
-        rows = []
-        for (i, j), perm in zip(part, perms, strict=True):
-            aligned = _normalised(flats[i], _flat(apply_permutation(prep.states[j], perm, prep.spec), keysets))
-            rows.append([aligned[None], _normalised(flats[i], flats[j])[None]] + [aligned[g] for g in names])
-        t = torch.tensor(rows, dtype=torch.float64).reshape(len(part), 2 + len(names))
-        found = {"weight": t[:, 0].contiguous(), "raw": t[:, 1].contiguous(), "groups": t[:, 2:].contiguous()}
+        i, j = (torch.tensor([p[k] for p in part]) for k in (0, 1))
+        aligned = torch.stack([flat(apply_permutation(prep.states[jj], perm, prep.spec))
+                               for jj, perm in zip(j.tolist(), perms, strict=True)])
+        t = flat.distances(flats[i], aligned)
+        raw = flat.distances(flats[i], flats[j])[:, 0]
+        found = {"weight": t[:, 0].contiguous(), "raw": raw.contiguous(), "groups": t[:, 1:].contiguous()}
         if path is not None:
             atomic_write(path, lambda tmp, found=found: save_file(found, str(tmp)))
         parts.append(found)
@@ -310,7 +317,7 @@ def pairwise(models: Sequence, method: str = "gnn", *, aligner=None, module: nn.
         models: N >= 2 networks (modules, or state dicts with ``module=``).
         method, aligner, module, data, loss, seed: as in :func:`distance` (``data`` only feeds
             data-based methods).
-        cache: a folder for a resumable computation: every chunk of 2048 pairs is written there
+        cache: a folder for a resumable computation: every chunk of pairs is written there
             atomically as it finishes, and a rerun with the same models and method reads the
             finished chunks instead of aligning them again (another computation's folder is refused).
         progress: progress bars on stderr.
