@@ -38,6 +38,10 @@ from .provenance import weights_hash as fingerprint
 from .spec import PermutationSpec
 
 
+#: most pairs a chunk of :func:`pairwise` holds (the unit of resumption)
+CHUNK_PAIRS = 2048
+
+
 class _Flat:
     """The learnable tensors of a spec as one float64 vector, and which entries each distance sums:
     row 0 of ``member`` marks every entry (overall), row 1 + k those group k acts on."""
@@ -275,7 +279,7 @@ def _distances(prep: _Prepared, pairs: list, method: str, aligner, loss: str, pr
     names = list(prep.spec.group_sizes)
     flat = _Flat(prep.spec)
     flats = torch.stack([flat(st) for st in prep.states])
-    chunk = max(1, min(2048, 20_000_000 // flats.shape[1]))
+    chunk = max(1, min(CHUNK_PAIRS, 20_000_000 // flats.shape[1]))
     prints = [fingerprint(s) for s in prep.states]
     folder = None if cache is None else _open_cache(cache, _meta(prep, prints, pairs, method, aligner, chunk))
     parts = []

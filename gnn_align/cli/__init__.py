@@ -1,6 +1,7 @@
 """The ``gnn-align`` command line: one entry point for every job.
 
-``inspect``, ``align``, ``merge``, ``eval`` work on model files (:mod:`.models`); ``demo``,
+``inspect``, ``align``, ``merge``, ``eval`` work on model files (:mod:`.models`); ``distance`` and
+``nearest`` compare models after alignment (:mod:`.population`); ``demo``,
 ``bench``, ``warmstart``, ``speed`` study the symmetry and trained aligners (:mod:`.studies`);
 ``zoo`` and ``train`` run the zoo builder and ``train.py`` of a source checkout (:mod:`.jobs`).
 Bad input ends with one line on stderr (``gnn-align: error: ...``) and exit code 2, and with
@@ -18,7 +19,7 @@ import re
 import sys
 import warnings
 
-from . import jobs, models, studies
+from . import jobs, models, population, studies
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "and compare models, build zoos, train and benchmark aligners.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models.add_parsers(sub)
+    population.add_parsers(sub)
     jobs.add_parsers(sub)
     studies.add_parsers(sub)
     return parser

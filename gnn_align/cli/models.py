@@ -188,11 +188,12 @@ def _merge(args) -> dict:
     weights = _weights(args.weights, len(args.models))
     module, states, task = _load(args, args.models, args.data)
     res = merge(states, weights, args.method, _data(task), aligner=_aligner(args.aligner), module=module,
-                loss=task.loss if task else "ce", seed=args.seed, progress=not args.json, **_budget(args))
-    info = {"models": args.models, "method": args.method, "output": str(out), "bn_reset": res.bn_reset,
-            "seconds": sum(r.seconds for r in res.alignments),
-            "alignments": [dict(model=p, **r.info) for p, r in zip(args.models[1:], res.alignments, strict=True)
-                           if r.info]}
+                many=args.many, loss=task.loss if task else "ce", seed=args.seed, progress=not args.json,
+                **_budget(args))
+    aligned = args.models if args.many != "reference" else args.models[1:]
+    info = {"models": args.models, "method": args.method, "many": args.many, "output": str(out),
+            "bn_reset": res.bn_reset, "seconds": sum(r.seconds for r in res.alignments),
+            "alignments": [dict(model=p, **r.info) for p, r in zip(aligned, res.alignments, strict=True) if r.info]}
     if task is not None and task.loss == "ce" and task.y_test is not None:
         naive = merge(states, weights, "naive", _data(task), module=module).state  # same BatchNorm reset
         acc = lambda s: accuracy(module, s, task.x_test, task.y_test)
@@ -288,12 +289,16 @@ def add_parsers(sub) -> None:
     p.add_argument("b", help="model file B (the one permuted)")
     _common(p, output=True)
     p.set_defaults(run=_align)
-    p = sub.add_parser("merge", help="align models to the first and average them",
+    p = sub.add_parser("merge", help="align models to the first (or to a shared frame) and average them",
                        description="Align every model to the first one, average them (optionally weighted) and "
                        "write the result. With --data: BatchNorm statistics are recomputed, and the test accuracy "
                        "of each model, of the naive average and of the aligned average is printed.")
     p.add_argument("models", nargs="+", help="model files (the first is the reference)")
     p.add_argument("--weights", default=None, help="comma-separated averaging weights (default equal)")
+    p.add_argument("--many", default="reference", choices=["reference", "mergemany", "sync"],
+                   help="reference (default: align every model to the first), mergemany (Git Re-Basin's MergeMany "
+                   "from the method's alignments to the first; with gnn the aligner matches each model to the "
+                   "average of the others) or sync (cycle-consistent synchronisation of every pair's alignment)")
     _common(p, output=True)
     p.set_defaults(run=_merge)
     p = sub.add_parser("eval", help="interpolation curve of two models: table + PNG",
