@@ -37,7 +37,6 @@ from .permute import apply_permutation, invert_permutation
 from .provenance import weights_hash as fingerprint
 from .spec import PermutationSpec
 
-
 #: most pairs a chunk of :func:`pairwise` holds (the unit of resumption)
 CHUNK_PAIRS = 2048
 

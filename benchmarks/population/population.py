@@ -136,32 +136,36 @@ def markdown(res: dict) -> str:
     lines = [f"# Populations of `{res['zoo']}` (test split, shipped aligner `{res['aligner']}`)"]
     if "retrieval" in res:
         r = res["retrieval"]
-        lines += ["", f"Retrieval: a permuted, augmented copy of each of {r['queries']} networks among the "
-                  f"{r['gallery']} originals; nearest neighbour is the original:", "",
+        head = (f"Retrieval: a permuted, augmented copy of each of {r['queries']} networks among the "
+                f"{r['gallery']} originals; nearest neighbour is the original:")
+        lines += ["", head, "",
                   markdown_table(["distance", "hits", "seconds"],
                                  [[k, f"{r[k]['hits']}/{r[k]['of']}", f"{r[k].get('seconds', float('nan')):.1f}"]
                                   for k in ("gnn", "wm", "raw")])]
     if "meaning" in res:
         m = res["meaning"]
-        lines += ["", f"Meaning: Spearman correlation of distance and barrier after the same alignment, "
-                  f"{m['pairs']} pairs:", "",
+        head = f"Meaning: Spearman correlation of distance and barrier after the same alignment, {m['pairs']} pairs:"
+        lines += ["", head, "",
                   markdown_table(["alignment", "Spearman", "mean distance", "mean barrier"],
                                  [[k, f"{m[k]['spearman']:.3f}", f"{m[k]['mean_distance']:.4f}",
                                    f"{m[k]['mean_barrier']:.4f}"] for k in ("gnn", "wm", "raw")])]
     if "scale" in res:
         s = res["scale"]
-        lines += ["", f"Scale: the full matrix of {s['networks']} networks ({s['pairs']} pairs): gnn "
-                  f"{s['gnn']['seconds'] / 60:.1f} min wall ({s['gnn']['cpu_seconds'] / 60:.1f} min CPU); weight "
-                  f"matching {s['wm']['seconds_per_pair'] * 1000:.1f} ms a pair, projected "
-                  f"{s['wm']['projected_seconds'] / 60:.0f} min ({s['wm']['projected_cpu_seconds'] / 60:.0f} min CPU), "
-                  f"from {s['wm']['sample_pairs']} pairs."]
+        text = (f"Scale: the full matrix of {s['networks']} networks ({s['pairs']} pairs): gnn "
+                f"{s['gnn']['seconds'] / 60:.1f} min wall ({s['gnn']['cpu_seconds'] / 60:.1f} min CPU); weight "
+                f"matching {s['wm']['seconds_per_pair'] * 1000:.1f} ms a pair, projected "
+                f"{s['wm']['projected_seconds'] / 60:.0f} min ({s['wm']['projected_cpu_seconds'] / 60:.0f} min CPU), "
+                f"from {s['wm']['sample_pairs']} pairs.")
+        lines += ["", text]
     if "merging" in res:
         g = res["merging"]
-        lines += ["", f"Merging {g['size']} networks with no data, {g['groups']} groups (mean test accuracy of the "
-                  f"models {g['models_acc_mean']:.4f}):", "",
+        head = (f"Merging {g['size']} networks with no data, {g['groups']} groups (mean test accuracy of the "
+                f"models {g['models_acc_mean']:.4f}):")
+        lines += ["", head, "",
                   markdown_table(["merge", "test accuracy (mean)", "barrier to the centre (mean / max)", "seconds"],
-                                 [[k, f"{v['acc_mean']:.4f}", f"{v['barrier_to_centre_mean']:.4f} / "
-                                   f"{v['barrier_to_centre_max']:.4f}", f"{v['seconds_mean']:.1f}"]
+                                 [[k, f"{v['acc_mean']:.4f}",
+                                   f"{v['barrier_to_centre_mean']:.4f} / {v['barrier_to_centre_max']:.4f}",
+                                   f"{v['seconds_mean']:.1f}"]
                                   for k, v in g["methods"].items()])]
     return "\n".join(lines) + "\n"
 

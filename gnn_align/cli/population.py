@@ -65,8 +65,8 @@ def _matrix(args) -> dict:
     from ..io import atomic_write, write_json
     from ..population import pairwise
     from ..provenance import provenance
-    from ..studies.report import write_png
     from ..studies.distance_plot import distance_figure
+    from ..studies.report import write_png
 
     zoo, idx, module = _zoo(args)
     if len(idx) < 2:
