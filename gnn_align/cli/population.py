@@ -19,7 +19,8 @@ METHOD_HELP = "alignment method: gnn (default; every network embedded once), wm,
 
 
 def _zoo(args):
-    """The zoo split's networks of one architecture: ``(zoo, indices, module)``."""
+    """The zoo split's networks of one architecture (of one member, or of every member sharing the
+    first one's architecture, e.g. one architecture trained by several recipes): ``(zoo, indices, module)``."""
     from ..archs import build_arch
     from ..zoo import ModelZoo
 
@@ -27,17 +28,18 @@ def _zoo(args):
     if not (path / "manifest.json").is_file():
         raise GNNAlignError(f"{path}: no built zoo here (build it with `gnn-align zoo build {args.zoo}`)")
     zoo = ModelZoo(str(path), split=args.split, log=False)
-    members = sorted({zoo.member_of(i) for i in range(len(zoo))})
+    members = list(dict.fromkeys(zoo.member_of(i) for i in range(len(zoo))))
     if args.member is not None:
         members = [zoo.member_index(args.member)]
-    elif len(members) > 1:
-        names = ", ".join(zoo.members[m]["name"] for m in members)
-        raise GNNAlignError(f"{path}: the {args.split} split holds several architectures ({names}); "
-                            "choose one with --member")
     if not members:
         raise GNNAlignError(f"{path}: the {args.split} split holds no networks")
-    idx = [i for i in range(len(zoo)) if zoo.member_of(i) == members[0]][:args.limit]
-    return zoo, idx, build_arch(zoo.members[members[0]]["arch"]).eval()
+    arch = zoo.members[members[0]]["arch"]
+    others = [zoo.members[m]["name"] for m in members if zoo.members[m]["arch"] != arch]
+    if others:
+        raise GNNAlignError(f"{path}: the {args.split} split holds several architectures ({zoo.members[members[0]]['name']}, "
+                            f"{', '.join(others)}); choose one with --member")
+    idx = [i for i in range(len(zoo)) if zoo.member_of(i) in members][:args.limit]
+    return zoo, idx, build_arch(arch).eval()
 
 
 def _pair(args) -> dict:
@@ -76,6 +78,7 @@ def _matrix(args) -> dict:
     m = pairwise([zoo.state_dict(i) for i in idx], args.method, aligner=aligner, module=module, seed=args.seed,
                  cache=out / "chunks", progress=not args.json)
     ids = [int(zoo.record(i)["id"]) for i in idx]
+    members = [zoo.members[zoo.member_of(i)]["name"] for i in idx]
     acc = [float(zoo.record(i).get("test_acc", float("nan"))) for i in idx]
     tensors = {"weight": m.weight, "raw": m.raw, "network_ids": torch.tensor(ids)}
     tensors |= {f"group.{g}": v for g, v in m.groups.items()}
@@ -83,11 +86,12 @@ def _matrix(args) -> dict:
     off = ~torch.eye(len(idx), dtype=torch.bool)
     info = {"zoo": args.zoo, "split": args.split, "networks": len(idx), "pairs": len(idx) * (len(idx) - 1) // 2,
             "method": args.method, "seconds": m.seconds, "mean_distance": float(m.weight[off].mean()),
-            "mean_raw_distance": float(m.raw[off].mean()), "network_ids": ids,
+            "mean_raw_distance": float(m.raw[off].mean()), "network_ids": ids, "members": members,
             "files": [str(out / n) for n in ("distances.safetensors", "distances.json", "distances.png")],
             "provenance": provenance(aligner=args.aligner or "pretrained", aligner_model=aligner)}
     write_json(out / "distances.json", info)
-    write_png(out / "distances.png", distance_figure(m.weight, acc, f"{args.zoo} ({args.split}), {args.method}"))
+    write_png(out / "distances.png", distance_figure(m.weight, acc, f"{args.zoo} ({args.split}), {args.method}",
+                                                     labels=members if len(set(members)) > 1 else None))
     if not args.json:
         print(f"{info['pairs']} pairs of {len(idx)} networks in {m.seconds:.1f} s: mean distance "
               f"{info['mean_distance']:.4f} after alignment, {info['mean_raw_distance']:.4f} before\n"

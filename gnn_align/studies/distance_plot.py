@@ -31,9 +31,10 @@ def classical_mds(dist: torch.Tensor, dims: int = 2) -> torch.Tensor:
 
 
 def distance_figure(dist: torch.Tensor, color: Sequence[float] | None = None, title: str = "",
-                    color_label: str = "test accuracy"):
+                    color_label: str = "test accuracy", labels: Sequence[str] | None = None):
     """A figure: left the distance matrix ordered by :func:`cluster_order`, right the networks placed
-    by :func:`classical_mds`, coloured by ``color`` (e.g. test accuracy). Returns the matplotlib figure."""
+    by :func:`classical_mds`, coloured by ``labels`` (categories, e.g. training recipes; a legend) when
+    given, else by ``color`` (e.g. test accuracy; a colour bar). Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,9 +50,15 @@ def distance_figure(dist: torch.Tensor, color: Sequence[float] | None = None, ti
     ax1.set_ylabel("network")
     fig.colorbar(im, ax=ax1, fraction=0.046)
     xy = classical_mds(dist).numpy()
-    sc = ax2.scatter(xy[:, 0], xy[:, 1], c=None if color is None else list(color), s=12, cmap="plasma")
-    if color is not None:
-        fig.colorbar(sc, ax=ax2, fraction=0.046, label=color_label)
+    if labels is not None:
+        for name in dict.fromkeys(labels):
+            pick = [k for k, lab in enumerate(labels) if lab == name]
+            ax2.scatter(xy[pick, 0], xy[pick, 1], s=12, label=name)
+        ax2.legend(fontsize=7, markerscale=1.5)
+    else:
+        sc = ax2.scatter(xy[:, 0], xy[:, 1], c=None if color is None else list(color), s=12, cmap="plasma")
+        if color is not None:
+            fig.colorbar(sc, ax=ax2, fraction=0.046, label=color_label)
     ax2.set_title("2-D map (classical MDS)")
     fig.suptitle(title)
     fig.tight_layout()
