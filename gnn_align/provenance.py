@@ -46,7 +46,9 @@ def provenance(argv: list | None = None, aligner: str | None = None,
         aligner_model: the aligner itself, to record its weights hash and config.
     """
     argv = sys.argv if argv is None else argv
-    out = {"command": "python " + shlex.join(argv), "commit": git_commit(Path(__file__).resolve().parent),
+    command = ("gnn-align " + shlex.join(argv[1:]) if argv and Path(argv[0]).name == "gnn-align"
+               else "python " + shlex.join(argv))
+    out = {"command": command, "commit": git_commit(Path(__file__).resolve().parent),
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     if aligner is not None:
         out["aligner"] = aligner

@@ -59,11 +59,22 @@ def retrieval(zoo, net, aligner, queries: int, wm_queries: int, seed: int) -> di
     return out
 
 
-def meaning(zoo, net, aligner, num_pairs: int, seed: int) -> dict:
-    task = network_task(zoo, 0)
+def _pairs_among(indices: list, num_pairs: int, seed: int) -> list:
+    """``num_pairs`` distinct seeded pairs of distinct networks among ``indices``."""
+    gen, pairs = torch.Generator().manual_seed(seed), set()
+    while len(pairs) < num_pairs:
+        i, j = torch.randperm(len(indices), generator=gen)[:2].tolist()
+        pairs.add((indices[min(i, j)], indices[max(i, j)]))
+    return sorted(pairs)
+
+
+def meaning(zoo, net, aligner, num_pairs: int, seed: int, indices: list | None = None) -> dict:
+    task = network_task(zoo, 0 if indices is None else indices[0])
     data = (task.x_test, task.y_test)
     rows = []
-    for i, j in tqdm(independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed)), desc="pairs"):
+    pairs = (independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed)) if indices is None
+             else _pairs_among(indices, num_pairs, seed))
+    for i, j in tqdm(pairs, desc="pairs"):
         a, b = zoo.state_dict(i), zoo.state_dict(j)
         g = distance(a, b, "gnn", data, aligner=aligner, module=net)
         w = distance(a, b, "wm", data, module=net)
@@ -133,7 +144,8 @@ def merging(zoo, net, aligner, groups: int, size: int, seed: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Populations of `{res['zoo']}` (test split, shipped aligner `{res['aligner']}`)"]
+    lines = [f"# Populations of `{res['zoo']}` (test split, shipped aligner `{res['aligner']}`)", "",
+             f"`{res['provenance']['command']}`"]
     if "retrieval" in res:
         r = res["retrieval"]
         head = (f"Retrieval: a permuted, augmented copy of each of {r['queries']} networks among the "
@@ -144,7 +156,9 @@ def markdown(res: dict) -> str:
                                   for k in ("gnn", "wm", "raw")])]
     if "meaning" in res:
         m = res["meaning"]
-        head = f"Meaning: Spearman correlation of distance and barrier after the same alignment, {m['pairs']} pairs:"
+        among = f" among the networks of {', '.join(m['members'])}" if "members" in m else ""
+        head = (f"Meaning: Spearman correlation of distance and barrier after the same alignment, "
+                f"{m['pairs']} pairs{among}:")
         lines += ["", head, "",
                   markdown_table(["alignment", "Spearman", "mean distance", "mean barrier"],
                                  [[k, f"{m[k]['spearman']:.3f}", f"{m[k]['mean_distance']:.4f}",
@@ -181,10 +195,17 @@ def main() -> None:
     p.add_argument("--groups", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", default="retrieval,meaning,scale,merging")
+    p.add_argument("--members", default=None, help="comma-separated zoo members (one architecture) whose pairs the "
+                   "meaning part draws from, e.g. several training recipes (default: the zoo's test pairs)")
+    p.add_argument("--stem", default="population", help="file stem of the results (default population)")
     p.add_argument("--out", default="results/population")
     args = p.parse_args()
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="test", log=False)
-    net = build_arch(zoo.members[0]["arch"]).eval()
+    indices = None
+    if args.members:
+        names = args.members.split(",")
+        indices = [i for i in range(len(zoo)) if zoo.members[zoo.member_of(i)]["name"] in names]
+    net = build_arch(zoo.members[zoo.member_of(indices[0]) if indices else 0]["arch"]).eval()
     aligner = load_pretrained()
     res = {"zoo": args.zoo, "aligner": "pretrained/mixed",
            "provenance": provenance(aligner="pretrained/mixed", aligner_model=aligner)}
@@ -192,12 +213,14 @@ def main() -> None:
     if "retrieval" in parts:
         res["retrieval"] = retrieval(zoo, net, aligner, args.queries, args.wm_queries, args.seed)
     if "meaning" in parts:
-        res["meaning"] = meaning(zoo, net, aligner, args.pairs, args.seed)
+        res["meaning"] = meaning(zoo, net, aligner, args.pairs, args.seed, indices)
+        if indices is not None:
+            res["meaning"]["members"] = args.members.split(",")
     if "scale" in parts:
         res["scale"] = scale(zoo, net, aligner, args.wm_sample, args.seed)
     if "merging" in parts:
         res["merging"] = merging(zoo, net, aligner, args.groups, 8, args.seed)
-    write_report(args.out, "population", res, markdown(res), echo=True)
+    write_report(args.out, args.stem, res, markdown(res), echo=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the matrix ordered by clustering and a 2-D embedding (classical MDS) coloured by
 from __future__ import annotations
 
 import argparse
+from fnmatch import fnmatch
 from pathlib import Path
 
 from ..errors import GNNAlignError
@@ -30,16 +31,20 @@ def _zoo(args):
     zoo = ModelZoo(str(path), split=args.split, log=False)
     members = list(dict.fromkeys(zoo.member_of(i) for i in range(len(zoo))))
     if args.member is not None:
-        members = [zoo.member_index(args.member)]
+        pats = [p.strip() for p in args.member.split(",") if p.strip()]
+        members = [m for m in members if any(fnmatch(zoo.members[m]["name"], p) for p in pats)]
+        if not members:
+            raise GNNAlignError(f"{path}: no member of the {args.split} split matches --member {args.member}")
     if not members:
         raise GNNAlignError(f"{path}: the {args.split} split holds no networks")
-    arch = zoo.members[members[0]]["arch"]
-    others = [zoo.members[m]["name"] for m in members if zoo.members[m]["arch"] != arch]
+    shapes = lambda m: {k: tuple(v.shape) for k, v in build_arch(zoo.members[m]["arch"]).state_dict().items()}
+    first = shapes(members[0])  # dropout and the like do not make another architecture: the tensors do
+    others = [zoo.members[m]["name"] for m in members[1:] if shapes(m) != first]
     if others:
         raise GNNAlignError(f"{path}: the {args.split} split holds several architectures ({zoo.members[members[0]]['name']}, "
                             f"{', '.join(others)}); choose one with --member")
     idx = [i for i in range(len(zoo)) if zoo.member_of(i) in members][:args.limit]
-    return zoo, idx, build_arch(arch).eval()
+    return zoo, idx, build_arch(zoo.members[members[0]]["arch"]).eval()
 
 
 def _pair(args) -> dict:
@@ -135,7 +140,9 @@ def _nearest(args) -> dict:
 def _zoo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=DEFAULT_ZOO_ROOT, help=f"folder holding built zoos (default {DEFAULT_ZOO_ROOT})")
     p.add_argument("--split", default="test", help="the zoo split (default test)")
-    p.add_argument("--member", default=None, help="the zoo member (architecture) when the split holds several")
+    p.add_argument("--member", default=None, help="zoo members to use, comma-separated names or globs (e.g. "
+                   "'digits-mlp-sgd-*,digits-mlp-adam*'), all of one architecture (default: every member, when "
+                   "they share one)")
     p.add_argument("--limit", type=int, default=None, help="only the first N networks of the split")
 
 
