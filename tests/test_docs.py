@@ -3,6 +3,7 @@ under benchmarks/ linked from a doc, and every committed result JSON with its pr
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,19 @@ def test_every_local_link_resolves(doc):
     assert not missing, f"{doc.relative_to(REPO)} links to missing paths: {missing}"
 
 
+def _benchmark_files() -> list:
+    """The files under benchmarks/ that git tracks or would (not ignored outputs such as chunk folders);
+    every file there when git cannot tell."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "benchmarks"],
+                            cwd=REPO, capture_output=True, text=True, check=False)
+    if listed.returncode == 0 and listed.stdout.strip():
+        return sorted(REPO / f for f in listed.stdout.splitlines())
+    return sorted(p for p in (REPO / "benchmarks").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
 def test_every_benchmark_folder_is_linked_from_a_doc():
     linked = {t for doc in DOCS for t in _targets(doc)}
-    folders = [p for p in (REPO / "benchmarks").rglob("*")
-               if p.is_dir() and "__pycache__" not in p.parts and not p.name.startswith(".")]
+    folders = sorted({p.parent for p in _benchmark_files()} - {REPO / "benchmarks"})
     unlinked = [str(p.relative_to(REPO)) for p in folders if p.resolve() not in linked]
     assert not unlinked, f"folders no README.md, docs/*.md or benchmarks/*/README.md links to: {unlinked}"
 
@@ -53,7 +63,7 @@ def test_a_link_check_that_would_catch_an_unlinked_folder(tmp_path):
 
 
 def _result_jsons() -> list:
-    return sorted(p for p in (REPO / "benchmarks").rglob("*.json") if p.name != "provenance.json")
+    return [p for p in _benchmark_files() if p.suffix == ".json" and p.name != "provenance.json"]
 
 
 def _sidecar_entry(path: Path) -> dict | None:
