@@ -125,3 +125,20 @@ def test_every_subcommand_explains_itself(capfd):
     assert "--preset" in capfd.readouterr().out
     assert cli.main(["zoo", "--help"]) == 0
     assert "build" in capfd.readouterr().out
+
+
+def test_eval_compares_several_methods_in_one_table_and_plot(models):
+    root, (a, b) = models
+    out = root / "ev"
+    r = gnn_align("eval", a, b, "--model", ARCH, "--data", "digits", "--align", "naive,wm", "--lambdas", "5",
+                  "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert list(info["methods"]) == ["naive", "wm"]
+    naive, wm = info["methods"]["naive"], info["methods"]["wm"]
+    # the endpoints are A and B (B permuted computes what B computes: equal up to float32 summation order)
+    assert naive["curve"]["loss"][0] == wm["curve"]["loss"][0]
+    assert naive["curve"]["loss"][-1] == pytest.approx(wm["curve"]["loss"][-1], rel=1e-5)
+    assert wm["barrier_deepalign"] < naive["barrier_deepalign"]  # aligning lowers the barrier of trained nets
+    md = (out / "curve.md").read_text()
+    assert "test loss (naive)" in md and "test loss (wm)" in md and (out / "curve.png").stat().st_size > 0

@@ -214,7 +214,7 @@ def _merge(args) -> dict:
 
 def _eval(args) -> dict:
     from ..metrics import curve_metrics, interpolation_curve
-    from ..studies.report import markdown_table, write_report
+    from ..studies.report import curves_figure, markdown_table, write_report
 
     if args.lambdas < 2:
         raise GNNAlignError(f"--lambdas {args.lambdas}: must be at least 2")
@@ -222,33 +222,34 @@ def _eval(args) -> dict:
     if out.exists() and not out.is_dir():
         raise GNNAlignError(f"--out {out}: is a file; name a folder")
     _writable(out / "curve.json", f"--out {out}")
+    methods = [m.strip() for m in (args.align or "naive").split(",") if m.strip()] or ["naive"]
     module, (a, b), task = _load(args, [args.a, args.b], args.data)
     if task.y_test is None:
         raise GNNAlignError(f"--data {args.data}: has no labels (y); eval needs inputs and labels")
-    if args.align:
-        from ..api import align
+    curves = {}
+    for m in methods:  # every method's alignment first: a bad name fails before anything is written
+        aligned = b
+        if m != "naive":
+            from ..api import align
 
-        b = align(a, b, args.align, aligner=_aligner(args.aligner), data=_data(task), module=module,
-                  loss=task.loss, seed=args.seed).state
-    curve = interpolation_curve(module, a, b, task.x_test, task.y_test, loss=task.loss, num_lambdas=args.lambdas)
-    info = {"a": args.a, "b": args.b, "aligned_with": args.align, "data": args.data} | curve_metrics(curve) | {
-        "curve": curve}
-    rows = [[f"{lam:.3f}", f"{loss:.4f}", f"{acc:.4f}"]
-            for lam, loss, acc in zip(curve["lambdas"], curve["loss"], curve.get("acc", [float("nan")] * len(curve["loss"])),
-                                      strict=True)]
-    md = markdown_table(["λ", "test loss", "test accuracy"], rows) + \
-        f"\n\nbarrier (Deep-Align): {info['barrier_deepalign']:.4f}\n"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(curve["lambdas"], curve["loss"], marker="o", ms=3)
-    ax.set_xlabel("λ  (0: A, 1: B" + (f" aligned by {args.align})" if args.align else ")"))
-    ax.set_ylabel(f"test loss ({task.loss})")
-    ax.set_title(f"{Path(args.a).name} → {Path(args.b).name}")
-    fig.tight_layout()
+            aligned = align(a, b, m, aligner=_aligner(args.aligner), data=_data(task), module=module,
+                            loss=task.loss, seed=args.seed).state
+        curves[m] = interpolation_curve(module, a, aligned, task.x_test, task.y_test, loss=task.loss,
+                                        num_lambdas=args.lambdas)
+    first = curves[methods[0]]
+    per = {m: curve_metrics(c) | {"curve": c} for m, c in curves.items()}
+    info = {"a": args.a, "b": args.b, "aligned_with": args.align, "data": args.data} | per[methods[0]] | {
+        "methods": per}
+    rows = [[f"{lam:.3f}"] + [f"{curves[m]['loss'][k]:.4f}" for m in methods]
+            + ([f"{first['acc'][k]:.4f}"] if len(methods) == 1 and "acc" in first else [])
+            for k, lam in enumerate(first["lambdas"])]
+    head = ["λ"] + [f"test loss ({m})" for m in methods] + (["test accuracy"] if len(methods) == 1 and "acc" in first
+                                                            else [])
+    md = markdown_table(head, rows) + "\n\n" + "\n".join(
+        f"barrier (Deep-Align), {m}: {per[m]['barrier_deepalign']:.4f}" for m in methods) + "\n"
+    fig = curves_figure(first["lambdas"], {m: (curves[m]["loss"], None) for m in methods}, f"test loss ({task.loss})",
+                        f"{Path(args.a).name} → {Path(args.b).name}",
+                        "λ  (0: A, 1: B aligned)" if methods != ["naive"] else "λ  (0: A, 1: B)")
     write_report(out, "curve", strict(info), md, fig)  # strict JSON, as the CLI prints it
     if not args.json:
         print(md + f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
@@ -303,13 +304,15 @@ def add_parsers(sub) -> None:
     p.set_defaults(run=_merge)
     p = sub.add_parser("eval", help="interpolation curve of two models: table + PNG",
                        description="Evaluate (1-λ)·A + λ·B on the test split of --data (a data file: all of it; "
-                       "it needs labels) for evenly spaced λ, optionally after aligning B to A (--align METHOD). "
+                       "it needs labels) for evenly spaced λ, optionally after aligning B to A (--align METHOD, or "
+                       "several methods compared in one table and one plot: --align naive,wm,gnn). "
                        "Writes curve.json, curve.md and curve.png to --out and prints the table and the barrier. "
                        + DATA_FILES_HELP)
     p.add_argument("a", help="model file A")
     p.add_argument("b", help="model file B")
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--align", default=None, help="align B to A first with this method (e.g. gnn, wm)")
+    p.add_argument("--align", default=None, help="align B to A first with this method, or compare several: "
+                   "comma-separated, e.g. naive,wm,gnn (naive: no alignment; the default)")
     p.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")
     p.add_argument("--lambdas", type=int, default=11, help="points on the curve (default 11)")

@@ -27,7 +27,7 @@ from ..tasks import NETWORK_TASKS, loss_label, network_task
 from ..zoo.dataset import ModelZoo
 from ..zoo.pairs import independent_pairs
 from ..zoo.storage import ZooError
-from .report import markdown_table, write_report
+from .report import curves_figure, markdown_table, write_report
 
 METRICS = ("barrier_deepalign", "auc_deepalign", "barrier_rebasin", "acc_barrier", "loss_mid")
 
@@ -123,22 +123,9 @@ def to_markdown(res: dict) -> str:
 
 def write_results(res: dict, out_dir: str | Path) -> list:
     """Write ``results.json``, ``results.md`` and ``curves.png`` atomically; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lams = torch.linspace(0, 1, res["num_lambdas"])
-    for name, s in res["methods"].items():
-        mean, std = torch.tensor(s["curve_mean"]), torch.tensor(s["curve_std"])
-        ax.plot(lams, mean, label=name)
-        ax.fill_between(lams, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("λ  (0: A, 1: aligned B)")
-    ax.set_ylabel("test loss")
-    ax.set_title(f"{res['zoo']}: {res['pairs']} test pairs")
-    ax.legend()
-    fig.tight_layout()
+    lams = torch.linspace(0, 1, res["num_lambdas"]).tolist()
+    fig = curves_figure(lams, {n: (s["curve_mean"], s["curve_std"]) for n, s in res["methods"].items()},
+                        "test loss", f"{res['zoo']}: {res['pairs']} test pairs")
     return write_report(out_dir, "results", res, to_markdown(res), fig, figure_name="curves.png")
 
 

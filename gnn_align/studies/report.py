@@ -86,3 +86,38 @@ def write_report(out_dir: str | Path, stem: str, result: dict, markdown: str, fi
         print(markdown)
         print("wrote " + ", ".join(str(p) for p in paths))
     return paths
+
+
+def curves_figure(lambdas, curves: dict, ylabel: str, title: str, xlabel: str = "λ  (0: A, 1: aligned B)"):
+    """Interpolation curves of several methods: ``curves`` maps a name to ``(mean, std or None)``.
+
+    With ``naive`` among several methods a second panel zooms on the others, whose curves the naive
+    one would otherwise squash into one band. Returns the matplotlib figure.
+    """
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    zoom = "naive" in curves and len(curves) > 1
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(10 if zoom else 6, 4), squeeze=False)
+    panels = [(axes[0, 0], list(curves), title)]
+    if zoom:
+        panels.append((axes[0, 1], [n for n in curves if n != "naive"], "aligned methods (zoomed)"))
+    for ax, names, name in panels:
+        for k, n in enumerate(curves):
+            if n not in names:
+                continue
+            mean, std = curves[n]
+            mean = torch.as_tensor(mean, dtype=torch.float64)
+            ax.plot(lambdas, mean, marker="o", ms=3, label=n, color=f"C{k}")
+            if std is not None:
+                std = torch.as_tensor(std, dtype=torch.float64)
+                ax.fill_between(lambdas, mean - std, mean + std, alpha=0.2, color=f"C{k}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    return fig
