@@ -169,6 +169,22 @@ class PermutationSpec:
     def groups(self) -> list:
         return list(self.group_sizes)
 
+    def require_structure(self, what: str) -> NetStructure:
+        """The spec's graph structure, which ``what`` needs (the one check of it in gnn_align).
+
+        Args:
+            what: what needs the structure, the start of the message (``"to_graph"``).
+
+        Raises:
+            StateDictError: ``"<what> needs a PermutationSpec with graph structure, and this one has
+                none: derive it with gnn_align.spec_from_module(module, example_input)"``, for a spec
+                written by hand (or built without a structure).
+        """
+        if self.structure is None:
+            raise StateDictError(f"{what} needs a PermutationSpec with graph structure, and this one has none: derive "
+                                 "it with gnn_align.spec_from_module(module, example_input)")
+        return self.structure
+
     def acts_on(self, group: str) -> list:
         """(key, axis, block) triples of every tensor axis that ``group`` permutes."""
         return [(k, d, a.block) for k, spec in self.axes.items() for d, a in enumerate(spec)

@@ -131,7 +131,8 @@ def test_hand_written_spec_without_structure_is_refused_by_to_graph():
     from gnn_align import PermutationSpec
 
     spec = PermutationSpec({"h": 2}, {"w": ("h", None)})
-    with pytest.raises(StateDictError, match="no graph structure"):
+    with pytest.raises(StateDictError, match=r"to_graph needs a PermutationSpec with graph structure, and this one "
+                                             r"has none: derive it with gnn_align\.spec_from_module\(module, "):
         to_graph({"w": torch.ones(2, 3)}, spec)
 
 

@@ -152,6 +152,31 @@ def test_unsupported_layers_raise_naming_path_and_op(module, x, path, op):
     assert f"'{path}'" in str(err.value) and op in str(err.value)
 
 
+def test_every_user_of_the_structure_refuses_a_spec_without_it_alike():
+    """One check, one exception type and one message for each function that needs the graph structure."""
+    from gnn_align.baselines import activation_matching
+    from gnn_align.graph import from_graph, to_graph
+    from gnn_align.memory import graph_size
+    from gnn_align.pretrained import signature
+    from gnn_align.zoo.augment import augment, rescalable_nodesets
+
+    module, x = make_family("mlp")
+    full = spec_from_module(module, x)
+    bare = PermutationSpec(full.group_sizes, full.axes)
+    state = module.state_dict()
+    calls = {"to_graph": lambda: to_graph(state, bare), "from_graph": lambda: from_graph(to_graph(state, full), bare),
+             "augment": lambda: augment(state, bare, torch.Generator()),
+             "rescalable_nodesets": lambda: rescalable_nodesets(bare),
+             "activation matching": lambda: activation_matching(module, state, state, bare, [x]),
+             "signature": lambda: signature(bare), "graph_size": lambda: graph_size(bare)}
+    for what, call in calls.items():
+        with pytest.raises(StateDictError, match=rf"^{what} needs a PermutationSpec with graph structure, and this one "
+                                                 r"has none: derive it with gnn_align\.spec_from_module\(module, "
+                                                 r"example_input\)$"):
+            call()
+    assert full.require_structure("anything") is full.structure
+
+
 def test_validation_names_the_offending_key():
     module, x = make_family("resnet2d_bn")
     spec = spec_from_module(module, x)

@@ -44,11 +44,9 @@ def graph_size(spec: PermutationSpec) -> GraphSize:
     a model built on the ``meta`` device).
 
     Raises:
-        GNNAlignError: a spec without structure (derive it with ``spec_from_module``).
+        StateDictError: a spec without structure (:meth:`~gnn_align.PermutationSpec.require_structure`).
     """
-    st = spec.structure
-    if st is None:
-        raise GNNAlignError("the spec has no graph structure: derive it with gnn_align.spec_from_module")
+    st = spec.require_structure("graph_size")
     weights = [(ly.shape[0] * st.nodesets[ly.src].size, ly.edge_len) for ly in st.layers]
     skips = sum(st.nodesets[s].size for s, _ in st.skips)
     return GraphSize(nodes=sum(ns.size for ns in st.nodesets), edges=sum(e for e, _ in weights) + skips,
