@@ -16,9 +16,18 @@ from .permute import apply_permutation, random_permutation
 from .spec import PermutationSpec
 
 
+#: max |Δ| allowed between outputs that must be equal, by the dtype they are computed in: the one table of
+#: gnn_align's function checks, the helpers here and :func:`gnn_align.align` / :func:`gnn_align.merge` (which
+#: scale it by max(1, max |B(x)|)); any dtype not listed gets the 16-bit value (:func:`default_atol`)
+TOLERANCES = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
 def default_atol(dtype: torch.dtype) -> float:
-    """The tolerance of the checks here when none is given: 1e-10 in float64, 1e-4 otherwise."""
-    return 1e-10 if dtype == torch.float64 else 1e-4
+    """The tolerance of a function check in ``dtype`` when none is given: :data:`TOLERANCES`.
+
+    1e-9 in float64, 1e-4 in float32, 1e-2 in 16 bits (and any other dtype).
+    """
+    return TOLERANCES.get(dtype, TOLERANCES[torch.float16])
 
 
 @torch.no_grad()
@@ -39,7 +48,7 @@ def assert_function_preserved(module: nn.Module, spec: PermutationSpec, perm: Ma
     """Assert that permuting ``module``'s neurons by ``perm`` leaves its outputs unchanged.
 
     Args:
-        atol: tolerance on max |Δ|; default 1e-10 in float64, 1e-4 otherwise.
+        atol: tolerance on max |Δ|; default :func:`default_atol` of the inputs' dtype.
 
     Returns:
         The measured max |Δ|.
@@ -64,7 +73,7 @@ def assert_perm_equivariant(encoder: nn.Module, graph, spec: PermutationSpec, tr
     Args:
         encoder: maps a graph of ``spec``'s network (a :class:`~gnn_align.graph.NetGraph`) to a tensor
             with one row per node.
-        atol: tolerance on max |Δ|; default 1e-10 in float64, 1e-4 otherwise (the output's dtype).
+        atol: tolerance on max |Δ|; default :func:`default_atol` of the output's dtype.
 
     Returns:
         The largest max |Δ| measured.
