@@ -15,7 +15,6 @@ from .graph import node_sources, relabel
 from .permute import apply_permutation, random_permutation
 from .spec import PermutationSpec
 
-
 #: max |Δ| allowed between outputs that must be equal, by the dtype they are computed in: the one table of
 #: gnn_align's function checks, the helpers here and :func:`gnn_align.align` / :func:`gnn_align.merge` (which
 #: scale it by max(1, max |B(x)|)); any dtype not listed gets the 16-bit value (:func:`default_atol`)
@@ -144,16 +143,3 @@ def equivariance_error(encoder: nn.Module, graph, node_perm: torch.Tensor) -> fl
     """max |encoder(move_nodes(graph, p)) - encoder(graph)[p]|: 0 when the encoder treats the move
     as a relabelling (the output follows the nodes)."""
     return float((encoder(move_nodes(graph, node_perm)) - encoder(graph)[node_perm]).abs().max())
-
-
-class MarkerPickle:
-    """A pickle payload whose *unpickling* creates the file ``marker``: put it in a ``torch.save``d
-    dict to prove that a loader never ran pickled code (the marker must not exist afterwards)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))

@@ -10,8 +10,9 @@ import torch
 
 from gnn_align.models import build_model, load_state_file, save_state_file
 from gnn_align.tasks import load_task
-from gnn_align.testing import MarkerPickle
 from gnn_align.zoo import train_networks, unstack_state
+
+from .helpers import MarkerPickle
 
 ARCH = "mlp:64,32,32,10"
 CLI = [sys.executable, "-m", "gnn_align.cli"]

@@ -9,7 +9,8 @@ import torch
 from gnn_align.archs import CNN, MLP, ResidualMLP, ResNet
 from gnn_align.errors import GNNAlignError, StateDictError
 from gnn_align.models import build_model, check_state, example_input, load_state_file, save_state_file
-from gnn_align.testing import MarkerPickle
+
+from .helpers import MarkerPickle
 
 
 def test_builtin_architecture_strings():
