@@ -109,11 +109,11 @@ class CNN(nn.Sequential):
         strides = [stride] * len(channels) if isinstance(stride, int) else list(stride)
         if len(strides) != len(channels):
             raise ValueError(f"got {len(strides)} strides for {len(channels)} conv layers")
-        for ch, stride in zip(channels, strides, strict=True):
-            layers += [conv(c, ch, kernel_size, stride=stride, padding=kernel_size // 2), _act(activation)]
+        for ch, s in zip(channels, strides, strict=True):
+            layers += [conv(c, ch, kernel_size, stride=s, padding=kernel_size // 2), _act(activation)]
             c = ch
             if size is not None:
-                size = (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+                size = (size + 2 * (kernel_size // 2) - kernel_size) // s + 1
         if head == "gap":
             pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
             layers += [pool, nn.Flatten(), nn.Linear(c, num_classes)]

@@ -110,8 +110,8 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
     return NetGraph(x=x, edge_index=sk["edge_index"], edge_attr=attr, edge_type=sk["edge_type"],
                     node_type=sk["node_type"], node_depth=sk["node_depth"], perm_group=sk["perm_group"],
                     perm_pos=sk["perm_pos"], num_groups=len(spec.group_sizes), group_names=list(spec.group_sizes),
-                    blocks=sk["blocks"], kernel_cols=cols, extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64),
-                    num_nodes=n)
+                    blocks=sk["blocks"], kernel_cols=cols,
+                    extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64), num_nodes=n)
 
 
 @functools.lru_cache(maxsize=64)

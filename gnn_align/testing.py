@@ -31,7 +31,7 @@ def default_atol(dtype: torch.dtype) -> float:
 
 @torch.no_grad()
 def output_change(module: nn.Module, state_dict: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> float:
-    """max |module(inputs) - module_with(state_dict)(inputs)|, both in eval mode; ``module`` unchanged."""
+    """The largest |module(inputs) - module_with(state_dict)(inputs)|, both in eval mode; ``module`` unchanged."""
     other = copy.deepcopy(module).eval()
     other.load_state_dict(dict(state_dict))
     was = module.training
@@ -140,6 +140,6 @@ def move_nodes(graph, node_perm: torch.Tensor):
 
 @torch.no_grad()
 def equivariance_error(encoder: nn.Module, graph, node_perm: torch.Tensor) -> float:
-    """max |encoder(move_nodes(graph, p)) - encoder(graph)[p]|: 0 when the encoder treats the move
-    as a relabelling (the output follows the nodes)."""
+    """The largest |encoder(move_nodes(graph, p)) - encoder(graph)[p]|: 0 when the encoder treats the
+    move as a relabelling (the output follows the nodes)."""
     return float((encoder(move_nodes(graph, node_perm)) - encoder(graph)[node_perm]).abs().max())

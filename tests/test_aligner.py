@@ -4,8 +4,15 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from gnn_align import (apply_permutation, compose_permutations, invert_permutation, random_permutation,
-                       relabel, spec_from_module, to_graph)
+from gnn_align import (
+    apply_permutation,
+    compose_permutations,
+    invert_permutation,
+    random_permutation,
+    relabel,
+    spec_from_module,
+    to_graph,
+)
 from gnn_align.aligner import GNNAligner
 from gnn_align.graph import node_sources
 from gnn_align.losses import planted_cross_entropy

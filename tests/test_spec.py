@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from gnn_align import PermutationSpec, StateDictError, UnsupportedLayerError, spec_from_module
 from gnn_align.archs import CNN, MLP, ResNet
@@ -193,7 +193,8 @@ def test_key_set_checks_share_one_message():
     with pytest.raises(StateDictError, match=r"^m: missing key '0.weight' \(the architecture has it, shape \(4, 3\); "
                                              r"1 more missing\)$"):
         check_state(net, fewer, "m")
-    with pytest.raises(StateDictError, match=r"^m: unexpected key 'extra' \(not in the architecture, shape \(5, 1\)\)$"):
+    with pytest.raises(StateDictError,
+                       match=r"^m: unexpected key 'extra' \(not in the architecture, shape \(5, 1\)\)$"):
         check_state(net, more, "m")
     with pytest.raises(StateDictError, match=r"^state_b: missing key '0.weight' \(state_a has it, shape \(4, 3\)"):
         interpolate(state, fewer, 0.5)

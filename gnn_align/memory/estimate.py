@@ -115,10 +115,10 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     measured 327 to 379 bytes an edge), up to 3.3x on the smallest graphs, where :data:`FIXED_MB`
     dominates.
 
-    With NetConv message passing (``conv="edge"``, random aligners, ``GNNAligner.align`` alone): ``hidden=32, num_layers=1,
-    edge_hidden=4, probes=128``: 185 MB measured, 329 estimated (mlp:64,256,256,256,10) and 635 / 1141
-    (mlp:64,512,512,512,10); ``hidden=64, num_layers=2, edge_hidden=16, probes=0, edge_dim=1``:
-    316 / 575 and 1059 / 2108.
+    With NetConv message passing (``conv="edge"``, random aligners, ``GNNAligner.align`` alone):
+    ``hidden=32, num_layers=1, edge_hidden=4, probes=128``: 185 MB measured, 329 estimated
+    (mlp:64,256,256,256,10) and 635 / 1141 (mlp:64,512,512,512,10); ``hidden=64, num_layers=2,
+    edge_hidden=16, probes=0, edge_dim=1``: 316 / 575 and 1059 / 2108.
 
     Args:
         num_nodes, num_edges: size of one network's graph (:func:`graph_size`).
