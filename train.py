@@ -127,6 +127,7 @@ def parse_config(argv: list | None = None) -> Config:
 
 
 def ensure_zoo(cfg: Config) -> Path:
+    """The folder of the run's zoo, built first when it has no manifest yet."""
     root = Path(cfg.zoo_root) / cfg.zoo
     if not (root / "manifest.json").is_file():
         from datasets.build import build

@@ -328,7 +328,8 @@ def plot_histogram(manifest: dict, path: Path) -> None:
     members = manifest["members"]
     for mi, m in enumerate(members):
         vals = [n[key] for n in manifest["networks"] if n["member"] == mi]
-        ax.hist(vals, bins=min(30, len(set(vals))), alpha=0.6 if len(members) < 6 else 0.35, label=m["name"] if len(members) < 8 else None)
+        ax.hist(vals, bins=min(30, len(set(vals))), alpha=0.6 if len(members) < 6 else 0.35,
+                label=m["name"] if len(members) < 8 else None)
     ax.set_xlabel(key.replace("_", " "))
     ax.set_ylabel("networks")
     ax.set_title(f"zoo {manifest['name']} v{manifest['version']}: {len(manifest['networks'])} networks")

@@ -121,7 +121,9 @@ class GNNAligner(nn.Module):
 
 
 def load_aligner(path_or_name: str | Path) -> GNNAligner:
-    """A trained aligner, in eval mode, from any of:
+    """A trained aligner, in eval mode, read from a run folder, a weights file or a shipped name.
+
+    ``path_or_name`` is any of:
 
     * a ``train.py`` run folder: architecture from its ``config.json``, weights (the best epoch's) from
       its ``aligner.safetensors``;

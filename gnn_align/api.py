@@ -27,13 +27,15 @@ from .models import example_input as guess_input
 from .permute import apply_permutation
 from .refine import AUTO_BUDGET
 from .spec import PermutationSpec
+from .testing import TOLERANCES
 from .trace import spec_from_module
 
 #: the methods :func:`align` and :func:`merge` offer: the registry's and a learned aligner's (:func:`method_names`),
 #: less ``naive`` (the benchmark's baseline, the identity)
 ALIGN_METHODS = tuple(m for m in method_names() if m != "naive")
-#: tolerance of the function check (times max(1, max |B(x)|)) by the dtype it runs in; 16-bit: 1e-2
-CHECK_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+#: tolerance of the function check (times max(1, max |B(x)|)) by the dtype it runs in: the one table,
+#: :data:`gnn_align.testing.TOLERANCES` (1e-9 float64, 1e-4 float32, 1e-2 16-bit and any other dtype)
+CHECK_TOL = TOLERANCES
 
 
 def _groups(spec: PermutationSpec) -> str:

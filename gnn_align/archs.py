@@ -11,14 +11,45 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
-                "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU}
+
+class Sine(nn.Module):
+    """``sin(w0 * x)``, the SIREN activation."""
+
+    def __init__(self, w0: float = 30.0):
+        super().__init__()
+        self.w0 = float(w0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * x)
+
+    def extra_repr(self) -> str:
+        return f"w0={self.w0}"
+
+
+#: activation name -> module class: the one table of activation names in gnn_align (the architectures'
+#: ``activation`` argument, :func:`activation_name`, the names :class:`~gnn_align.nn.ProbePass` runs)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+                                           "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "sine": Sine}
+#: module class -> activation name, the reverse of :data:`ACTIVATIONS`
+ACTIVATION_NAMES: dict[type[nn.Module], str] = {cls: name for name, cls in ACTIVATIONS.items()}
+#: the names the architectures other than SIREN take (``sine`` needs SIREN's initialisation)
+_ARCH_ACTIVATIONS = sorted(set(ACTIVATIONS) - {"sine"})
+
+
+def activation_name(module: nn.Module) -> str | None:
+    """The :data:`ACTIVATIONS` name of an activation module, or ``None`` for any other module.
+
+    A module of any class named ``Sine`` is ``sine`` (SIREN code often defines its own).
+    """
+    cls = type(module)
+    return ACTIVATION_NAMES.get(cls, "sine" if cls.__name__ == Sine.__name__ else None)
 
 
 def _act(name: str) -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation '{name}'; choose from {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]()
+    if name not in _ARCH_ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; choose from {_ARCH_ACTIVATIONS}"
+                         + (" (use SIREN for 'sine')" if name == "sine" else ""))
+    return ACTIVATIONS[name]()
 
 
 def _conv(dim: int):
@@ -78,11 +109,11 @@ class CNN(nn.Sequential):
         strides = [stride] * len(channels) if isinstance(stride, int) else list(stride)
         if len(strides) != len(channels):
             raise ValueError(f"got {len(strides)} strides for {len(channels)} conv layers")
-        for ch, stride in zip(channels, strides, strict=True):
-            layers += [conv(c, ch, kernel_size, stride=stride, padding=kernel_size // 2), _act(activation)]
+        for ch, s in zip(channels, strides, strict=True):
+            layers += [conv(c, ch, kernel_size, stride=s, padding=kernel_size // 2), _act(activation)]
             c = ch
             if size is not None:
-                size = (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+                size = (size + 2 * (kernel_size // 2) - kernel_size) // s + 1
         if head == "gap":
             pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
             layers += [pool, nn.Flatten(), nn.Linear(c, num_classes)]
@@ -158,20 +189,6 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
-
-
-class Sine(nn.Module):
-    """``sin(w0 * x)``, the SIREN activation."""
-
-    def __init__(self, w0: float = 30.0):
-        super().__init__()
-        self.w0 = float(w0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w0 * x)
-
-    def extra_repr(self) -> str:
-        return f"w0={self.w0}"
 
 
 class SIREN(nn.Sequential):

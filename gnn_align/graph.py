@@ -54,13 +54,6 @@ class NetGraph(Data):
         return super().__inc__(key, value, *args, **kwargs)
 
 
-def _structure(spec: PermutationSpec):
-    if spec.structure is None:
-        raise StateDictError("this PermutationSpec has no graph structure; derive it with "
-                             "gnn_align.spec_from_module(module, example_input)")
-    return spec.structure
-
-
 def _offsets(structure) -> list:
     offs, n = [], 0
     for ns in structure.nodesets:
@@ -86,7 +79,7 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         ``x``: (N, 5), ``edge_index``: (2, E), ``edge_attr``: (E, edge_dim), ``edge_type``,
         ``node_type``, ``node_depth``, ``perm_group``, ``perm_pos``: (N,) or (E,) long; ``blocks``: (B, 6) long.
     """
-    st = _structure(spec)
+    st = spec.require_structure("to_graph")
     spec.validate(state_dict)
     floats = {k: t for k, t in state_dict.items() if t.is_floating_point()}
     dtype = next(iter(floats.values())).dtype if floats else torch.get_default_dtype()
@@ -117,8 +110,8 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
     return NetGraph(x=x, edge_index=sk["edge_index"], edge_attr=attr, edge_type=sk["edge_type"],
                     node_type=sk["node_type"], node_depth=sk["node_depth"], perm_group=sk["perm_group"],
                     perm_pos=sk["perm_pos"], num_groups=len(spec.group_sizes), group_names=list(spec.group_sizes),
-                    blocks=sk["blocks"], kernel_cols=cols, extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64),
-                    num_nodes=n)
+                    blocks=sk["blocks"], kernel_cols=cols,
+                    extra=torch.cat(extra) if extra else torch.empty(0, dtype=torch.float64), num_nodes=n)
 
 
 @functools.lru_cache(maxsize=64)
@@ -158,7 +151,7 @@ def _skeleton(st, groups: tuple) -> dict:
 
 def from_graph(graph: NetGraph, spec: PermutationSpec) -> dict:
     """The exact inverse of :func:`to_graph`: the state dict (same keys, shapes, dtypes)."""
-    st = _structure(spec)
+    st = spec.require_structure("from_graph")
     offs = _offsets(st)
     n_edges = sum(ly.shape[0] * st.nodesets[ly.src].size for ly in st.layers) + \
         sum(st.nodesets[s].size for s, _ in st.skips)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .errors import StateDictError, check_keys
 from .tasks import task_loss
 
 
@@ -44,19 +45,15 @@ def interpolate(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch
         A new dict (new tensors) with A's keys, in A's order.
 
     Raises:
-        ValueError: naming the first key present in only one of the two dicts, or whose shapes differ.
+        StateDictError: (a ValueError) naming the first key present in only one of the two dicts
+            (:func:`~gnn_align.errors.check_keys`), or whose shapes differ.
     """
-    for k in state_a:
-        if k not in state_b:
-            raise ValueError(f"key '{k}' is in state_a but not in state_b")
-    for k in state_b:
-        if k not in state_a:
-            raise ValueError(f"key '{k}' is in state_b but not in state_a")
+    check_keys(state_b, state_a, "state_b", "state_a")
     out = {}
     for k, a in state_a.items():
         b = state_b[k]
         if a.shape != b.shape:
-            raise ValueError(f"key '{k}' has shape {tuple(a.shape)} in state_a "
+            raise StateDictError(f"key '{k}' has shape {tuple(a.shape)} in state_a "
                              f"and {tuple(b.shape)} in state_b")
         # lerp is (1 - lam) a + lam b, computed so that lam = 0 gives a and lam = 1 gives b exactly
         out[k] = torch.lerp(a, b.to(a.dtype), float(lam)) if a.is_floating_point() else a.clone()

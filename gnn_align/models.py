@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import archs
-from .errors import GNNAlignError, StateDictError
+from .errors import GNNAlignError, StateDictError, check_keys
 from .io import atomic_write
 
 
@@ -235,18 +235,13 @@ def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], name: str 
     (not the meta device), finite.
 
     Raises:
-        StateDictError: naming ``name`` and the first missing or unexpected key, the first key whose
+        StateDictError: naming ``name`` and the first missing or unexpected key
+            (:func:`~gnn_align.errors.check_keys`), the first key whose
             shape differs (with both shapes), an integer, bool or complex tensor in place of a float
             (with its dtype), a tensor on the meta device, or the first key holding NaN/Inf.
     """
     ref = module.state_dict()
-    for k in ref:
-        if k not in state:
-            raise StateDictError(f"{name}: missing key '{k}' (the architecture expects shape {tuple(ref[k].shape)})")
-    for k in state:
-        if k not in ref:
-            raise StateDictError(f"{name}: unexpected key '{k}' (shape {tuple(state[k].shape)}), not in the "
-                                 "architecture")
+    check_keys(state, ref, name, "the architecture")
     for k, v in ref.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise StateDictError(f"{name}: key '{k}' has shape {tuple(state[k].shape)}, the architecture "

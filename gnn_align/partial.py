@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .errors import PermutationError, StateDictError
+from .errors import PermutationError, StateDictError, check_keys
 from .permute import permute_tensor
 from .spec import PermutationSpec
 
@@ -41,9 +41,8 @@ def check_narrower(spec_a: PermutationSpec, spec_b: PermutationSpec) -> None:
         if n_a > spec_b.group_sizes[g]:
             raise PermutationError(f"group '{g}' of A has {n_a} neurons, wider than B's "
                                    f"{spec_b.group_sizes[g]}: partial matching needs A narrower than B")
-    for key in list(spec_a.axes) + list(spec_b.axes):
-        if key not in spec_a.axes or key not in spec_b.axes:
-            raise StateDictError(f"key '{key}' is in the spec of {'A' if key in spec_a.axes else 'B'} only")
+    check_keys(spec_a.axes, spec_b.axes, "the spec of A", "the spec of B")
+    for key in spec_a.axes:
         if spec_a.axes[key] != spec_b.axes[key]:
             raise StateDictError(f"key '{key}' has axes {spec_a.axes[key]} in A but {spec_b.axes[key]} in B")
 

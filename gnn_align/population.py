@@ -240,7 +240,8 @@ class _Embedded:
 
 
 def _meta(prep: _Prepared, prints: list, pairs: list, method: str, aligner, chunk: int) -> dict:
-    models = fingerprint({str(k): torch.tensor(list(bytes.fromhex(p)), dtype=torch.uint8) for k, p in enumerate(prints)})
+    models = fingerprint({str(k): torch.tensor(list(bytes.fromhex(p)), dtype=torch.uint8)
+                          for k, p in enumerate(prints)})
     return {"method": method, "models": models, "pairs": len(pairs), "chunk": chunk,
             "pairs_sha256": fingerprint({"pairs": torch.tensor(pairs, dtype=torch.long)}),
             "aligner": None if aligner is None or not method.startswith("gnn") else fingerprint(aligner)}

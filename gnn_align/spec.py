@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import StateDictError
+from .errors import StateDictError, check_keys
 
 #: Node feature columns of a graph, in order. A node set names the state-dict key of each (or None).
 NODE_FEATURES = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
@@ -169,6 +169,22 @@ class PermutationSpec:
     def groups(self) -> list:
         return list(self.group_sizes)
 
+    def require_structure(self, what: str) -> NetStructure:
+        """The spec's graph structure, which ``what`` needs (the one check of it in gnn_align).
+
+        Args:
+            what: what needs the structure, the start of the message (``"to_graph"``).
+
+        Raises:
+            StateDictError: ``"<what> needs a PermutationSpec with graph structure, and this one has
+                none: derive it with gnn_align.spec_from_module(module, example_input)"``, for a spec
+                written by hand (or built without a structure).
+        """
+        if self.structure is None:
+            raise StateDictError(f"{what} needs a PermutationSpec with graph structure, and this one has none: derive "
+                                 "it with gnn_align.spec_from_module(module, example_input)")
+        return self.structure
+
     def acts_on(self, group: str) -> list:
         """(key, axis, block) triples of every tensor axis that ``group`` permutes."""
         return [(k, d, a.block) for k, spec in self.axes.items() for d, a in enumerate(spec)
@@ -191,19 +207,12 @@ class PermutationSpec:
         """Check the spec against itself and, if given, against a state dict.
 
         Raises:
-            StateDictError: naming the first missing/unexpected key, the key whose axis size
-                disagrees with its group's size, or the key holding NaN/Inf values.
+            StateDictError: naming the first missing/unexpected key (:func:`~gnn_align.errors.check_keys`),
+                the key whose axis size disagrees with its group's size, or the key holding NaN/Inf values.
         """
         if state_dict is None:
             return
-        missing = [k for k in self.axes if k not in state_dict]
-        extra = [k for k in state_dict if k not in self.axes]
-        if missing:
-            raise StateDictError(f"state dict lacks key '{missing[0]}' required by the spec"
-                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        if extra:
-            raise StateDictError(f"state dict has key '{extra[0]}' that the spec does not know"
-                                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+        check_keys(state_dict, self.axes, "state dict", "the spec")
         shapes = _structure_shapes(self.structure)
         for key, spec in self.axes.items():
             t = state_dict[key]

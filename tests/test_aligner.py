@@ -4,8 +4,15 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from gnn_align import (apply_permutation, compose_permutations, invert_permutation, random_permutation,
-                       relabel, spec_from_module, to_graph)
+from gnn_align import (
+    apply_permutation,
+    compose_permutations,
+    invert_permutation,
+    random_permutation,
+    relabel,
+    spec_from_module,
+    to_graph,
+)
 from gnn_align.aligner import GNNAligner
 from gnn_align.graph import node_sources
 from gnn_align.losses import planted_cross_entropy
@@ -195,6 +202,25 @@ def test_probe_pass_is_the_network_run_on_its_probes(activation, w0, act):
 def test_probe_pass_refuses_unknown_activation():
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         ProbePass(probes=4, activation="gelu")
+
+
+def test_probe_activations_are_named_and_computed_as_in_the_one_table():
+    """The probe pass's activations are names of archs.ACTIVATIONS, computing what that module computes;
+    the reverse table names every module class, and activation_of reads a network through it."""
+    from gnn_align.archs import ACTIVATION_NAMES, ACTIVATIONS, MLP, SIREN, activation_name
+    from gnn_align.nn.probe import ACTIVATIONS as PROBE
+    from gnn_align.pretrained import activation_of
+
+    z = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    for name, fn in PROBE.items():
+        module = ACTIVATIONS[name](2.0) if name == "sine" else ACTIVATIONS[name]()
+        assert torch.equal(fn(z, 2.0), module(z)), name
+    assert {ACTIVATION_NAMES[cls] for cls in ACTIVATIONS.values()} == set(ACTIVATIONS)
+    assert all(activation_name(cls(1.0) if name == "sine" else cls()) == name for name, cls in ACTIVATIONS.items())
+    assert activation_name(torch.nn.Linear(1, 1)) is None
+    assert activation_of(MLP(2, [3], 1, activation="gelu")) == "gelu" and activation_of(SIREN(1, [4], 1)) == "sine"
+    with pytest.raises(ValueError, match="unknown activation 'sine'.*use SIREN"):
+        MLP(2, [3], 1, activation="sine")
 
 
 @pytest.mark.parametrize("name", FAMS)

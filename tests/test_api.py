@@ -24,13 +24,13 @@ def _planted(net, x, seed=0):
 
 @pytest.mark.parametrize("method", ["wm", "am", "sinkhorn"])
 def test_align_recovers_planted_permutation(method):
-    """wm and am recover a planted permutation exactly; sinkhorn (which lowers the interpolated
+    """``wm`` and ``am`` recover a planted permutation exactly; sinkhorn (which lowers the interpolated
     task loss, not a distance) must return a valid permutation that keeps B's function."""
     torch.manual_seed(0)
     net = MLP(6, [5, 4], 3).double().eval()
     x = torch.randn(64, 6, dtype=torch.float64)
     y = torch.randint(0, 3, (64,))
-    spec, a, b, perm = _planted(net, x)
+    _spec, a, b, perm = _planted(net, x)
     res = ga.align(a, b, method, module=net, data=(x, y))
     assert all(torch.equal(p.sort().values, torch.arange(len(p))) for p in res.perm.values())
     assert res.max_abs_diff <= 1e-12 and res.seconds >= 0 and res.method == method
@@ -72,7 +72,8 @@ def test_align_needs_data_for_data_methods_and_knows_its_methods():
 def test_align_rejects_bad_models_naming_the_key():
     net = MLP(4, [3], 2).eval()
     other = MLP(4, [5], 2).eval()
-    with pytest.raises(StateDictError, match=r"model 1: key '0.weight' has shape \(5, 4\), the architecture expects \(3, 4\)"):
+    with pytest.raises(StateDictError,
+                       match=r"model 1: key '0.weight' has shape \(5, 4\), the architecture expects \(3, 4\)"):
         ga.align(net, other, "wm")
     bad = {k: v.clone() for k, v in net.state_dict().items()}
     bad["2.bias"][0] = float("nan")
@@ -105,7 +106,7 @@ def test_merge_averages_aligned_models_and_handles_batchnorm():
     torch.manual_seed(0)
     net = MLP(6, [5], 3).double().eval()
     x = torch.randn(16, 6, dtype=torch.float64)
-    spec, a, b, _ = _planted(net, x)
+    _spec, a, b, _ = _planted(net, x)
     res = ga.merge([a, b], method="wm", module=net)
     # a planted copy aligns back exactly, so the merge is A itself
     assert all(torch.allclose(res.state[k], a[k], atol=1e-12) for k in a)
@@ -147,7 +148,7 @@ def test_pretrained_aligner_ships_and_warns_outside_its_training_zoo():
 
 
 def test_align_refuses_a_graph_too_large_for_the_encoder_before_running_it(monkeypatch):
-    import gnn_align.memory.estimate as estimate
+    from gnn_align.memory import estimate
 
     net = MLP(8, [6, 6], 3).float().eval()
     ran = []
@@ -166,6 +167,6 @@ def test_every_shipped_aligner_recovers_a_planted_permutation_alone(name):
     al = load_pretrained(name)
     for net, x in ((MLP(64, [32, 32], 10).eval(), torch.randn(4, 64)),
                    (CNN(1, [8, 16], 10, dim=2).eval(), torch.randn(4, 1, 8, 8))):
-        spec, a, b, perm = _planted(net, x)
+        _spec, a, b, perm = _planted(net, x)
         res = ga.align(a, b, "gnn", aligner=al, module=net)
         assert exact_recovery(res.perm, invert_permutation(perm)), name

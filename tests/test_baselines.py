@@ -1,11 +1,18 @@
 """Baselines: weight matching, activation matching, Sinkhorn re-basin."""
 
+import itertools
+
 import pytest
 import torch
 
 from gnn_align import apply_permutation, invert_permutation, random_permutation, spec_from_module
-from gnn_align.baselines import (CorrelationStats, activation_matching, matching_objective, sinkhorn_rebasin,
-                                 weight_matching)
+from gnn_align.baselines import (
+    CorrelationStats,
+    activation_matching,
+    matching_objective,
+    sinkhorn_rebasin,
+    weight_matching,
+)
 from gnn_align.testing import output_change
 
 from .conftest import make_family
@@ -29,7 +36,7 @@ def _same(p, q):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn2d_gap", "cnn1d_flatten"])
 def test_weight_matching_recovers_planted_permutation(name):
-    module, x, spec, a, b, pi = _planted(name)
+    _module, _x, spec, a, b, pi = _planted(name)
     res = weight_matching(a, b, spec, generator=torch.Generator().manual_seed(0))
     assert _same(res.perm, invert_permutation(pi))
     aligned = apply_permutation(b, res.perm, spec)
@@ -45,7 +52,7 @@ def test_weight_matching_objective_never_decreases(name):
     res = weight_matching(a, b, spec, generator=torch.Generator().manual_seed(0))
     obj = res.objective
     assert len(obj) == res.iterations + 1 >= 2
-    assert all(later >= earlier - 1e-9 for earlier, later in zip(obj[:-1], obj[1:], strict=True))
+    assert all(later >= earlier - 1e-9 for earlier, later in itertools.pairwise(obj))
     assert obj[-1] == pytest.approx(matching_objective(a, b, res.perm, spec))
     assert obj[-1] > obj[0]  # found something better than the identity
     # the result is a symmetry of B: aligned B computes what B computes
@@ -53,7 +60,7 @@ def test_weight_matching_objective_never_decreases(name):
 
 
 def test_weight_matching_started_at_the_answer_stops_after_one_sweep():
-    module, x, spec, a, b, pi = _planted("mlp")
+    _module, _x, spec, a, b, pi = _planted("mlp")
     res = weight_matching(a, b, spec, init=invert_permutation(pi), generator=torch.Generator().manual_seed(0))
     assert res.iterations == 1 and _same(res.perm, invert_permutation(pi))
 

@@ -64,5 +64,6 @@ def test_catalogue_counts_data_loss_tracebacks_skips_and_missing_items(tmp_path)
     table = (tmp_path / "out" / "catalogue.md").read_text()
     assert "| `test_item03_loses` | Keeps the data. | **mishandled**: AssertionError: wrote an all-NaN model" in table
     assert "| `test_item11_skipped` | Needs a namespace. | not tried: no user namespaces |" in table
-    assert "| `test_item14_prints` | Prints no traceback. | as expected (0.0 s); **a traceback reached the user** |" in table
+    assert ("| `test_item14_prints` | Prints no traceback. | as expected (0.0 s); **a traceback reached the user** |"
+            in table)
     assert "data lost: 1 (must be 0); tracebacks: 2 (must be 0)" in table

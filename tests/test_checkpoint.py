@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from gnn_align.errors import GNNAlignError
-from gnn_align.testing import MarkerPickle
 from gnn_align.training.checkpoint import load_training_state, save_training_state
+
+from .helpers import MarkerPickle
 
 
 def _parts(seed):

@@ -10,8 +10,9 @@ import torch
 
 from gnn_align.models import build_model, load_state_file, save_state_file
 from gnn_align.tasks import load_task
-from gnn_align.testing import MarkerPickle
 from gnn_align.zoo import train_networks, unstack_state
+
+from .helpers import MarkerPickle
 
 ARCH = "mlp:64,32,32,10"
 CLI = [sys.executable, "-m", "gnn_align.cli"]
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.slow  # every test here runs the CLI as a subprocess
 
 
 def gnn_align(*args, cwd=None):
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(CLI + [str(a) for a in args], check=False, capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def models(tmp_path_factory):
 
 
 def test_inspect_prints_the_groups(models):
-    root, (a, _) = models
+    _root, (a, _) = models
     r = gnn_align("inspect", a, "--model", ARCH)
     assert r.returncode == 0 and "group" in r.stdout and "0.weight[0]" in r.stdout
     info = json.loads(gnn_align("inspect", "--model", ARCH, "--json").stdout)

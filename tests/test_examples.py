@@ -17,6 +17,6 @@ def test_examples_are_known():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(script):
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert EXPECT[script.name] in r.stdout

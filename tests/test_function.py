@@ -9,7 +9,7 @@ from gnn_align.testing import assert_function_preserved, one_sided_spec, output_
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_function_preserved_after_random_permutation(family, seed):
-    name, module, x = family
+    _name, module, x = family
     spec = spec_from_module(module, x)
     perm = random_permutation(spec, torch.Generator().manual_seed(seed))
     delta = assert_function_preserved(module, spec, perm, x, atol=1e-10)

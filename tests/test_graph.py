@@ -4,8 +4,17 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from gnn_align import (NetGraph, StateDictError, apply_permutation, from_graph, global_group,
-                       random_permutation, relabel, spec_from_module, to_graph)
+from gnn_align import (
+    NetGraph,
+    StateDictError,
+    apply_permutation,
+    from_graph,
+    global_group,
+    random_permutation,
+    relabel,
+    spec_from_module,
+    to_graph,
+)
 from gnn_align.graph import EDGE_SKIP
 
 from .conftest import make_family
@@ -17,7 +26,7 @@ def _state(module):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_exact_round_trip(family, dtype):
-    name, module, x = family
+    _name, module, x = family
     spec = spec_from_module(module, x)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in _state(module).items()}
     graph = to_graph(state, spec)
@@ -29,7 +38,7 @@ def test_exact_round_trip(family, dtype):
 
 
 def test_round_trip_with_wider_edge_dim(family):
-    name, module, x = family
+    _name, module, x = family
     spec = spec_from_module(module, x)
     state = _state(module)
     graph = to_graph(state, spec, edge_dim=31)
@@ -66,7 +75,7 @@ def test_graph_sizes_and_node_features(family):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_graph_of_permuted_weights_is_relabelled_graph(family, seed):
-    name, module, x = family
+    _name, module, x = family
     spec = spec_from_module(module, x)
     state = _state(module)
     perm = random_permutation(spec, torch.Generator().manual_seed(seed))
@@ -131,14 +140,15 @@ def test_hand_written_spec_without_structure_is_refused_by_to_graph():
     from gnn_align import PermutationSpec
 
     spec = PermutationSpec({"h": 2}, {"w": ("h", None)})
-    with pytest.raises(StateDictError, match="no graph structure"):
+    with pytest.raises(StateDictError, match=r"to_graph needs a PermutationSpec with graph structure, and this one "
+                                             r"has none: derive it with gnn_align\.spec_from_module\(module, "):
         to_graph({"w": torch.ones(2, 3)}, spec)
 
 
 def test_blocks_describe_the_edges_exactly(family):
     """Each block is a dense target-major layer (or an identity skip) over the edge range it names,
     and the blocks tile the edges; batching shifts them with the graph."""
-    name, module, x = family
+    _name, module, x = family
     spec = spec_from_module(module, x)
     graph = to_graph(_state(module), spec)
     covered = 0

@@ -51,7 +51,7 @@ def nothing_new(folder: Path, before: set):
 
 
 def test_item03_merge_weights_must_be_finite_numbers(capsys, pair, tmp_path):
-    """merge --weights nan,1 / inf,1 / 1,x / -1,1 / 1 (too few): one line naming --weights, exit 2, no file."""
+    """``merge --weights`` nan,1 / inf,1 / 1,x / -1,1 / 1 (too few): one line naming --weights, exit 2, no file."""
     a, b = pair
     before = set(tmp_path.iterdir())
     for w in ("nan,1", "inf,1", "1,x", "-1,1", "1", "0,0"):
@@ -62,7 +62,8 @@ def test_item03_merge_weights_must_be_finite_numbers(capsys, pair, tmp_path):
 
 
 def test_item06_output_naming_model_a_is_refused(capsys, pair, tmp_path):
-    """align/merge -o naming model A (or any input, also through a symlink) is refused and leaves it untouched; --force allows it."""
+    """align/merge -o naming model A (or any input, also through a symlink) is refused and leaves it untouched; --force
+    allows it."""
     a, b = pair
     raw_a, raw_b = a.read_bytes(), b.read_bytes()
     link = tmp_path / "link.safetensors"
@@ -90,7 +91,8 @@ def test_item06_overwriting_an_output_keeps_its_permissions(capsys, pair, tmp_pa
 
 
 def test_item12_bad_outputs_data_and_aligners_are_one_line(capsys, pair, tmp_path):
-    """Output that is a directory, --data not fitting --model (both shapes named), eval --data of the wrong task, a truncated aligner file, an invalid aligner config.json: one line naming the file, exit 2, nothing written."""
+    """Output that is a directory, --data not fitting --model (both shapes named), eval --data of the wrong task, a
+    truncated aligner file, an invalid aligner config.json: one line naming the file, exit 2, nothing written."""
     a, b = pair
     (tmp_path / "dir.pt").mkdir()
     rc, _, err = run(capsys, "align", a, b, "-o", tmp_path / "dir.pt", "--model", ARCH, "--method", "wm")
@@ -141,7 +143,8 @@ def _can_mount() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_mount(), reason="needs unshare and tmpfs mounts in a user namespace")
 def test_item12_read_only_and_full_disk_are_one_line(tmp_path):
-    """Output on a read-only filesystem (refused before the work) and on a full disk ("no space left on device"): one line, exit 2, no partial file."""
+    """Output on a read-only filesystem (refused before the work) and on a full disk ("no space left on device"): one
+    line, exit 2, no partial file."""
     arch = "mlp:64,64,64,10"  # a ~35 kB float32 model file, more than the full disk has left
     torch.manual_seed(0)
     big = [save_state_file({k: v.float() for k, v in build_model(arch).state_dict().items()}, tmp_path / n)
@@ -170,7 +173,8 @@ done
 
 
 def test_item13_json_errors_are_json(capsys, pair, tmp_path):
-    """With --json a failure prints {"error": ..., "file": ...} on stdout (exit 2), and results never hold bare NaN/Infinity (null, listed in nan_fields)."""
+    """With --json a failure prints {"error": ..., "file": ...} on stdout (exit 2), and results never hold bare
+    NaN/Infinity (null, listed in nan_fields)."""
     a, b = pair
 
     def strict(text):
@@ -194,7 +198,9 @@ def test_item13_json_errors_are_json(capsys, pair, tmp_path):
 
 
 def test_item14_messages_say_what_is_wrong(capsys, pair, tmp_path):
-    """A directory or symlink loop is not "file not found"; random bytes or safetensors named .pt are "not a torch file"; a pickled nn.Module says "save model.state_dict() instead" (no ANSI escapes); bench --pairs 0 is refused in one line."""
+    """A directory or symlink loop is not "file not found"; random bytes or safetensors named .pt are "not a torch
+    file"; a pickled nn.Module says "save model.state_dict() instead" (no ANSI escapes); bench --pairs 0 is refused
+    in one line."""
     a, b = pair
     (tmp_path / "folder.pt").mkdir()
     loop = tmp_path / "loop.pt"
@@ -213,7 +219,8 @@ def test_item14_messages_say_what_is_wrong(capsys, pair, tmp_path):
 
 
 def test_item16_data_accepts_the_users_own_files(capsys, pair, tmp_path):
-    """--data takes .npy/.npz/.pt/.safetensors/.csv files (inputs, optional labels) for am and eval, checks them against --model in one line naming both shapes, and eval refuses a file without labels."""
+    """--data takes .npy/.npz/.pt/.safetensors/.csv files (inputs, optional labels) for am and eval, checks them against
+    --model in one line naming both shapes, and eval refuses a file without labels."""
     from safetensors.numpy import save_file
 
     from gnn_align.tasks import load_task
@@ -249,7 +256,8 @@ def test_item16_data_accepts_the_users_own_files(capsys, pair, tmp_path):
 
 @pytest.mark.slow
 def test_item17_help_and_argument_errors_do_not_import_torch():
-    """`gnn-align --help` and argument errors import neither torch nor torch_geometric; `import gnn_align` and weight matching do not import torch_geometric."""
+    """`gnn-align --help` and argument errors import neither torch nor torch_geometric; `import gnn_align` and weight
+    matching do not import torch_geometric."""
     code = """
 import sys
 from gnn_align.cli import main
@@ -290,7 +298,8 @@ def tiny_cnn_zoo(tmp_path_factory):
 
 
 def test_item15_bench_runs_the_shipped_aligner_by_default_and_by_name(capsys, tiny_cnn_zoo, tmp_path):
-    """`bench --methods gnn` benchmarks the shipped aligner without --aligner and with its name (`--aligner mixed`); an unknown name is one line."""
+    """`bench --methods gnn` benchmarks the shipped aligner without --aligner and with its name (`--aligner mixed`); an
+    unknown name is one line."""
     root, zoo = tiny_cnn_zoo
     means = []
     for extra in ((), ("--aligner", "mixed")):

@@ -45,7 +45,7 @@ def test_item01_tied_weights_are_refused():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "x", None])
 def test_item03_merge_weights_must_be_finite_numbers(bad):
-    """merge / average_states with a NaN, Inf or non-number weight raise a one-line ValueError naming it."""
+    """``merge`` / ``average_states`` with a NaN, Inf or non-number weight raise a one-line ValueError naming it."""
     a, _ = make_family("mlp", 0)
     b, _ = make_family("mlp", 1)
     with pytest.raises(ValueError) as err:
@@ -90,7 +90,8 @@ def test_item07_function_check_tolerance_follows_the_dtype_it_ran_in():
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex128])
 def test_item08_non_float_tensors_are_named_with_their_dtype(dtype):
-    """Integer, bool or complex tensors where the architecture has floats raise a one-line error naming key and dtype."""
+    """Integer, bool or complex tensors where the architecture has floats raise a one-line error naming key and
+    dtype."""
     a, _ = make_family("mlp", 0)
     b, _ = make_family("mlp", 1)
     cast = {k: v.to(dtype) for k, v in a.state_dict().items()}

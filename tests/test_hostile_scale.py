@@ -38,7 +38,9 @@ def _pair(factory, seed=0):
 
 
 def test_item19_torchvision_style_vgg_and_resnet_are_traced_and_aligned(big):
-    """Small copies of torchvision's VGG (7x7 adaptive average pool of a 1x1 map, torch.flatten, dropout) and ResNet (BasicBlocks with `out += identity`, 1x1 downsample) get a spec (the classifier reads 49 entries per channel) and align with wm without changing B's function."""
+    """Small copies of torchvision's VGG (7x7 adaptive average pool of a 1x1 map, torch.flatten, dropout) and ResNet
+    (BasicBlocks with `out += identity`, 1x1 downsample) get a spec (the classifier reads 49 entries per channel) and
+    align with wm without changing B's function."""
     x = torch.randn(4, 3, 16, 16)
     vgg = lambda: big.VGG(big.vgg_features((8, "M", 16, "M", 16, "M", 16, "M")), 10, channels=16, hidden=32)
     a, b = _pair(vgg)
@@ -49,13 +51,15 @@ def test_item19_torchvision_style_vgg_and_resnet_are_traced_and_aligned(big):
     assert res.max_abs_diff <= 1e-9 and any(not torch.equal(p, torch.arange(len(p))) for p in res.perm.values())
     a, b = _pair(lambda: big.ResNet((2, 1, 1, 1), 10, widths=(4, 8, 8, 16)))
     spec = ga.spec_from_module(a, x)
-    assert len(spec.group_sizes) == 1 + 2 + 2 + 2 + 2  # stem with stage 1's skips; per block its conv1; per later stage its skips
+    # stem with stage 1's skips; per block its conv1; per later stage its skips
+    assert len(spec.group_sizes) == 1 + 2 + 2 + 2 + 2
     assert Axis("layer2.0.conv2") in spec.axes["layer2.0.downsample.0.weight"]
     assert ga.align(a, b, "wm", example_input=x).max_abs_diff <= 1e-9
 
 
 def test_item19_weight_matching_shows_progress_when_it_runs_long(monkeypatch, capsys):
-    """align(..., "wm") prints nothing when weight matching ends within PROGRESS_AFTER seconds; past that (here set to 0) a progress bar names weight matching on stderr; progress=False never shows one, progress=True always."""
+    """align(..., "wm") prints nothing when weight matching ends within PROGRESS_AFTER seconds; past that (here set to
+    0) a progress bar names weight matching on stderr; progress=False never shows one, progress=True always."""
     a, x = make_family("resnet2d_bn", 0)
     b, _ = make_family("resnet2d_bn", 1)
     quiet = ga.align(a, b, "wm", example_input=x)
@@ -96,7 +100,9 @@ def _every_group_every_sweep(a, b, spec, generator):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_item19_weight_matching_solves_an_assignment_again_only_when_its_inputs_changed(name, monkeypatch):
-    """Weight matching returns what solving every group in every sweep returns (same permutation, same sweeps) while solving fewer assignments: a group none of whose neighbours changed is not solved again (a one-hidden-layer MLP: once, not once per sweep)."""
+    """Weight matching returns what solving every group in every sweep returns (same permutation, same sweeps) while
+    solving fewer assignments: a group none of whose neighbours changed is not solved again (a one-hidden-layer MLP:
+    once, not once per sweep)."""
     a, x = make_family(name, 0)
     b, _ = make_family(name, 1)
     spec = ga.spec_from_module(a, x)
@@ -110,7 +116,8 @@ def test_item19_weight_matching_solves_an_assignment_again_only_when_its_inputs_
 
 
 def test_item19_one_hidden_layer_is_solved_once(monkeypatch):
-    """On a one-hidden-layer MLP, weight matching solves the one assignment once (it reads no other group), not once per sweep."""
+    """On a one-hidden-layer MLP, weight matching solves the one assignment once (it reads no other group), not once per
+    sweep."""
     calls = []
     monkeypatch.setattr(WM, "hungarian", lambda cost: calls.append(cost.shape) or hungarian(cost))
     net = MLP(5, [8], 3)
@@ -122,7 +129,9 @@ def test_item19_one_hidden_layer_is_solved_once(monkeypatch):
 
 @pytest.mark.slow
 def test_item19_torchvision_resnet18_aligns(big):
-    """With torchvision installed: the local copies have its resnet18/vgg11_bn state-dict keys and shapes, and weight matching aligns two random resnet18 (10 classes) without changing B's function. Skipped where torchvision is missing."""
+    """With torchvision installed: the local copies have its resnet18/vgg11_bn state-dict keys and shapes, and weight
+    matching aligns two random resnet18 (10 classes) without changing B's function. Skipped where torchvision is
+    missing."""
     tv = pytest.importorskip("torchvision")
     for name in ("resnet18", "vgg11_bn"):
         theirs = getattr(tv.models, name)(weights=None, num_classes=10).state_dict()

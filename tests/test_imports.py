@@ -1,5 +1,5 @@
 """Imports go one way: every module of ``gnn_align/`` is parsed (``ast``, nothing is imported) and its
-imports, relative ones resolved, are checked against the layering of docs/design.md:
+imports, relative ones resolved, are checked against the three rules of the layering of docs/design.md.
 
 (a) nothing in ``gnn_align/`` imports the checkout's ``datasets``, ``train`` or ``benchmarks``;
 (b) only the zoo's own users import ``gnn_align.zoo`` (:data:`ZOO_USERS`), so the core

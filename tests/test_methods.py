@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-import gnn_align.methods as methods
+from gnn_align import methods
 from gnn_align.aligner import GNNAligner
 from gnn_align.api import ALIGN_METHODS
 from gnn_align.methods import METHODS, Method, aligner_methods, method_names, method_table

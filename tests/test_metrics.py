@@ -4,14 +4,23 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from gnn_align import apply_permutation, invert_permutation, random_permutation, spec_from_module
 from gnn_align.archs import MLP
-from gnn_align.metrics import (accuracy_barrier, auc, barrier, barrier_rebasin, curve_metrics,
-                               exact_recovery, interpolate, interpolation_curve, matching_accuracy,
-                               recompute_bn_stats)
+from gnn_align.metrics import (
+    accuracy_barrier,
+    auc,
+    barrier,
+    barrier_rebasin,
+    curve_metrics,
+    exact_recovery,
+    interpolate,
+    interpolation_curve,
+    matching_accuracy,
+    recompute_bn_stats,
+)
 from tests.conftest import make_family
 
 TOL = {"rtol": 1e-12, "atol": 1e-12}

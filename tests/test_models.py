@@ -9,7 +9,8 @@ import torch
 from gnn_align.archs import CNN, MLP, ResidualMLP, ResNet
 from gnn_align.errors import GNNAlignError, StateDictError
 from gnn_align.models import build_model, check_state, example_input, load_state_file, save_state_file
-from gnn_align.testing import MarkerPickle
+
+from .helpers import MarkerPickle
 
 
 def test_builtin_architecture_strings():
@@ -88,7 +89,8 @@ def test_check_state_names_the_first_problem():
     m = MLP(4, [3], 2)
     check_state(m, m.state_dict())
     wrong = MLP(4, [5], 2).state_dict()
-    with pytest.raises(StateDictError, match=r"f: key '0.weight' has shape \(5, 4\), the architecture expects \(3, 4\)"):
+    with pytest.raises(StateDictError,
+                       match=r"f: key '0.weight' has shape \(5, 4\), the architecture expects \(3, 4\)"):
         check_state(m, wrong, "f")
     extra = dict(m.state_dict(), **{"9.weight": torch.zeros(1)})
     with pytest.raises(StateDictError, match="unexpected key '9.weight'"):

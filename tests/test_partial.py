@@ -173,7 +173,8 @@ def test_partial_weight_matching_from_a_random_start_never_decreases():
     p = _planted("mlp", seed=5)
     b = {k: v + 0.3 * torch.randn(v.shape, generator=torch.Generator().manual_seed(6)) for k, v in p["b"].items()}
     gen = torch.Generator().manual_seed(7)
-    init = {g: torch.randperm(p["spec_b"].group_sizes[g], generator=gen)[:n] for g, n in p["spec_a"].group_sizes.items()}
+    init = {g: torch.randperm(p["spec_b"].group_sizes[g], generator=gen)[:n]
+            for g, n in p["spec_a"].group_sizes.items()}
     res = weight_matching(p["a"], b, p["spec_a"], spec_b=p["spec_b"], init=init,
                           generator=torch.Generator().manual_seed(0))
     obj = torch.tensor(res.objective)

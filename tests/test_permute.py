@@ -5,9 +5,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn_align import (PermutationError, PermutationSpec, StateDictError, apply_permutation,
-                       compose_permutations, identity_permutation, invert_permutation,
-                       random_permutation)
+from gnn_align import (
+    PermutationError,
+    PermutationSpec,
+    StateDictError,
+    apply_permutation,
+    compose_permutations,
+    identity_permutation,
+    invert_permutation,
+    random_permutation,
+)
 
 # A 2 -> 3 -> 1 MLP whose 3 hidden neurons form group "h".
 SPEC = PermutationSpec({"h": 3}, {"0.weight": ("h", None), "0.bias": ("h",),

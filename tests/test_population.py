@@ -68,7 +68,8 @@ def test_weight_distance_of_scaled_copy():
     a = _nets(1)[0]
     spec, sa = _spec(a), a.state_dict()
     # |a - 3a| / sqrt(|a|^2 + 9|a|^2) = 2 / sqrt(10), whatever a is
-    assert pop.weight_distance(sa, {k: 3.0 * v for k, v in sa.items()}, spec)[0] == pytest.approx(2 / 10 ** 0.5, abs=TOL)
+    tripled = {k: 3.0 * v for k, v in sa.items()}
+    assert pop.weight_distance(sa, tripled, spec)[0] == pytest.approx(2 / 10 ** 0.5, abs=TOL)
 
 
 def test_pairwise_matches_distance_and_is_a_metric_matrix():
@@ -110,7 +111,8 @@ def test_synchronize_recovers_a_consistent_frame():
     perms = [random_permutation(spec, torch.Generator().manual_seed(s)) for s in range(4)]
     states = [apply_permutation(net.state_dict(), p, spec) for p in perms]
     # exact pairwise alignments j -> i, one of them corrupted: the votes of the others outweigh it
-    pw = {(i, j): compose_permutations(invert_permutation(perms[j]), perms[i]) for i in range(4) for j in range(i + 1, 4)}
+    pw = {(i, j): compose_permutations(invert_permutation(perms[j]), perms[i])
+          for i in range(4) for j in range(i + 1, 4)}
     pw[1, 2] = random_permutation(spec, torch.Generator().manual_seed(9))
     frame, _ = synchronize(pw, 4, spec)
     moved = [apply_permutation(s, p, spec) for s, p in zip(states, frame, strict=True)]

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from gnn_align import PermutationSpec, StateDictError, UnsupportedLayerError, spec_from_module
 from gnn_align.archs import CNN, MLP, ResNet
@@ -152,6 +152,63 @@ def test_unsupported_layers_raise_naming_path_and_op(module, x, path, op):
     assert f"'{path}'" in str(err.value) and op in str(err.value)
 
 
+def test_every_user_of_the_structure_refuses_a_spec_without_it_alike():
+    """One check, one exception type and one message for each function that needs the graph structure."""
+    from gnn_align.baselines import activation_matching
+    from gnn_align.graph import from_graph, to_graph
+    from gnn_align.memory import graph_size
+    from gnn_align.pretrained import signature
+    from gnn_align.zoo.augment import augment, rescalable_nodesets
+
+    module, x = make_family("mlp")
+    full = spec_from_module(module, x)
+    bare = PermutationSpec(full.group_sizes, full.axes)
+    state = module.state_dict()
+    calls = {"to_graph": lambda: to_graph(state, bare), "from_graph": lambda: from_graph(to_graph(state, full), bare),
+             "augment": lambda: augment(state, bare, torch.Generator()),
+             "rescalable_nodesets": lambda: rescalable_nodesets(bare),
+             "activation matching": lambda: activation_matching(module, state, state, bare, [x]),
+             "signature": lambda: signature(bare), "graph_size": lambda: graph_size(bare)}
+    for what, call in calls.items():
+        with pytest.raises(StateDictError, match=rf"^{what} needs a PermutationSpec with graph structure, and this one "
+                                                 r"has none: derive it with gnn_align\.spec_from_module\(module, "
+                                                 r"example_input\)$"):
+            call()
+    assert full.require_structure("anything") is full.structure
+
+
+def test_key_set_checks_share_one_message():
+    """spec.validate, check_state, interpolate, check_fits and check_narrower all name the first
+    missing (else unexpected) key through errors.check_keys, in one pattern, with the count of the rest."""
+    from gnn_align.errors import GNNAlignError, check_keys
+    from gnn_align.metrics import interpolate
+    from gnn_align.models import check_state
+    from gnn_align.partial import check_narrower
+    from gnn_align.training.checkpoint import check_fits
+
+    net = MLP(3, [4], 2)
+    state = net.state_dict()
+    fewer = {k: v for k, v in state.items() if k.startswith("2.")}
+    more = dict(state, extra=torch.zeros(5, 1))
+    with pytest.raises(StateDictError, match=r"^m: missing key '0.weight' \(the architecture has it, shape \(4, 3\); "
+                                             r"1 more missing\)$"):
+        check_state(net, fewer, "m")
+    with pytest.raises(StateDictError,
+                       match=r"^m: unexpected key 'extra' \(not in the architecture, shape \(5, 1\)\)$"):
+        check_state(net, more, "m")
+    with pytest.raises(StateDictError, match=r"^state_b: missing key '0.weight' \(state_a has it, shape \(4, 3\)"):
+        interpolate(state, fewer, 0.5)
+    with pytest.raises(GNNAlignError, match=r"^f.pt: checkpoint does not fit this model: unexpected key 'extra' "):
+        check_fits("f.pt", net, more)
+    spec = spec_from_module(net, torch.zeros(1, 3))
+    with pytest.raises(StateDictError, match=r"^the spec of A: missing key '2.bias' \(the spec of B has it\)$"):
+        check_narrower(PermutationSpec(spec.group_sizes, {k: a for k, a in spec.axes.items() if k != "2.bias"}),
+                       spec)
+    with pytest.raises(TypeError, match=r"^x: missing key 'b' \(y has it; 1 more missing\)$"):
+        check_keys(["a"], ["a", "b", "c"], "x", "y", TypeError)
+    check_keys(state, dict(state), "x", "y")
+
+
 def test_validation_names_the_offending_key():
     module, x = make_family("resnet2d_bn")
     spec = spec_from_module(module, x)
@@ -165,9 +222,9 @@ def test_validation_names_the_offending_key():
     bad["blocks.0.conv2.weight"][0, 0, 0, 0] = float("nan")
     with pytest.raises(StateDictError, match="'blocks.0.conv2.weight' contains NaN or Inf"):
         spec.validate(bad)
-    with pytest.raises(StateDictError, match="lacks key 'head.bias'"):
+    with pytest.raises(StateDictError, match=r"^state dict: missing key 'head.bias' \(the spec has it\)$"):
         spec.validate({k: v for k, v in good.items() if k != "head.bias"})
-    with pytest.raises(StateDictError, match="key 'foo'"):
+    with pytest.raises(StateDictError, match=r"^state dict: unexpected key 'foo' \(not in the spec, shape \(1,\)\)$"):
         spec.validate(dict(good, foo=torch.ones(1)))
     # a hand-written spec whose sizes disagree with the tensors
     hand = PermutationSpec({"h": 3}, {"w": ("h", None)})

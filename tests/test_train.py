@@ -204,7 +204,8 @@ def test_torchrun_reads_the_same_config_file_and_only_rank_0_writes(zoo_root, tm
     try:
         # static rendezvous on the loopback address (no hostname lookup; --standalone resolves the host)
         run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(ROOT / "train.py"), "--config", str(path), "--out", str(tmp_path / "ddp")],
+                              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(ROOT / "train.py"),
+                              "--config", str(path), "--out", str(tmp_path / "ddp")],
                              check=False, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"torchrun did not finish in 240 s:\n{e.stdout}\n{e.stderr}")

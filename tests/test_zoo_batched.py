@@ -55,9 +55,10 @@ def test_init_scale_multiplies_the_initial_weights_only():
         assert torch.equal(two[k], 2 * one[k] if k.endswith("weight") else one[k]), k
 
 
-@pytest.mark.parametrize("recipe", [dict(optimizer="sgd", schedule="step", weight_decay=5e-4, label_smoothing=0.1),
-                                    dict(optimizer="adam", schedule="constant", input_noise=0.2),
-                                    dict(optimizer="adamw", dropout=0.3)])
+@pytest.mark.parametrize("recipe", [
+    {"optimizer": "sgd", "schedule": "step", "weight_decay": 5e-4, "label_smoothing": 0.1},
+    {"optimizer": "adam", "schedule": "constant", "input_noise": 0.2},
+    {"optimizer": "adamw", "dropout": 0.3}])
 def test_every_recipe_is_deterministic_in_the_seeds_and_trains(recipe):
     x, y = _data()
     recipe = dict(recipe)

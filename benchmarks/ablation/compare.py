@@ -1,14 +1,15 @@
-"""Several trained aligners scored on the same seeded pairs of every member of a zoo, next to weight
+r"""Several trained aligners scored on the same seeded pairs of every member of a zoo, next to weight
 matching and activation matching: the ablation of the aligner's parts, and its acceptance tables.
 
 Each ``--run NAME=RUN_DIR`` is a ``train.py`` run (e.g. probe pass only / message passing only /
-both, trained with the same budget), or ``NAME=pretrained[:ALIGNER]`` for an aligner shipped in the package. For every member of the zoo's test split (and, with
-``--heldout-pairs``, its heldout split) the same pairs are aligned by every method; BatchNorm
-statistics are reset on data for every interpolated network. The table gives each member's mean
-Deep-Align barrier, and per family the geometric mean over members of (method / WM). Writes
-``ablation.json``, ``ablation.md`` and ``ablation.png``.
+both, trained with the same budget), or ``NAME=pretrained[:ALIGNER]`` for an aligner shipped in the
+package. For every member of the zoo's test split (and, with ``--heldout-pairs``, its heldout split)
+the same pairs are aligned by every method; BatchNorm statistics are reset on data for every
+interpolated network. The table gives each member's mean Deep-Align barrier, and per family the
+geometric mean over members of (method / WM). Writes ``ablation.json``, ``ablation.md`` and
+``ablation.png``.
 
-    python benchmarks/ablation/compare.py --zoo mixed-recipes --run probe=runs/abl-probe \\
+    python benchmarks/ablation/compare.py --zoo mixed-recipes --run probe=runs/abl-probe \
         --run mp=runs/abl-mp --run both=runs/abl-both --out benchmarks/ablation
 """
 
@@ -132,7 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--name", default="ablation", help="file stem of the results (default ablation)")
-    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/compare", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/compare)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/compare",
+                   help=f"output folder (default {DEFAULT_RESULTS_ROOT}/compare)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

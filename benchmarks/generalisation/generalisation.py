@@ -1,4 +1,4 @@
-"""Generalisation report of one aligner over every architecture (member) of a zoo.
+r"""Generalisation report of one aligner over every architecture (member) of a zoo.
 
 For each member of the zoo's test split (architectures trained on) and of its heldout split
 (architectures never trained on): the benchmark table of naive / WM / AM / the aligner (``gnn``,
@@ -7,7 +7,7 @@ trained on that architecture alone, the specialist's prediction (method ``specia
 statistics are reset for every interpolated network (no-op without BatchNorm). Writes
 ``generalisation.json`` and ``generalisation.md`` to --out (atomically) and prints the table.
 
-    python benchmarks/generalisation/generalisation.py --zoo mixed --aligner runs/mixed \\
+    python benchmarks/generalisation/generalisation.py --zoo mixed --aligner runs/mixed \
         --specialist digits-mlp-w64-d3=runs/digits-mlp --specialist digits-cnn-8-16-16=runs/digits-cnn
 """
 

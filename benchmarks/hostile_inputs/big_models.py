@@ -113,7 +113,7 @@ class VGG(nn.Module):
 
 
 def vgg_features(cfg=VGG11_CFG, batch_norm: bool = True) -> nn.Sequential:
-    """torchvision's ``make_layers``: 3x3 conv (+ BN) + ReLU per number, 2x2 max pool per "M"."""
+    """The ``make_layers`` of torchvision: 3x3 conv (+ BN) + ReLU per number, 2x2 max pool per "M"."""
     layers: list = []
     channels = 3
     for v in cfg:

@@ -95,8 +95,8 @@ def markdown(result: dict) -> str:
                f"{threads}); wall: the whole call, method: the alignment method alone."), ""]
     loads = [r["load_average"] for r in result["rows"] if "load_average" in r]
     if loads:
-        lines += [f"Load average (1 min) as the calls started: {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} CPUs.",
-                  ""]
+        lines += [(f"Load average (1 min) as the calls started: {min(loads):.1f}–{max(loads):.1f} on "
+                   f"{os.cpu_count()} CPUs."), ""]
     head = ["model", "source", "parameters", "method", "pair", "wall s", "method s", "permutation sha256"]
     if before:
         lines += [f"Compared with {result['before'].get('label') or 'the --before run'}.", ""]

@@ -72,7 +72,8 @@ def markdown(res: dict) -> str:
     methods = list(res["aligned_at_least_naive"])
     cols, summary, n = ["a", "b", "naive"] + methods, res["summary"], res["pairs"]
     rows = [["mean ± std", *(f"{summary[c]['mean']:.4f} ± {summary[c]['std']:.4f}" for c in cols)],
-            ["pairs where aligned ≥ naive", "–", "–", "–", *(f"{res['aligned_at_least_naive'][m]}/{n}" for m in methods)]]
+            ["pairs where aligned ≥ naive", "–", "–", "–",
+             *(f"{res['aligned_at_least_naive'][m]}/{n}" for m in methods)]]
     return (f"**{res['zoo']}**: test accuracy of merged pairs ({n} test pairs, seed {res['seed']}; gnn = "
             f"{res['aligner']})\n\n{markdown_table(['', *cols], rows)}\n")
 

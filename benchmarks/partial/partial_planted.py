@@ -29,7 +29,8 @@ from gnn_align.zoo import ModelZoo
 def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True, help="a zoo of MLPs (member 0 is used)")
-    p.add_argument("--aligner", default=None, help="a train.py run folder, or pretrained (the shipped aligner); optional")
+    p.add_argument("--aligner", default=None,
+                   help="a train.py run folder, or pretrained (the shipped aligner); optional")
     p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
     p.add_argument("--width", type=int, required=True, help="A's width in every hidden group")
     p.add_argument("--pairs", type=int, default=100)
@@ -68,9 +69,10 @@ def main(argv: list | None = None) -> dict:
 
 def markdown(res: dict) -> str:
     """The report of a run: the fraction of sub-networks each method recovered exactly."""
-    table = markdown_table(["method", "sub-networks recovered exactly"], [[m, f"{v:.3f}"] for m, v in res["exact"].items()])
-    return (f"**{res['zoo']}**: A = random {res['width_a']}-wide sub-network of B {res['width_b']} ({res['pairs']} test "
-            f"networks, seed {res['seed']})\n\n{table}\n")
+    table = markdown_table(["method", "sub-networks recovered exactly"],
+                           [[m, f"{v:.3f}"] for m, v in res["exact"].items()])
+    return (f"**{res['zoo']}**: A = random {res['width_a']}-wide sub-network of B {res['width_b']} "
+            f"({res['pairs']} test networks, seed {res['seed']})\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def run(args) -> dict:
                     for key in STATS:
                         stats[key].append(s[key])
             bn = input_batches(task.x_train) if any(k.endswith("running_mean") for k in a) else None
-            ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(args.seed, i, j))
+            ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss,
+                              pair_generator(args.seed, i, j))
             for name, values in barriers.items():
                 t0 = time.perf_counter()
                 perm = (METHODS[name](ctx) if name in ("wm", "am")
@@ -172,7 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--aligner", default="pretrained", help="'pretrained' (the shipped one) or a run folder")
     p.add_argument("--pairs", type=int, default=20, help="pairs per member")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/recipe-diagnosis", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/recipe-diagnosis)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/recipe-diagnosis",
+                   help=f"output folder (default {DEFAULT_RESULTS_ROOT}/recipe-diagnosis)")
     args = p.parse_args(argv)
     res = run(args)
     write_report(args.out, "diagnosis", res, markdown(res), plot(res), echo=True)

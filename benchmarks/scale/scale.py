@@ -171,7 +171,7 @@ def to_markdown(res: dict) -> str:
 
 
 def estimate_ratios(rows: list) -> dict:
-    """model -> the pre-check's estimate over the measured gnn peak, for the rows where gnn ran."""
+    """Per model, the pre-check's estimate over the measured gnn peak, for the rows where gnn ran."""
     return {r["model"]: r["gnn_estimate_mb"] / r["methods"]["gnn"]["peak_mb"] for r in rows
             if r["methods"].get("gnn", {}).get("peak_mb")}
 

@@ -69,10 +69,11 @@ def activation_matching(module: nn.Module, state_a: Mapping, state_b: Mapping, s
 
     Returns:
         :class:`MatchResult` with the permutation to apply to B.
+
+    Raises:
+        StateDictError: a spec without structure (:meth:`~gnn_align.PermutationSpec.require_structure`).
     """
-    st = spec.structure
-    if st is None:
-        raise ValueError("activation matching needs a spec with structure (use spec_from_module)")
+    st = spec.require_structure("activation matching")
     sets = {i: ns for i, ns in enumerate(st.nodesets) if ns.group is not None}
     stats = {i: CorrelationStats(ns.size) for i, ns in sets.items()}
     captured: dict = {}

@@ -4,8 +4,8 @@ A free copy ``W`` of the network's learnable tensors is trained; every step proj
 permutation orbit by weight matching (``pi = argmax_pi <W, pi . theta_B>``, warm-started from the
 previous step's ``pi``) and takes the task loss of the midpoint ``(theta_A + pi . theta_B) / 2`` on a
 data batch, with the projection's gradient passed straight through to ``W``
-(``pi . theta_B + W - stop_grad(W)``). The answer is the projection of the final ``W``. BatchNorm layers normalise with the batch's statistics
-(:func:`gnn_align.losses.state_task_loss`).
+(``pi . theta_B + W - stop_grad(W)``). The answer is the projection of the final ``W``. BatchNorm
+layers normalise with the batch's statistics (:func:`gnn_align.losses.state_task_loss`).
 """
 
 from __future__ import annotations

@@ -193,7 +193,8 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
     result = MatchResult(perm, [objective(perm, version)])
     result.trace.append((0, {g: p.clone() for g, p in perm.items()}))
     bar = tqdm(desc="weight matching", disable=progress is False, leave=False, file=sys.stderr,
-               delay=0 if progress else PROGRESS_AFTER, bar_format="{desc}: {n} assignments solved [{elapsed}{postfix}]")
+               delay=0 if progress else PROGRESS_AFTER,
+               bar_format="{desc}: {n} assignments solved [{elapsed}{postfix}]")
     try:
         for it in range(max_iter):
             changed = 0

@@ -38,6 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gnn-align`` parser with every subcommand (imports no numerical module)."""
     parser = _Parser(prog="gnn-align", description="Learn to align neural networks: align, merge "
                      "and compare models, build zoos, train and benchmark aligners.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -81,6 +82,7 @@ def _report(e: BaseException, argv: list, as_json: bool, prefix: str = "gnn-alig
 
 
 def main(argv: list | None = None) -> int:
+    """Run ``gnn-align`` on ``argv`` (default ``sys.argv[1:]``); returns the exit code (2: bad input)."""
     from ..errors import GNNAlignError
 
     argv = sys.argv[1:] if argv is None else list(argv)

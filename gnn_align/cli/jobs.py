@@ -47,4 +47,5 @@ def add_parsers(sub) -> None:
 
 
 def run(args, rest: list) -> int:
+    """Run a job command: forward ``rest`` to the script behind it; its exit status."""
     return _forward(args.forward, rest)

@@ -21,8 +21,9 @@ from .jsonout import dumps_json, strict
 # torch and the library are imported inside the commands: `gnn-align --help` and argument errors must not
 # wait for them. The default of --budget is the library's (gnn_align.refine.AUTO_BUDGET; a test checks it).
 AUTO_BUDGET = 0.8
-MODEL_HELP = ("architecture: mlp:IN,H1,..,OUT | mlp-ln:... | resmlp:IN,WIDTH,BLOCKS,OUT | cnn1d/cnn2d:CIN,C1,..,CLASSES "
-              "| resnet1d/resnet2d:CIN,STEM,C1,..,CLASSES | a JSON object {\"family\": ...} | package.module:factory")
+MODEL_HELP = ("architecture: mlp:IN,H1,..,OUT | mlp-ln:... | resmlp:IN,WIDTH,BLOCKS,OUT | "
+              "cnn1d/cnn2d:CIN,C1,..,CLASSES | resnet1d/resnet2d:CIN,STEM,C1,..,CLASSES | a JSON object "
+              "{\"family\": ...} | package.module:factory")
 DATA_HELP = ("a built-in task (digits, digits-2d, mnist1d, mnist1d-1d, ...): its training inputs feed am/sinkhorn and "
              "BatchNorm resets, its test split the evaluation; or your own data file "
              f"({'/'.join(DATA_SUFFIXES)}: inputs x, optionally labels y; see `gnn-align eval --help`)")
@@ -316,13 +317,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")
     p.add_argument("--lambdas", type=int, default=11, help="points on the curve (default 11)")
-    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/eval", help=f"output folder (default {DEFAULT_RESULTS_ROOT}/eval)")
+    p.add_argument("--out", default=f"{DEFAULT_RESULTS_ROOT}/eval",
+                   help=f"output folder (default {DEFAULT_RESULTS_ROOT}/eval)")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.set_defaults(run=_eval)
 
 
 def run(args) -> int:
+    """Run a model command (``args.run``), printing its result as JSON with ``--json``; exit status 0."""
     info = args.run(args)
     if args.json:
         print(dumps_json(info))

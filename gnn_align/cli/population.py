@@ -41,7 +41,8 @@ def _zoo(args):
     first = shapes(members[0])  # dropout and the like do not make another architecture: the tensors do
     others = [zoo.members[m]["name"] for m in members[1:] if shapes(m) != first]
     if others:
-        raise GNNAlignError(f"{path}: the {args.split} split holds several architectures ({zoo.members[members[0]]['name']}, "
+        first_name = zoo.members[members[0]]["name"]
+        raise GNNAlignError(f"{path}: the {args.split} split holds several architectures ({first_name}, "
                             f"{', '.join(others)}); choose one with --member")
     idx = [i for i in range(len(zoo)) if zoo.member_of(i) in members][:args.limit]
     return zoo, idx, build_arch(zoo.members[members[0]]["arch"]).eval()
@@ -52,7 +53,8 @@ def _pair(args) -> dict:
 
     module, (a, b), task = _load(args, args.files, args.data)
     data = None if task is None else task.x_test if task.y_test is None else (task.x_test, task.y_test)
-    d = distance(a, b, args.method, data, aligner=_aligner(args.aligner), module=module, loss=task.loss if task else "ce", seed=args.seed)
+    d = distance(a, b, args.method, data, aligner=_aligner(args.aligner), module=module,
+                 loss=task.loss if task else "ce", seed=args.seed)
     info = d.summary() | {"a": args.files[0], "b": args.files[1]}
     if not args.json:
         print(f"distance of {args.files[0]} and {args.files[1]} after {args.method} alignment: {d.weight:.4f} "

@@ -16,7 +16,7 @@ DEMO_NAMES = ("mlp", "mlp-layernorm", "cnn2d", "cnn1d-flatten", "residual-mlp", 
 
 
 def demo_networks() -> dict:
-    """name -> (factory, example input shape without batch); small versions of every family."""
+    """Small versions of every family: name -> (factory, example input shape without batch)."""
     from .. import archs
 
     return {
@@ -122,7 +122,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     res = _guarded(args, compute)
     paths = write_results(res, args.out or Path(DEFAULT_RESULTS_ROOT) / f"bench-{args.zoo}")
-    print(dumps_json(json.loads(dumps(res)), indent=1) if args.json else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
+    print(dumps_json(json.loads(dumps(res)), indent=1) if args.json
+          else to_markdown(res) + "\nwritten: " + ", ".join(map(str, paths)))
     return 0
 
 
@@ -192,11 +193,13 @@ def add_parsers(sub) -> None:
                            "results.json, results.md and curves.png (atomically) to --out.")
     bench.add_argument("--zoo", required=True, help="zoo name (a folder under --root; build it with "
                        "`python -m datasets build NAME`)")
-    bench.add_argument("--root", default=DEFAULT_ZOO_ROOT, help=f"folder holding built zoos (default {DEFAULT_ZOO_ROOT})")
+    bench.add_argument("--root", default=DEFAULT_ZOO_ROOT,
+                       help=f"folder holding built zoos (default {DEFAULT_ZOO_ROOT})")
     bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, "
                        "sinkhorn, ste, auto, gnn, gnn+wm, gnn+sinkhorn, gnn+ste (gnn: --aligner)")
-    bench.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name (default: the shipped aligner when a gnn method or auto is asked for): adds it "
-                       "as methods gnn, gnn+wm, gnn+sinkhorn, gnn+ste (its prediction refined by the optimiser) "
+    bench.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name "
+                       "(default: the shipped aligner when a gnn method or auto is asked for): adds it as methods "
+                       "gnn, gnn+wm, gnn+sinkhorn, gnn+ste (its prediction refined by the optimiser) "
                        "and makes auto consider it")
     bench.add_argument("--pairs", type=int, default=100, help="number of test pairs (default 100)")
     bench.add_argument("--split", default="test", help="split the pairs come from: test (default) or heldout "

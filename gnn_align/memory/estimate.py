@@ -44,11 +44,9 @@ def graph_size(spec: PermutationSpec) -> GraphSize:
     a model built on the ``meta`` device).
 
     Raises:
-        GNNAlignError: a spec without structure (derive it with ``spec_from_module``).
+        StateDictError: a spec without structure (:meth:`~gnn_align.PermutationSpec.require_structure`).
     """
-    st = spec.structure
-    if st is None:
-        raise GNNAlignError("the spec has no graph structure: derive it with gnn_align.spec_from_module")
+    st = spec.require_structure("graph_size")
     weights = [(ly.shape[0] * st.nodesets[ly.src].size, ly.edge_len) for ly in st.layers]
     skips = sum(st.nodesets[s].size for s, _ in st.skips)
     return GraphSize(nodes=sum(ns.size for ns in st.nodesets), edges=sum(e for e, _ in weights) + skips,
@@ -117,10 +115,10 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     measured 327 to 379 bytes an edge), up to 3.3x on the smallest graphs, where :data:`FIXED_MB`
     dominates.
 
-    With NetConv message passing (``conv="edge"``, random aligners, ``GNNAligner.align`` alone): ``hidden=32, num_layers=1,
-    edge_hidden=4, probes=128``: 185 MB measured, 329 estimated (mlp:64,256,256,256,10) and 635 / 1141
-    (mlp:64,512,512,512,10); ``hidden=64, num_layers=2, edge_hidden=16, probes=0, edge_dim=1``:
-    316 / 575 and 1059 / 2108.
+    With NetConv message passing (``conv="edge"``, random aligners, ``GNNAligner.align`` alone):
+    ``hidden=32, num_layers=1, edge_hidden=4, probes=128``: 185 MB measured, 329 estimated
+    (mlp:64,256,256,256,10) and 635 / 1141 (mlp:64,512,512,512,10); ``hidden=64, num_layers=2,
+    edge_hidden=16, probes=0, edge_dim=1``: 316 / 575 and 1059 / 2108.
 
     Args:
         num_nodes, num_edges: size of one network's graph (:func:`graph_size`).

@@ -14,7 +14,8 @@ from .blocks import push_blocks, used_columns
 _BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
     "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
 
-#: activation name -> function of (pre-activation, w0); ``sine`` is SIREN's sin(w0 z)
+#: the activations the probe pass runs, by their names in the one table :data:`gnn_align.archs.ACTIVATIONS`
+#: (tests/test_aligner.py checks it): name -> function of (pre-activation, w0); ``sine`` is SIREN's sin(w0 z)
 ACTIVATIONS = {"relu": lambda z, w0: z.relu(), "tanh": lambda z, w0: z.tanh(), "sine": lambda z, w0: (w0 * z).sin()}
 
 

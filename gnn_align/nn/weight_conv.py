@@ -14,7 +14,7 @@ from .conv import mlp
 
 class WeightConv(MessagePassing):
     r"""One round of message passing whose messages are the network's weights times the senders'
-    states, along and against the direction of computation:
+    states, along and against the direction of computation.
 
     .. math::
         m^{\to}_j = \sum_{i \in N^-(j)} (r_f^\top w_{ij}) \odot A h_i, \qquad

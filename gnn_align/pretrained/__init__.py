@@ -13,14 +13,12 @@ from pathlib import Path
 from torch import nn
 
 from ..aligner import GNNAligner, load_aligner
+from ..archs import activation_name
 from ..errors import GNNAlignError
 from ..spec import NODE_FEATURES, PermutationSpec
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = "mixed"
-
-_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.GELU: "gelu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
-                nn.LeakyReLU: "leaky_relu"}
 
 
 def available() -> list:
@@ -42,10 +40,13 @@ def load_pretrained(name: str = DEFAULT) -> GNNAligner:
 
 
 def activation_of(module: nn.Module) -> str | None:
-    """The hidden activation of ``module`` when it uses exactly one activation module type
-    (``"sine"`` for SIREN), else ``None`` (unknown, e.g. a functional call)."""
-    found = {_ACTIVATIONS[type(m)] for m in module.modules() if type(m) in _ACTIVATIONS}
-    found |= {"sine" for m in module.modules() if type(m).__name__ == "Sine"}
+    """The hidden activation of ``module`` when it uses exactly one activation module type.
+
+    Returns:
+        Its name in :data:`gnn_align.archs.ACTIVATIONS` (``"sine"`` for SIREN), else ``None`` (unknown,
+        e.g. a functional call, or several).
+    """
+    found = {activation_name(m) for m in module.modules()} - {None}
     return found.pop() if len(found) == 1 else None
 
 
@@ -53,9 +54,7 @@ def signature(spec: PermutationSpec, module: nn.Module | None = None) -> dict:
     """What an aligner must have seen to be trusted on a network: its node features (bias, norm
     parameters, BatchNorm statistics), whether it has residual skips, the widest group, the depth,
     the edge feature lengths (kernel sizes) and the activation."""
-    st = spec.structure
-    if st is None:
-        raise GNNAlignError("the spec has no structure: derive it with spec_from_module")
+    st = spec.require_structure("signature")
     feats = sorted({NODE_FEATURES[c] for ns in st.nodesets for c, k in enumerate(ns.features) if k is not None})
     return {"features": feats, "residual": bool(st.skips),
             "max_width": max(spec.group_sizes.values(), default=0),

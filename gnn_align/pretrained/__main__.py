@@ -18,6 +18,7 @@ from . import HERE, merge_signatures, signature
 
 
 def main(argv: list | None = None) -> None:
+    """The command line of ``python -m gnn_align.pretrained`` (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a finished train.py run folder")
     p.add_argument("--name", default="mixed", help="name of the shipped aligner (default mixed)")

@@ -130,6 +130,7 @@ def write_results(res: dict, out_dir: str | Path) -> list:
 
 
 def dumps(res: dict) -> str:
+    """A benchmark result as indented JSON, without the per-pair values and the mean curves."""
     return json.dumps({k: v for k, v in res.items() if k != "methods"} | {
         "methods": {m: {k: v for k, v in s.items() if k not in ("per_pair", "curve_mean", "curve_std")}
                     for m, s in res["methods"].items()}}, indent=1)

@@ -23,17 +23,17 @@ def _row(cells: Sequence) -> str:
 
 
 def markdown_table(header: Sequence, rows: Iterable[Sequence]) -> str:
-    """A Markdown (GitHub) table: the header, the ``|---|`` rule, one line per row.
+    r"""A Markdown (GitHub) table: the header, the ``|---|`` rule, one line per row.
 
     Cells are written with ``str``, as given: format numbers before (``f"{x:.4f}"``) and escape a
-    ``|`` inside a cell (``\\|``) where one can occur.
+    ``|`` inside a cell (``\|``) where one can occur.
 
     Args:
         header: the column names.
         rows: the rows, each a sequence of cells (normally as many as ``header``).
 
     Returns:
-        The table's lines joined by ``"\\n"``, without a trailing newline.
+        The table's lines joined by ``"\n"``, without a trailing newline.
 
     Example:
         >>> print(markdown_table(["method", "barrier"], [["wm", "0.0123"], ["gnn", "0.0101"]]))

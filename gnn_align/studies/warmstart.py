@@ -51,7 +51,7 @@ def warm_start_study(zoo_dir: str | Path, aligner, num_pairs: int = 20, seed: in
     """
     zoo = ModelZoo(str(zoo_dir), split="test", log=False)
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed))
-    steps = sorted(set(int(c) for c in checkpoints) | {0})
+    steps = sorted({int(c) for c in checkpoints} | {0})
     sk: dict = {s: [] for s in ("identity", "wm", "gnn")}
     sweeps: dict = {s: [] for s in ("identity", "gnn")}
     wm_bar, modules, losses = [], {}, set()
@@ -127,7 +127,8 @@ def write_warm_start(res: dict, out_dir: str | Path) -> list:
         ax.plot([max(s, 0.5) for s in res["checkpoints"]], means, marker="o", label=f"from {name}")
     for name, means in res["wm_sweeps"].items():
         bx.plot(range(len(means)), means, marker="o", label=f"from {name}")
-    for axis, title, xlabel in ((ax, "Sinkhorn re-basin", "steps (0 plotted at 0.5)"), (bx, "weight matching", "sweeps")):
+    panels = ((ax, "Sinkhorn re-basin", "steps (0 plotted at 0.5)"), (bx, "weight matching", "sweeps"))
+    for axis, title, xlabel in panels:
         axis.axhline(res["wm_barrier"], color="gray", ls="--", label="WM (converged)")
         axis.set_title(f"{res['zoo']}: {title}")
         axis.set_xlabel(xlabel)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import GNNAlignError
+from ..errors import GNNAlignError, check_keys
 from ..io import atomic_write, content_sha256
 
 _STATE_KEYS = ("model", "opt", "sched", "rng")
@@ -80,17 +80,14 @@ def check_fits(path: str | Path, model: nn.Module, saved: dict) -> None:
     """Raise unless the saved weights ``saved`` have exactly ``model``'s keys and shapes (names the first misfit).
 
     Raises:
-        GNNAlignError: ``"<path>: checkpoint does not fit this model: ..."`` naming a key and both shapes.
+        GNNAlignError: ``"<path>: checkpoint does not fit this model: ..."`` naming the first missing or
+            unexpected key (:func:`~gnn_align.errors.check_keys`), or a key and both shapes.
     """
     own = model.state_dict()
     if not isinstance(saved, dict):
         raise GNNAlignError(f"{path}: not a training checkpoint (its model entry is not a state dict)")
-    for k in own:
-        if k not in saved:
-            raise GNNAlignError(f"{path}: checkpoint does not fit this model: it lacks '{k}'")
+    check_keys(saved, own, f"{path}: checkpoint does not fit this model", "the model", GNNAlignError)
     for k, v in saved.items():
-        if k not in own:
-            raise GNNAlignError(f"{path}: checkpoint does not fit this model: unexpected key '{k}'")
         shape = tuple(getattr(v, "shape", ()))
         if shape != tuple(own[k].shape):
             raise GNNAlignError(f"{path}: checkpoint does not fit this model: '{k}' has shape {shape}, "

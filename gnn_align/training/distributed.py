@@ -100,6 +100,7 @@ def main_first(info: DistInfo):
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every process of a distributed run (nothing in a single-process one)."""
     if info.active:
         dist.barrier()
 

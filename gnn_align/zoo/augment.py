@@ -24,15 +24,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import StateDictError
 from ..spec import PermutationSpec
-
-
-def _structure(spec: PermutationSpec):
-    if spec.structure is None:
-        raise StateDictError("augment needs a PermutationSpec with graph structure; derive it with "
-                             "gnn_align.spec_from_module(module, example_input)")
-    return spec.structure
 
 
 def rescalable_nodesets(spec: PermutationSpec) -> list:
@@ -41,7 +33,7 @@ def rescalable_nodesets(spec: PermutationSpec) -> list:
     A node set qualifies when it is the only node set of its permutation group (no residual merge),
     no skip touches it, it has no normalisation features, and exactly one layer writes into it.
     """
-    st = _structure(spec)
+    st = spec.require_structure("rescalable_nodesets")
     count: dict = {}
     for ns in st.nodesets:
         if ns.group is not None:
@@ -95,7 +87,7 @@ def augment(state: Mapping[str, torch.Tensor], spec: PermutationSpec, generator:
     Raises:
         StateDictError: a spec without structure, or a state dict that does not fit the spec.
     """
-    st = _structure(spec)
+    st = spec.require_structure("augment")
     spec.validate(state)
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must lie in [0, 1], got {dropout}")

@@ -24,6 +24,7 @@ import torch
 from torch_geometric.data import InMemoryDataset
 
 from ..archs import build_arch
+from ..errors import check_keys
 from ..graph import NetGraph, to_graph
 from ..io import atomic_write, content_sha256, verified_sha256
 from ..spec import PermutationSpec
@@ -128,11 +129,8 @@ class ModelZoo(InMemoryDataset):
             path = root / sh["file"]
             data = read_shard(path, sh.get("sha256"))
             m = recs[wanted[s][0][0]]["member"]
-            keys = set(self.spec(m).axes)
-            if set(data) != keys:
-                odd = sorted(set(data) ^ keys)
-                raise ZooError(f"{path}: keys do not match member '{members[m].get('name', m)}' "
-                               f"(first difference: '{odd[0]}')")
+            check_keys(data, self.spec(m).axes, f"{path}: keys do not match member '{members[m].get('name', m)}'",
+                       "the member", ZooError)
             n = next(iter(data.values())).shape[0]
             rows = [row for _, row in wanted[s]]
             if max(rows) >= n or min(rows) < 0:
