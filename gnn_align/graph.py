@@ -37,8 +37,8 @@ from collections.abc import Mapping
 import torch
 from torch_geometric.data import Data
 
-from .errors import StateDictError
-from .spec import NODE_FEATURES, PermutationSpec
+from .errors import StateDictError, UnsupportedLayerError
+from .spec import NODE_FEATURES, Axis, PermutationSpec
 
 EDGE_WEIGHT, EDGE_SKIP = 0, 1
 
@@ -55,6 +55,9 @@ class NetGraph(Data):
 
 
 def _structure(spec: PermutationSpec):
+    if spec.heads or any(isinstance(e, tuple) and not isinstance(e, Axis) for axes in spec.axes.values() for e in axes):
+        raise UnsupportedLayerError("attention", "to_graph", "graphs of networks with attention (or axis pieces) "
+                                    "are not supported yet; align them with weight or activation matching")
     if spec.structure is None:
         raise StateDictError("this PermutationSpec has no graph structure; derive it with "
                              "gnn_align.spec_from_module(module, example_input)")
