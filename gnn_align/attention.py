@@ -10,7 +10,7 @@ dimensions, derived here:
   that head (``q_i . k_i`` is unchanged) and one ``<attn>.h{i}.v`` shared by its value dimensions
   and the output projection's input columns.
 
-In the spec these are :class:`~gnn_align.spec.Axis` pieces (the head group first, then the groups
+In the spec these are :class:`~gnn_align.spec.Piece` s (the head group first, then the groups
 of each slot; :mod:`gnn_align.permute` states the composition) and ``spec.heads``. Supported:
 ``nn.MultiheadAttention`` (self-attention, no masks, no ``bias_k``/``add_zero_attn``),
 ``nn.TransformerEncoderLayer`` (``norm_first`` both ways, ReLU/GELU), ``nn.TransformerEncoder``,
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import UnsupportedLayerError
-from .spec import Axis, PermutationSpec
+from .spec import Axis, PermutationSpec, Piece
 
 LEAVES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
 _ACTIVATIONS = (F.relu, F.gelu, torch.relu)
@@ -296,15 +296,15 @@ def build_spec(tr) -> PermutationSpec:
             if r in fixed:
                 continue
             if r not in info:
-                pieces.append(Axis(names[r], block[0] if block else 1, start))
+                pieces.append(Piece(names[r], block[0] if block else 1, start))
                 continue
             attn, fam, h, d = info[r]
-            pieces += [Axis(f"{attn}.heads", d, start)] + [Axis(f"{attn}.h{j}.{fam}", 1, start + j * d)
+            pieces += [Piece(f"{attn}.heads", d, start)] + [Piece(f"{attn}.h{j}.{fam}", 1, start + j * d)
                                                           for j in range(h)]
         if not pieces:
             return None
         if len(pieces) == 1 and pieces[0].start == 0 and len(segs) == 1:
-            return pieces[0]
+            return Axis(pieces[0].group, pieces[0].block)
         return tuple(pieces)
 
     axes = {}

@@ -12,7 +12,7 @@ Composition follows: applying ``p`` and then ``q`` equals applying ``compose_per
 whose entries are ``p[g][q[g]]``; ``invert_permutation(p)`` undoes ``p``.
 
 **Attention heads** (the one place the order of groups matters). An axis may be split into
-:class:`~gnn_align.spec.Axis` *pieces*, applied in the order the spec lists them; a head group
+:class:`~gnn_align.spec.Piece` s, applied in the order the spec lists them; a head group
 (``block = d``: head ``i`` owns entries ``i*d .. i*d + d - 1`` of its piece) is listed before its
 within-head groups, one per head *slot* (``spec.heads[h] = (qk groups, v groups)``). So the head
 group moves whole heads first, then the within-head group of slot ``i`` reorders the dimensions of
@@ -135,11 +135,12 @@ def apply_permutation_matrix(state_dict: Mapping[str, torch.Tensor], mats: Mappi
                 if a.group in mats:
                     moved = t.movedim(axis, 0)
                     n = spec.group_sizes[a.group]
-                    end = a.start + n * a.block
-                    piece = moved[a.start:end]
+                    start = getattr(a, "start", 0)
+                    end = start + n * a.block
+                    piece = moved[start:end]
                     flat = piece.reshape(n, -1)  # neuron i owns rows i*block..
                     done = (mats[a.group].to(t.dtype) @ flat).reshape(piece.shape)
-                    t = torch.cat([moved[:a.start], done, moved[end:]]).movedim(0, axis)
+                    t = torch.cat([moved[:start], done, moved[end:]]).movedim(0, axis)
         out[key] = t
     return out
 

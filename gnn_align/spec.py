@@ -25,13 +25,20 @@ _KINDS = {"input": NODE_INPUT, "hidden": NODE_HIDDEN, "output": NODE_OUTPUT}
 
 
 class Axis(NamedTuple):
-    """A tensor axis (or a piece of one) acted on by permutation group ``group``.
+    """A tensor axis acted on by permutation group ``group``.
 
     The axis has ``size(group) * block`` entries: entry ``i * block + r`` belongs to neuron ``i``
-    (``block > 1`` after flattening a ``C x H x W`` feature map into a Linear layer, block = H*W;
-    or a head of ``block`` dimensions for the head group of an attention layer). ``start`` > 0 (or
-    an axis of more entries) only in a *piece*: see :data:`AxisSpec`.
+    (``block > 1`` after flattening a ``C x H x W`` feature map into a Linear layer, block = H*W).
     """
+
+    group: str
+    block: int = 1
+
+
+class Piece(NamedTuple):
+    """A piece of a tensor axis acted on by ``group``: entries ``start .. start + size * block - 1``
+    (attention: the q, k or v rows of a packed projection, or one head; block = head size for a
+    head group). See :data:`AxisSpec`."""
 
     group: str
     block: int = 1
@@ -39,7 +46,7 @@ class Axis(NamedTuple):
 
 
 #: One entry per tensor axis: ``None`` (not permuted), an :class:`Axis` (the whole axis), or a tuple of
-#: :class:`Axis` *pieces*, each acting on entries ``start .. start + size * block - 1`` of the axis, in
+#: :class:`Piece` s, each acting on entries ``start .. start + size * block - 1`` of the axis, in
 #: the listed order (attention: packed q/k/v rows, a head group and its within-head groups; see
 #: :mod:`gnn_align.permute` for the order and :attr:`PermutationSpec.heads`).
 AxisSpec = tuple
@@ -50,16 +57,15 @@ def _as_axis(a) -> Axis | tuple | None:
         return a
     if isinstance(a, str):
         return Axis(a)
-    if isinstance(a, tuple) and a and all(isinstance(p, Axis) for p in a):
-        return tuple(a)
-    if isinstance(a, tuple) and len(a) in (2, 3) and isinstance(a[0], str):
-        return Axis(str(a[0]), *(int(x) for x in a[1:]))
-    raise TypeError(f"axis entry must be None, a group name, (group, block[, start]) or a tuple of Axis "
-                    f"pieces, got {a!r}")
+    if isinstance(a, tuple) and a and all(isinstance(p, (Axis, Piece)) for p in a):
+        return tuple(Piece(*p) for p in a)
+    if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str):
+        return Axis(str(a[0]), int(a[1]))
+    raise TypeError(f"axis entry must be None, a group name, (group, block) or a tuple of Piece, got {a!r}")
 
 
 def axis_pieces(entry) -> tuple:
-    """The :class:`Axis` pieces of one entry of ``spec.axes``, in order: ``()`` for None."""
+    """The :class:`Axis` or :class:`Piece` s of one entry of ``spec.axes``, in order: ``()`` for None."""
     if entry is None:
         return ()
     return (entry,) if isinstance(entry, Axis) else tuple(entry)
@@ -206,7 +212,7 @@ class PermutationSpec:
         return [(k, d, a.block) for k, d, a in self.pieces(group)]
 
     def pieces(self, group: str) -> list:
-        """(key, axis, :class:`Axis`) triples of every tensor axis or piece that ``group`` permutes."""
+        """(key, axis, :class:`Axis` or :class:`Piece`) triples of every tensor axis or piece that ``group`` permutes."""
         return [(k, d, a) for k, spec in self.axes.items() for d, entry in enumerate(spec)
                 for a in axis_pieces(entry) if a.group == group]
 
@@ -250,7 +256,7 @@ class PermutationSpec:
             if t.dim() != len(spec):
                 raise StateDictError(f"key '{key}' has shape {tuple(t.shape)}: {t.dim()} axes, the spec lists "
                                      f"{len(spec)}")
-            want = tuple(n if not isinstance(a, Axis) else self.group_sizes[a.group] * a.block + a.start
+            want = tuple(n if not isinstance(a, Axis) else self.group_sizes[a.group] * a.block
                          for n, a in zip(t.shape, spec))
             for d, entry in enumerate(spec):
                 for a in axis_pieces(entry) if isinstance(entry, tuple) and not isinstance(entry, Axis) else ():
@@ -277,7 +283,7 @@ class PermutationSpec:
         inner = {g for fams in self.heads.values() for fam in fams for g in fam}
 
         def where(g: str) -> str:
-            return ", ".join(f"{k}[{d}]" + (f"x{a.block}" if a.block > 1 else "") + (f"@{a.start}" if a.start else "")
+            return ", ".join(f"{k}[{d}]" + (f"x{a.block}" if a.block > 1 else "") + (f"@{a.start}" if getattr(a, "start", 0) else "")
                              for k, d, a in self.pieces(g))
 
         rows = [("group", "size", "acts on (key[axis])")]

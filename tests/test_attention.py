@@ -22,13 +22,13 @@ from gnn_align import (
     spec_from_module,
     to_graph,
 )
-from gnn_align.spec import Axis
+from gnn_align.spec import Axis, Piece
 from gnn_align.testing import assert_function_preserved, one_sided_spec, output_change
 
 # Packed q/k rows of 2 heads x 2 dims: q rows 0..3, k rows 4..7; group "h" moves heads,
 # "h0.qk"/"h1.qk" the dims of the head in slot 0/1 (shared by q and k).
-_QK = (Axis("h", 2, 0), Axis("h0.qk", 1, 0), Axis("h1.qk", 1, 2),
-       Axis("h", 2, 4), Axis("h0.qk", 1, 4), Axis("h1.qk", 1, 6))
+_QK = (Piece("h", 2, 0), Piece("h0.qk", 1, 0), Piece("h1.qk", 1, 2),
+       Piece("h", 2, 4), Piece("h0.qk", 1, 4), Piece("h1.qk", 1, 6))
 NESTED = PermutationSpec({"h": 2, "h0.qk": 2, "h1.qk": 2, "e": 3},
                          {"in": (_QK, "e"), "b": (_QK,), "e.w": ("e", None)},
                          heads={"h": (("h0.qk", "h1.qk"),)})
