@@ -113,9 +113,11 @@ def synchronize(pairwise: Mapping, n: int, spec: PermutationSpec, max_rounds: in
         ``(perms, rounds)``: one permutation per network into the shared frame (network 0's frame
         initially, so ``perms[0]`` starts as the identity), and the rounds run.
     """
+    if spec.heads:
+        raise ValueError("synchronize does not handle attention head groups yet; use MergeMany (many='mergemany')")
     table = {}
     for (i, j), p in pairwise.items():
-        table[i, j], table[j, i] = p, invert_permutation(p)
+        table[i, j], table[j, i] = p, invert_permutation(p, spec)
     missing = [(i, j) for i in range(n) for j in range(n) if i != j and (i, j) not in table]
     if missing:
         raise ValueError(f"synchronize needs an alignment of every pair; missing {missing[0]}")
@@ -124,7 +126,7 @@ def synchronize(pairwise: Mapping, n: int, spec: PermutationSpec, max_rounds: in
     for rounds in range(1, max_rounds + 1):
         changed = False
         for j in range(n):
-            votes = [compose_permutations(table[i, j], perms[i]) for i in range(n) if i != j] + [perms[j]]
+            votes = [compose_permutations(table[i, j], perms[i], spec) for i in range(n) if i != j] + [perms[j]]
             new = {g: hungarian(_votes(votes, g, size)) for g, size in spec.group_sizes.items()}
             changed |= not _same(new, perms[j])
             perms[j] = new

@@ -10,6 +10,20 @@ axis that group ``g`` acts on::
 (for an axis with ``block = b``, entry ``i * b + r`` receives entry ``perm[g][i] * b + r``).
 Composition follows: applying ``p`` and then ``q`` equals applying ``compose_permutations(p, q)``,
 whose entries are ``p[g][q[g]]``; ``invert_permutation(p)`` undoes ``p``.
+
+**Attention heads** (the one place the order of groups matters). An axis may be split into
+:class:`~gnn_align.spec.Piece` s, applied in the order the spec lists them; a head group
+(``block = d``: head ``i`` owns entries ``i*d .. i*d + d - 1`` of its piece) is listed before its
+within-head groups, one per head *slot* (``spec.heads[h] = (qk groups, v groups)``). So the head
+group moves whole heads first, then the within-head group of slot ``i`` reorders the dimensions of
+the head now in slot ``i`` (opposite A's head ``i``)::
+
+    new[i*d + r] = old[perm[h][i]*d + perm[heads_i][r]]      (heads_i = spec.heads[h][family][i])
+
+The within-head groups therefore do not compose group by group: with the spec,
+``compose_permutations(p, q, spec)`` is ``h: p[h][q[h]]`` and ``heads_i: p[heads_j][q[heads_i]]`` with
+``j = q[h][i]``, and ``invert_permutation(p, spec)`` is ``h: argsort(p[h])``, ``heads_i:
+argsort(p[heads_j])`` with ``j = argsort(p[h])[i]``.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from collections.abc import Mapping
 import torch
 
 from .errors import PermutationError
-from .spec import PermutationSpec
+from .spec import Axis, PermutationSpec, axis_pieces
 
 Permutation = dict  # dict[str, torch.LongTensor]
 
@@ -83,9 +97,16 @@ def permute_tensor(t: torch.Tensor, axes: tuple, perm: Mapping[str, torch.Tensor
             the group has: the axis is then cut to the matched neurons, see :mod:`gnn_align.partial`).
         skip: a group whose axes are left as they are.
     """
-    for axis, a in enumerate(axes):
-        if a is not None and a.group in perm and a.group != skip:
-            t = t.index_select(axis, _axis_index(perm[a.group].to(t.device), a.block))
+    for axis, entry in enumerate(axes):
+        for a in axis_pieces(entry):
+            if a.group not in perm or a.group == skip:
+                continue
+            idx = _axis_index(perm[a.group].to(t.device), a.block)
+            if not isinstance(entry, Axis):  # a piece: entries start.. of the axis, the rest stay
+                n, end = t.shape[axis], a.start + len(perm[a.group]) * a.block
+                idx = torch.cat([torch.arange(a.start, device=t.device), idx + a.start,
+                                 torch.arange(end, n, device=t.device)])
+            t = t.index_select(axis, idx)
     return t
 
 
@@ -109,12 +130,17 @@ def apply_permutation_matrix(state_dict: Mapping[str, torch.Tensor], mats: Mappi
                                    if n is not None else f"unknown permutation group '{g}'")
     out = {}
     for key, t in state_dict.items():
-        for axis, a in enumerate(spec.axes[key]):
-            if a is not None and a.group in mats:
-                moved = t.movedim(axis, 0)
-                rest = moved.shape[1:]
-                flat = moved.reshape(spec.group_sizes[a.group], -1)  # neuron i owns rows i*block..
-                t = (mats[a.group].to(t.dtype) @ flat).reshape(moved.shape[0], *rest).movedim(0, axis)
+        for axis, entry in enumerate(spec.axes[key]):
+            for a in axis_pieces(entry):
+                if a.group in mats:
+                    moved = t.movedim(axis, 0)
+                    n = spec.group_sizes[a.group]
+                    start = getattr(a, "start", 0)
+                    end = start + n * a.block
+                    piece = moved[start:end]
+                    flat = piece.reshape(n, -1)  # neuron i owns rows i*block..
+                    done = (mats[a.group].to(t.dtype) @ flat).reshape(piece.shape)
+                    t = torch.cat([moved[:start], done, moved[end:]]).movedim(0, axis)
         out[key] = t
     return out
 
@@ -129,17 +155,48 @@ def random_permutation(spec: PermutationSpec, generator: torch.Generator | None 
     return {g: torch.randperm(n, generator=generator) for g, n in spec.group_sizes.items()}
 
 
-def invert_permutation(perm: Mapping[str, torch.Tensor]) -> Permutation:
-    """The inverse: applying ``perm`` and then ``invert_permutation(perm)`` gives back the network."""
+def _families(perm: Mapping[str, torch.Tensor], spec: PermutationSpec | None):
+    """(head group, family of within-head groups) pairs of ``spec`` (none without one), checked
+    against ``perm``: a permutation of a spec with heads holds all its groups or none of them."""
+    for h, fams in ({} if spec is None else spec.heads).items():
+        for fam in fams:
+            have = [g in perm for g in (h, *fam)]
+            if any(have) and not all(have):
+                raise PermutationError(f"head group '{h}' and its within-head groups '{fam[0]}'.. must be "
+                                       "given together")
+            if all(have):
+                yield h, fam
+
+
+def invert_permutation(perm: Mapping[str, torch.Tensor], spec: PermutationSpec | None = None) -> Permutation:
+    """The inverse: applying ``perm`` and then ``invert_permutation(perm)`` gives back the network.
+
+    Args:
+        spec: needed when the spec has attention heads (``spec.heads``; see the module docstring).
+    """
     _check(perm)
-    return {g: torch.argsort(p) for g, p in perm.items()}
+    out = {g: torch.argsort(p) for g, p in perm.items()}
+    for h, fam in _families(perm, spec):
+        src = out[h]
+        for i, g in enumerate(fam):
+            out[g] = torch.argsort(perm[fam[int(src[i])]])
+    return out
 
 
-def compose_permutations(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> Permutation:
-    """The permutation equal to applying ``first`` and then ``second`` (``first[g][second[g]]``)."""
+def compose_permutations(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor],
+                         spec: PermutationSpec | None = None) -> Permutation:
+    """The permutation equal to applying ``first`` and then ``second`` (``first[g][second[g]]``).
+
+    Args:
+        spec: needed when the spec has attention heads (``spec.heads``; see the module docstring).
+    """
     _check(first)
     _check(second)
     if set(first) != set(second):
         raise PermutationError(f"cannot compose permutations of different groups: "
                                f"{sorted(set(first) ^ set(second))}")
-    return {g: first[g][second[g]] for g in first}
+    out = {g: first[g][second[g]] for g in first}
+    for h, fam in _families(first, spec):
+        for i, g in enumerate(fam):
+            out[g] = first[fam[int(second[h][i])]][second[g]]
+    return out

@@ -163,7 +163,7 @@ def distance(model_a, model_b, method: str = "gnn", data=None, *, aligner=None, 
             curve = interpolation_curve(prep.module, state_ref, aligned, x, y, loss, num_lambdas,
                                         reset_bn=input_batches(prep.x) if has_bn else None)
             bar = barrier(curve["loss"])
-    perm = res.perm if ref == 0 else invert_permutation(res.perm)
+    perm = res.perm if ref == 0 else invert_permutation(res.perm, prep.spec)
     return Distance(weight, groups, raw, bar, func, perm, method, res.seconds)
 
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import StateDictError, check_keys
+from .errors import StateDictError, UnsupportedLayerError, check_keys
 
 #: Node feature columns of a graph, in order. A node set names the state-dict key of each (or None).
 NODE_FEATURES = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
@@ -35,17 +35,40 @@ class Axis(NamedTuple):
     block: int = 1
 
 
-AxisSpec = tuple  # tuple[Axis | None, ...], one entry per tensor axis
+class Piece(NamedTuple):
+    """A piece of a tensor axis acted on by ``group``: entries ``start .. start + size * block - 1``
+    (attention: the q, k or v rows of a packed projection, or one head; block = head size for a
+    head group). See :data:`AxisSpec`."""
+
+    group: str
+    block: int = 1
+    start: int = 0
 
 
-def _as_axis(a) -> Axis | None:
+#: One entry per tensor axis: ``None`` (not permuted), an :class:`Axis` (the whole axis), or a tuple of
+#: :class:`Piece` s, each acting on entries ``start .. start + size * block - 1`` of the axis, in
+#: the listed order (attention: packed q/k/v rows, a head group and its within-head groups; see
+#: :mod:`gnn_align.permute` for the order and :attr:`PermutationSpec.heads`).
+AxisSpec = tuple
+
+
+def _as_axis(a) -> Axis | tuple | None:
     if a is None or isinstance(a, Axis):
         return a
     if isinstance(a, str):
         return Axis(a)
-    if isinstance(a, tuple) and len(a) == 2:
+    if isinstance(a, tuple) and a and all(isinstance(p, (Axis, Piece)) for p in a):
+        return tuple(Piece(*p) for p in a)
+    if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str):
         return Axis(str(a[0]), int(a[1]))
-    raise TypeError(f"axis entry must be None, a group name or (group, block), got {a!r}")
+    raise TypeError(f"axis entry must be None, a group name, (group, block) or a tuple of Piece, got {a!r}")
+
+
+def axis_pieces(entry) -> tuple:
+    """The :class:`Axis` or :class:`Piece` s of one entry of ``spec.axes``, in order: ``()`` for None."""
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, Axis) else tuple(entry)
 
 
 @dataclass(frozen=True)
@@ -135,6 +158,10 @@ class PermutationSpec:
             or an :class:`Axis` ``(group, block)``. Keys with no permuted axis are listed too.
         structure: the computation graph, when derived by :func:`spec_from_module`; needed by
             :func:`to_graph`. Not part of equality: two specs are equal when their symmetry is.
+        heads: attention only: head group -> its within-head groups, one tuple per family (the
+            ``qk`` groups, then the ``v`` groups), slot by slot: group ``families[f][i]`` permutes the
+            dimensions of the head in slot ``i``. Such groups do not compose group by group: see
+            :func:`~gnn_align.permute.compose_permutations`.
 
     Example (a 2-hidden-layer MLP)::
 
@@ -147,15 +174,26 @@ class PermutationSpec:
     group_sizes: Mapping[str, int]
     axes: Mapping[str, tuple]
     structure: NetStructure | None = field(default=None, compare=False, repr=False)
+    heads: Mapping[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "group_sizes", {str(g): int(n) for g, n in self.group_sizes.items()})
         axes = {k: tuple(_as_axis(a) for a in v) for k, v in self.axes.items()}
         object.__setattr__(self, "axes", axes)
+        heads = {str(h): tuple(tuple(str(g) for g in fam) for fam in fams) for h, fams in self.heads.items()}
+        object.__setattr__(self, "heads", heads)
         for key, spec in axes.items():
-            for a in spec:
-                if a is not None and a.group not in self.group_sizes:
-                    raise StateDictError(f"key '{key}' uses unknown permutation group '{a.group}'")
+            for entry in spec:
+                for a in axis_pieces(entry):
+                    if a.group not in self.group_sizes:
+                        raise StateDictError(f"key '{key}' uses unknown permutation group '{a.group}'")
+        for h, fams in heads.items():
+            for g in (h,) + tuple(g for fam in fams for g in fam):
+                if g not in self.group_sizes:
+                    raise StateDictError(f"heads of '{h}' name unknown permutation group '{g}'")
+            if any(len(fam) != self.group_sizes[h] for fam in fams):
+                raise StateDictError(f"head group '{h}' has {self.group_sizes[h]} heads, but a family of "
+                                     "within-head groups has not one group per head")
 
     @classmethod
     def from_structure(cls, structure: NetStructure) -> PermutationSpec:
@@ -176,19 +214,28 @@ class PermutationSpec:
             what: what needs the structure, the start of the message (``"to_graph"``).
 
         Raises:
+            UnsupportedLayerError: for a spec with attention (head groups or axis pieces): no graph form yet.
             StateDictError: ``"<what> needs a PermutationSpec with graph structure, and this one has
                 none: derive it with gnn_align.spec_from_module(module, example_input)"``, for a spec
                 written by hand (or built without a structure).
         """
+        if self.heads or any(isinstance(e, tuple) and not isinstance(e, Axis) for v in self.axes.values() for e in v):
+            raise UnsupportedLayerError("attention", what, "graphs of networks with attention (head groups, axis "
+                                        "pieces) are not supported yet; align them with weight matching")
         if self.structure is None:
             raise StateDictError(f"{what} needs a PermutationSpec with graph structure, and this one has none: derive "
                                  "it with gnn_align.spec_from_module(module, example_input)")
         return self.structure
 
     def acts_on(self, group: str) -> list:
-        """(key, axis, block) triples of every tensor axis that ``group`` permutes."""
-        return [(k, d, a.block) for k, spec in self.axes.items() for d, a in enumerate(spec)
-                if a is not None and a.group == group]
+        """(key, axis, block) triples of every tensor axis (or piece of one) that ``group`` permutes."""
+        return [(k, d, a.block) for k, d, a in self.pieces(group)]
+
+    def pieces(self, group: str) -> list:
+        """(key, axis, :class:`Axis` or :class:`Piece`) triples of every tensor axis or piece that ``group``
+        permutes."""
+        return [(k, d, a) for k, spec in self.axes.items() for d, entry in enumerate(spec)
+                for a in axis_pieces(entry) if a.group == group]
 
     def learnable_keys(self) -> list:
         """Keys of the weights, biases and normalisation weights/biases: what alignment objectives
@@ -223,8 +270,15 @@ class PermutationSpec:
             if t.dim() != len(spec):
                 raise StateDictError(f"key '{key}' has shape {tuple(t.shape)}: {t.dim()} axes, the spec lists "
                                      f"{len(spec)}")
-            want = tuple(n if a is None else self.group_sizes[a.group] * a.block for n, a in zip(t.shape, spec))
-            for d, a in enumerate(spec):
+            want = tuple(n if not isinstance(a, Axis) else self.group_sizes[a.group] * a.block
+                         for n, a in zip(t.shape, spec))
+            for d, entry in enumerate(spec):
+                for a in axis_pieces(entry) if isinstance(entry, tuple) and not isinstance(entry, Axis) else ():
+                    end = a.start + self.group_sizes[a.group] * a.block
+                    if end > t.shape[d]:
+                        raise StateDictError(f"key '{key}' axis {d} has size {t.shape[d]}, but group "
+                                             f"'{a.group}' acts on entries {a.start}..{end - 1}")
+                a = entry if isinstance(entry, Axis) else None
                 if a is not None and t.shape[d] != want[d]:
                     raise StateDictError(
                         f"key '{key}' axis {d} has size {t.shape[d]}, but group '{a.group}' has "
@@ -234,11 +288,30 @@ class PermutationSpec:
                 raise StateDictError(f"key '{key}' contains NaN or Inf values")
 
     def describe(self) -> str:
-        """A readable table: group -> size and the tensors/axes it acts on; then the fixed tensors."""
+        """A readable table: group -> size and the tensors/axes it acts on; then the fixed tensors.
+
+        An axis piece shows where it starts (``key[axis]@start``). The within-head groups of a head
+        group are shown as one indented row per family (``h0.qk .. h3.qk``, ``4 x 8``: 4 groups of 8,
+        one per head slot), acting where the first of them does.
+        """
+        inner = {g for fams in self.heads.values() for fam in fams for g in fam}
+
+        def where(g: str) -> str:
+            return ", ".join(f"{k}[{d}]" + (f"x{a.block}" if a.block > 1 else "")
+                             + (f"@{a.start}" if getattr(a, "start", 0) else "") for k, d, a in self.pieces(g))
+
         rows = [("group", "size", "acts on (key[axis])")]
         for g, n in self.group_sizes.items():
-            parts = [f"{k}[{d}]" + (f"x{b}" if b > 1 else "") for k, d, b in self.acts_on(g)]
-            rows.append((g, str(n), ", ".join(parts)))
+            if g in inner:
+                continue
+            if g not in self.heads:
+                rows.append((g, str(n), where(g)))
+                continue
+            rows.append((g, str(n), f"heads: {where(g)}"))
+            for fam in self.heads[g]:
+                name = fam[0] if len(fam) == 1 else f"{fam[0]} .. {fam[-1]}"
+                rows.append((f"  {name}", f"{len(fam)} x {self.group_sizes[fam[0]]}",
+                             f"within each head, first: {where(fam[0])}"))
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
         lines = [f"{r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]}" for r in rows]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .permute import apply_permutation, random_permutation
-from .spec import PermutationSpec
+from .spec import Axis, PermutationSpec
 
 #: max |Δ| allowed between outputs that must be equal, by the dtype they are computed in: the one table of
 #: gnn_align's function checks, the helpers here and :func:`gnn_align.align` / :func:`gnn_align.merge` (which
@@ -99,14 +99,14 @@ def assert_perm_equivariant(encoder: nn.Module, graph, spec: PermutationSpec, tr
 
 
 def one_sided_spec(spec: PermutationSpec, group: str) -> PermutationSpec:
-    """A spec in which ``group`` acts on only the first tensor axis it acts on in ``spec``.
+    """A spec in which ``group`` acts on only the first tensor axis (or axis piece) it acts on in ``spec``.
 
     Permuting with it breaks the coupling between a layer's outputs and its consumers' inputs:
     the negative control that a function-preservation test must fail.
     """
-    key, axis, _ = spec.acts_on(group)[0]
-    axes = {k: tuple(a if (k == key and d == axis) else None for d, a in enumerate(v))
-            for k, v in spec.axes.items()}
+    key, axis, piece = spec.pieces(group)[0]
+    axes = {k: tuple((a if isinstance(a, Axis) else (piece,)) if (k == key and d == axis) else None
+                     for d, a in enumerate(v)) for k, v in spec.axes.items()}
     return PermutationSpec(spec.group_sizes, axes)
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from . import attention
 from .errors import GNNAlignError, UnsupportedLayerError
 from .spec import NODE_FEATURES, Layer, NetStructure, NodeSet, PermutationSpec
 
@@ -39,7 +40,7 @@ _SCALAR_OPS = {operator.mul, operator.truediv, operator.add, operator.sub, torch
 _SCALAR_METHODS = {"mul", "add", "sub", "div", "__mul__", "__add__"}
 _ADD = {operator.add, operator.iadd, torch.add}
 _RESHAPE_FNS = {torch.flatten, torch.reshape, torch.squeeze}
-_RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze"}
+_RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unflatten"}
 _REDUCE = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 _SOFTMAX_FNS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
@@ -48,12 +49,13 @@ _OTHER = object()  # a traced value that is not a feature tensor (a size, an int
 
 
 class _Feat:
-    """A traced tensor whose axis 1 holds the neurons of node set ``ns`` (``block`` > 0: flattened)."""
+    """A traced tensor whose axis 1 holds the neurons of node set ``ns`` (``block`` > 0: flattened);
+    ``tok``: tokens ``(batch, tokens, features)``, whose last axis holds them (:mod:`.attention`)."""
 
-    __slots__ = ("block", "ns")
+    __slots__ = ("block", "ns", "tok")
 
-    def __init__(self, ns: int, block: int = 0):
-        self.ns, self.block = ns, block
+    def __init__(self, ns: int, block: int = 0, tok: bool = False):
+        self.ns, self.block, self.tok = ns, block, tok
 
 
 class _Tracer:
@@ -67,6 +69,11 @@ class _Tracer:
         self.used_keys: set = set()
         self.called: set = set()
         self.vals: dict = {}
+        self.headed: dict = {}  # node set -> (attention, "qk" or "v", heads, head dim)
+        self.raw: dict = {}  # key -> per axis None or [(node set, start)]: tensors that are not layers
+
+    Feat = _Feat
+    UNUSABLE = object()  # a traced value no op may read (the weights returned by MultiheadAttention)
 
     # -- node sets -----------------------------------------------------------------------------
     def new_set(self, name: str, size: int, depth: int, kind: str = "hidden") -> int:
@@ -106,6 +113,8 @@ class _Tracer:
         return not isinstance(a, fx.Node) or self.vals.get(a) is _OTHER
 
     def channel(self, node, v: _Feat, op: str) -> _Feat:
+        if v.tok:
+            raise UnsupportedLayerError(self.where(node), op, "applied to tokens")
         if v.block:
             raise UnsupportedLayerError(self.where(node), op, "applied to a flattened feature map")
         return v
@@ -114,6 +123,8 @@ class _Tracer:
         src, dst = self.shape(node.args[0]), self.shape(node)
         if dst == src:
             return v
+        if v.tok:
+            return attention.split_heads(self, node, v, op)
         if v.block == 0 and len(src) >= 2 and len(dst) == 2 and dst[0] == src[0] and dst[1] == src[1] * \
                 _prod(src[2:]):
             return _Feat(v.ns, _prod(src[2:]))
@@ -125,7 +136,7 @@ class _Tracer:
         src_shape = self.shape(node.args[0])
         block = 1
         if isinstance(m, nn.Linear):
-            if len(src_shape) != 2:
+            if len(src_shape) != 2 and not v.tok:
                 raise UnsupportedLayerError(path or self.root_name, "Linear", f"input of shape {src_shape}; only "
                                             "(batch, features) inputs are supported")
             block = max(v.block, 1)
@@ -136,7 +147,7 @@ class _Tracer:
         self.layers.append(Layer(w, v.ns, dst, tuple(m.weight.shape), block))
         if m.bias is not None:
             self.sets[dst]["features"][0] = self.key(path, "bias")
-        return _Feat(dst)
+        return _Feat(dst, 0, v.tok)
 
     def norm(self, path: str, m: nn.Module, v: _Feat) -> _Feat:
         feats = self.sets[v.ns]["features"]
@@ -154,6 +165,8 @@ class _Tracer:
         if path in self.called and any(True for _ in m.parameters(recurse=False)):
             raise UnsupportedLayerError(path or self.root_name, name, "module called more than once (tied weights)")
         self.called.add(path)
+        if isinstance(m, attention.LEAVES):
+            return attention.call_leaf(self, node, path or self.root_name, m)
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
                 raise UnsupportedLayerError(path or self.root_name, name,
@@ -170,6 +183,8 @@ class _Tracer:
             return self.norm(path, m, v)
         if isinstance(m, nn.LayerNorm):
             v = self.feat(node, node.args[0], name)
+            if v.tok:
+                return attention.layer_norm(self, path or self.root_name, m, v)
             if v.block or len(self.shape(node.args[0])) != 2 or tuple(m.normalized_shape) != \
                     (self.sets[v.ns]["size"],):
                 raise UnsupportedLayerError(path or self.root_name, name, "only LayerNorm over the feature axis of a "
@@ -192,7 +207,12 @@ class _Tracer:
         tensors = [a for a in node.all_input_nodes if self.vals.get(a) is not _OTHER]
         if is_method and fn in ("size", "dim") or fn is getattr or not tensors:
             return _OTHER
+        vals = [self.vals.get(a) for a in args if isinstance(a, fx.Node)]
+        if any(isinstance(v, (attention.Heads, attention.Scores, attention.Param, attention.MHAOut)) for v in vals):
+            return attention.call_op(self, node, fn, is_method, vals)
         x = args[0]
+        if fn is operator.getitem and isinstance(self.vals.get(x), _Feat) and self.vals[x].tok:
+            return self.token_index(node, self.vals[x])
         if (not is_method and fn in _ADD or is_method and fn in ("add", "__add__")) and len(tensors) == 2:
             if node.kwargs.get("alpha", 1) != 1:
                 raise UnsupportedLayerError(self.where(node), op, "add with alpha != 1")
@@ -206,13 +226,14 @@ class _Tracer:
         if not is_method and fn in _RESHAPE_FNS or is_method and fn in _RESHAPE_METHODS:
             return self.reshaped(node, self.feat(node, x, op), op)
         if not is_method and fn in _REDUCE or is_method and fn in _REDUCE_METHODS:
-            v = self.channel(node, self.feat(node, x, op), op)
+            v = self.feat(node, x, op)
+            v = v if v.tok else self.channel(node, v, op)
             rank = len(self.shape(x))
             dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
             dims = (dims,) if isinstance(dims, int) else dims
-            if dims is None or any(d % rank in (0, 1) for d in dims):
+            if dims is None or any(d % rank in ((0, rank - 1) if v.tok else (0, 1)) for d in dims):
                 raise UnsupportedLayerError(self.where(node), op, "reduction over the batch or feature axis")
-            return v
+            return _Feat(v.ns, 0, len(self.shape(node)) >= 3) if v.tok else v
         if not is_method and fn in _SOFTMAX_FNS or is_method and fn in ("softmax", "log_softmax"):
             dim = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
             if dim in (1, -1) and len(self.shape(x)) == 2:
@@ -220,15 +241,28 @@ class _Tracer:
         raise UnsupportedLayerError(self.where(node), op)
 
     def residual(self, node, a: _Feat, b: _Feat) -> _Feat:
-        if a.block != b.block or self.sets[a.ns]["size"] != self.sets[b.ns]["size"]:
-            raise UnsupportedLayerError(self.where(node), "add", "summands of different layouts")
+        return self.residual_sets(self.where(node), a, b)
+
+    def residual_sets(self, where: str, a: _Feat, b: _Feat) -> _Feat:
+        """``a + b``: their node sets become one group, joined by an identity skip."""
+        if a.block != b.block or a.tok != b.tok or self.sets[a.ns]["size"] != self.sets[b.ns]["size"]:
+            raise UnsupportedLayerError(where, "add", "summands of different layouts")
         if a.ns == b.ns:
             return a
         lo, hi = sorted((a.ns, b.ns))
         self.parent[self.find(hi)] = self.find(lo)
         self.skips.append((lo, hi))
         self.sets[hi]["depth"] = max(self.sets[hi]["depth"], self.sets[lo]["depth"])
-        return _Feat(hi, a.block)
+        return _Feat(hi, a.block, a.tok)
+
+    def token_index(self, node, v: _Feat) -> _Feat:
+        """``x[:, 0]`` and the like: indexing tokens that keeps the feature axis (a class token)."""
+        idx, src, dst = node.args[1], self.shape(node.args[0]), self.shape(node)
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if len(idx) < len(src) and Ellipsis not in idx and all(isinstance(i, (int, slice)) for i in idx) \
+                and dst and dst[-1] == src[-1]:
+            return _Feat(v.ns, 0, len(dst) >= 3)
+        raise UnsupportedLayerError(self.where(node), "getitem", "indexing the feature axis of tokens")
 
     def run(self) -> NetStructure:
         for node in self.gm.graph.nodes:
@@ -238,14 +272,18 @@ class _Tracer:
                 size = self.shape(node)
                 if len(size) < 2:
                     raise UnsupportedLayerError(node.name, "input", f"shape {size}: need (batch, C, ...)")
-                self.vals[node] = _Feat(self.new_set("input", size[1], 0, "input"))
+                tok = len(size) >= 3 and any(u.op == "call_module" and isinstance(
+                    self.gm.get_submodule(u.target), (nn.Linear, nn.LayerNorm) + attention.LEAVES) for u in node.users)
+                self.vals[node] = _Feat(self.new_set("input", size[-1] if tok else size[1], 0, "input"), 0, tok)
             elif node.op == "call_module":
                 self.vals[node] = self.call_module(node)
             elif node.op in ("call_function", "call_method"):
                 self.vals[node] = self.call_function(node, node.target, node.op == "call_method")
             elif node.op == "get_attr":
-                raise UnsupportedLayerError(str(node.target), "get_attr",
-                                            "a parameter or buffer used outside a supported layer")
+                if node.target not in self.state_keys:
+                    raise UnsupportedLayerError(str(node.target), "get_attr",
+                                                "a parameter or buffer used outside a supported layer")
+                self.vals[node] = attention.Param(str(node.target))
             elif node.op == "output":
                 out = node.args[0]
                 v = self.vals.get(out) if isinstance(out, fx.Node) else None
@@ -255,7 +293,9 @@ class _Tracer:
                 self.sets[v.ns]["kind"] = "output"
         return self.finish()
 
-    def finish(self) -> NetStructure:
+    def finish(self) -> NetStructure | PermutationSpec:
+        if self.headed or self.raw:
+            return attention.build_spec(self)
         roots = [self.find(i) for i in range(len(self.sets))]
         fixed = {roots[i] for i, s in enumerate(self.sets) if s["kind"] != "hidden"}
         names = {}
@@ -360,4 +400,5 @@ def spec_from_module(module: nn.Module, example_input: torch.Tensor) -> Permutat
     finally:
         for m, t in modes.items():
             m.train(t)
-    return PermutationSpec.from_structure(_Tracer(gm, module.state_dict(), type(module).__name__, bare).run())
+    out = _Tracer(gm, module.state_dict(), type(module).__name__, bare).run()
+    return out if isinstance(out, PermutationSpec) else PermutationSpec.from_structure(out)

@@ -11,6 +11,11 @@ Its norm then depends on the match, so maximising the inner product alone would 
 neurons; the objective becomes ``<A, B'> + ||B||^2 / 2 - ||B'||^2 / 2 = (||A||^2 + ||B||^2 - ||A -
 B'||^2) / 2`` for ``B' = pi . theta_B``, which minimises the distance and equals the inner product
 when the widths agree.
+
+Attention heads (``spec.heads``): a within-head group is an ordinary step on the rows of its head
+slot. A head group's step solves the head group and all its within-head groups at once, exactly:
+for every pair (A's head ``i``, B's head ``j``) the best within-head permutations (one assignment
+per family), then the assignment of B's heads to A's slots by those pairs' values.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import StateDictError
+from ..errors import GNNAlignError, StateDictError
 from ..ot import hungarian
 from ..partial import check_narrower, extract_subnetwork
 from ..permute import identity_permutation, permute_tensor
-from ..spec import PermutationSpec
+from ..spec import PermutationSpec, axis_pieces
 
 #: seconds after which weight matching shows its progress bar (on stderr), when not asked otherwise
 PROGRESS_AFTER = 3.0
@@ -43,9 +48,53 @@ class MatchResult:
     trace: list = field(default_factory=list)  # (iteration, permutation) snapshots along the way
 
 
-def _flat(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
-    """(n, rest): row i holds every entry of neuron i along ``axis`` (block entries included)."""
-    return t.movedim(axis, 0).reshape(n, -1).to(torch.float64)
+def _flat(t: torch.Tensor, axis: int, n: int, piece=None) -> torch.Tensor:
+    """(n, rest): row i holds every entry of neuron i along ``axis`` (block entries included); for an
+    axis piece (:class:`~gnn_align.spec.Axis` given), of that piece's entries only."""
+    t = t.movedim(axis, 0)
+    if piece is not None:
+        t = t[piece.start:piece.start + n * piece.block]
+    return t.reshape(n, -1).to(torch.float64)
+
+
+def _groups_of(axes: tuple) -> set:
+    return {a.group for entry in axes for a in axis_pieces(entry)}
+
+
+def _head_step(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, head: str, perm: dict,
+               learn: set) -> tuple:
+    """The best head assignment and within-head permutations of ``head``, every other group held:
+    ``(gain, {group: permutation})`` with ``gain`` the objective's increase (0: nothing better)."""
+    fams = spec.heads[head]
+    n, d = spec.group_sizes[head], [spec.group_sizes[fam[0]] for fam in fams]
+    own = {head, *(g for fam in fams for g in fam)}
+    rest = {g: p for g, p in perm.items() if g not in own}
+    pair = [torch.zeros(n, n, di, di, dtype=torch.float64) for di in d]  # [fam][i, j]: A head i x B head j
+    for k, ax, a in spec.pieces(head):
+        if k not in learn:
+            continue
+        f = next((f for f, fam in enumerate(fams)
+                  if any(p.start == a.start for _, _, p in [t for t in spec.pieces(fam[0]) if t[:2] == (k, ax)])), None)
+        if f is None:
+            raise GNNAlignError(f"head group '{head}' acts on '{k}' where none of its within-head groups does")
+        fa = _flat(state_a[k], ax, n * d[f], a._replace(block=1)).reshape(n, d[f], -1)
+        moved_b = permute_tensor(state_b[k], spec.axes[k], rest)
+        fb = _flat(moved_b, ax, n * d[f], a._replace(block=1)).reshape(n, d[f], -1)
+        pair[f] += torch.einsum("irx,jsx->ijrs", fa, fb)
+    best = torch.zeros(n, n, dtype=torch.float64)
+    inner = [[[None] * n for _ in range(n)] for _ in fams]
+    for f in range(len(fams)):
+        for i in range(n):
+            for j in range(n):
+                inner[f][i][j] = hungarian(pair[f][i, j])
+                best[i, j] += pair[f][i, j][torch.arange(d[f]), inner[f][i][j]].sum()
+    new = hungarian(best)
+    now = sum(float(pair[f][i, int(perm[head][i])][torch.arange(d[f]), perm[fam[i]]].sum())
+              for f, fam in enumerate(fams) for i in range(n))
+    out = {head: new}
+    for f, fam in enumerate(fams):
+        out.update({g: inner[f][i][int(new[i])] for i, g in enumerate(fam)})
+    return float(best[torch.arange(n), new].sum()) - now, out
 
 
 def matching_objective(state_a: Mapping, state_b: Mapping, perm: Mapping, spec: PermutationSpec,
@@ -77,7 +126,7 @@ class _Objective:
     def __init__(self, state_a: Mapping, state_b: Mapping, spec: PermutationSpec, spec_b: PermutationSpec):
         self.state_a, self.state_b, self.axes_b = state_a, state_b, spec_b.axes
         self.keys = spec.learnable_keys()
-        self.groups = {k: sorted({a.group for a in spec_b.axes[k] if a is not None}) for k in self.keys}
+        self.groups = {k: sorted(_groups_of(spec_b.axes[k])) for k in self.keys}
         self.partial = spec_b.group_sizes != spec.group_sizes
         self.shares: dict = {}  # key -> (versions it read, <A, B'>, |B|^2 - |B'|^2 or None)
 
@@ -111,10 +160,10 @@ class _Costs:
                  version: dict):
         self.state_a, self.state_b, self.spec, self.spec_b, self.version = state_a, state_b, spec, spec_b, version
         learn = set(spec.learnable_keys())
-        self.acts = {g: [(k, ax) for k, ax, _ in spec.acts_on(g) if k in learn] for g in spec.group_sizes}
-        # the other groups each term reads (B's other axes of its tensor)
-        self.deps = {g: [sorted({a.group for a in spec_b.axes[k] if a is not None and a.group != g})
-                         for k, _ in self.acts[g]] for g in spec.group_sizes}
+        self.acts = {g: [(k, ax, a) for k, ax, a in spec.pieces(g) if k in learn] for g in spec.group_sizes}
+        # the other groups each term reads (B's other axes, or pieces, of its tensor)
+        self.deps = {g: [sorted(_groups_of(spec_b.axes[k]) - {g}) for k, _, _ in self.acts[g]]
+                     for g in spec.group_sizes}
         self.terms: dict = {}  # (group, index into acts[group]) -> (versions it read, product, norm term)
         self.solved: set = set()
 
@@ -123,13 +172,14 @@ class _Costs:
         since the last cost of ``g``."""
         n, m = self.spec.group_sizes[g], self.spec_b.group_sizes[g]
         stale = g not in self.solved
-        for i, (k, ax) in enumerate(self.acts[g]):
+        for i, (k, ax, a) in enumerate(self.acts[g]):
             seen = tuple(self.version[h] for h in self.deps[g][i])
             if (g, i) in self.terms and self.terms[(g, i)][0] == seen:
                 continue
-            fb = _flat(permute_tensor(self.state_b[k], self.spec_b.axes[k], perm, skip=g), ax, m)
+            piece = None if self.spec.axes[k][ax] == a else a
+            fb = _flat(permute_tensor(self.state_b[k], self.spec_b.axes[k], perm, skip=g), ax, m, piece)
             norm = 0.5 * fb.square().sum(1) if m > n else None  # the matched columns' own norm
-            self.terms[(g, i)] = (seen, _flat(self.state_a[k], ax, n) @ fb.T, norm)
+            self.terms[(g, i)] = (seen, _flat(self.state_a[k], ax, n, piece) @ fb.T, norm)
             stale = True
         if not stale:
             return None
@@ -182,6 +232,8 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
     """
     if spec_b is not None:
         check_narrower(spec, spec_b)
+        if spec.heads and spec_b.group_sizes != spec.group_sizes:
+            raise GNNAlignError("partial matching of attention heads is not supported yet")
     spec_b = spec if spec_b is None else spec_b
     perm = {g: p.clone() for g, p in (init or identity_permutation(spec)).items()}
     for g in spec.group_sizes:
@@ -201,6 +253,16 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
             order = torch.randperm(len(groups), generator=generator).tolist()
             for gi in order:
                 g = groups[gi]
+                if g in spec.heads:  # the head group and its within-head groups at once
+                    gain, step = _head_step(state_a, state_b, spec, g, perm, set(spec.learnable_keys()))
+                    bar.update()
+                    moved = [h for h, p in step.items() if not torch.equal(perm[h], p)]
+                    if moved and gain > 1e-12 * max(1.0, abs(result.objective[-1])):
+                        for h in moved:
+                            perm[h] = step[h]
+                            version[h] += 1
+                        changed += 1
+                    continue
                 cost = costs.cost(g, perm)
                 if cost is None:  # no input changed since the last step of g: it would change nothing
                     continue
