@@ -131,15 +131,22 @@ def _max_abs_diff(module: nn.Module, before: dict, after: dict, x: torch.Tensor)
 
 
 def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
+    """Warn, in one line, when the aligner reads ``module`` outside what it was trained on: kernels it
+    pools to fit its ``edge_dim`` (named), or what :func:`~gnn_align.pretrained.coverage_problems` finds."""
+    from .graph import describe_pooling, pooling_plan
     from .pretrained import coverage_problems, signature
 
     sig = signature(spec, module)
     edge_dim = aligner.config.edge_dim
-    if max(sig["edge_lens"], default=0) > edge_dim:
-        raise GNNAlignError(f"the aligner reads edges of at most {edge_dim} values; this network has kernels of "
-                            f"{max(sig['edge_lens'])}: use method 'wm'")
+    plan = pooling_plan(spec, edge_dim)
+    problems = []
+    if plan:  # what the aligner reads of those layers: the pooled lengths
+        problems.append(f"kernels longer than its {edge_dim} values per edge were pooled for reading, "
+                        f"kernel sums kept: {describe_pooling(plan)}")
+        sig["edge_lens"] = sorted({k for k in sig["edge_lens"] if k <= edge_dim}
+                                  | {math.prod(dst) for _, dst in plan.values()})
     trained = getattr(aligner, "meta", {}).get("trained_on")
-    problems = coverage_problems(trained, sig) if trained else []
+    problems += coverage_problems(trained, sig) if trained else []
     if problems:
         warnings.warn("this model lies outside what the aligner was trained on (" + "; ".join(problems)
                       + "): its prediction may be poor; consider method='gnn+wm' or 'wm'", stacklevel=3)
