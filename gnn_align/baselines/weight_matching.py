@@ -184,10 +184,9 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
     A group's assignment is solved again only when the match of a group it reads changed since
     its last step (otherwise the step would repeat the last answer), so the last sweep, which
     changes nothing, costs little. For that, every group's cost terms (one ``n_a x n_b`` float64
-    matrix per tensor axis it acts on) are kept until the end. Memory: besides these, float64
-    copies of both networks' learnable tensors and of A's tensors laid out along each group axis
-    but the first (for a float32 model, up to about 6 times its size), made once instead of in
-    every step.
+    matrix per tensor axis it acts on) are kept until the end. Memory: besides these, a float64
+    copy of A's learnable tensors and of their layouts along each group axis but the first (for a
+    float32 model, up to about 4 times its size), made once instead of in every step.
 
     Shapes:
         ``perm[g]``: ``(n_a(g),)``, distinct indices into B's ``n_b(g)`` neurons.
@@ -205,12 +204,10 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
     groups = list(spec.group_sizes)
     extract_subnetwork(state_b, perm, spec_b, spec, keys=())  # checks the start against the specs
     version = dict.fromkeys(groups, 0)  # how often each group's match changed
-    # the learnable tensors in float64 once (exact for float32 and 16-bit values): every product below
-    # reads these, so no step converts a tensor again
-    learn = spec.learnable_keys()
-    a64 = {k: state_a[k].to(torch.float64) for k in learn}
-    b64 = {k: state_b[k].to(torch.float64) for k in learn}
-    objective, costs = _Objective(a64, b64, spec, spec_b), _Costs(a64, b64, spec, spec_b, version)
+    # A's learnable tensors in float64 once (exact for float32 and 16-bit values): A never moves, so no
+    # step converts them again (B is permuted in its own dtype, then converted, as it moves)
+    a64 = {k: state_a[k].to(torch.float64) for k in spec.learnable_keys()}
+    objective, costs = _Objective(a64, state_b, spec, spec_b), _Costs(a64, state_b, spec, spec_b, version)
     max_sweeps = max_sweeps if max_iter is None else max_iter
     t0 = time.perf_counter()
     result = MatchResult(perm, [objective(perm, version)])
