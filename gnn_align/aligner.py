@@ -114,10 +114,15 @@ class GNNAligner(nn.Module):
     def align(self, state_a: dict, state_b: dict, spec: PermutationSpec,
               spec_b: PermutationSpec | None = None) -> dict:
         """The permutation aligning B to A (one pair); ``spec_b``: B's spec when B is a wider copy
-        of A (then a partial match, see :func:`~gnn_align.partial.extract_subnetwork`)."""
-        d = self.config.edge_dim
-        return self.predict([to_graph(state_a, spec, edge_dim=d)],
-                            [to_graph(state_b, spec if spec_b is None else spec_b, edge_dim=d)])[0]
+        of A (then a partial match, see :func:`~gnn_align.partial.extract_subnetwork`). Kernels longer
+        than the aligner's ``edge_dim`` are pooled to fit (:meth:`graph`)."""
+        return self.predict([self.graph(state_a, spec)], [self.graph(state_b, spec if spec_b is None else spec_b)])[0]
+
+    def graph(self, state: dict, spec: PermutationSpec) -> NetGraph:
+        """The graph this aligner reads of a network: ``to_graph(state, spec, edge_dim=config.edge_dim,
+        fit="pool")``, so that a kernel longer than ``edge_dim`` (a 7x7 stem, a flattened 7x7 map) is
+        pooled to the largest layout that fits, its sum kept (:func:`~gnn_align.graph.pooling_plan`)."""
+        return to_graph(state, spec, edge_dim=self.config.edge_dim, fit="pool")
 
 
 def load_aligner(path_or_name: str | Path) -> GNNAligner:

@@ -133,15 +133,22 @@ def _max_abs_diff(module: nn.Module, before: dict, after: dict, x: torch.Tensor)
 
 
 def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
+    """Warn, in one line, when the aligner reads ``module`` outside what it was trained on: kernels it
+    pools to fit its ``edge_dim`` (named), or what :func:`~gnn_align.pretrained.coverage_problems` finds."""
+    from .graph import describe_pooling, pooling_plan
     from .pretrained import coverage_problems, signature
 
     sig = signature(spec, module)
     edge_dim = aligner.config.edge_dim
-    if max(sig["edge_lens"], default=0) > edge_dim:
-        raise GNNAlignError(f"the aligner reads edges of at most {edge_dim} values; this network has kernels of "
-                            f"{max(sig['edge_lens'])}: use method 'wm'")
+    plan = pooling_plan(spec, edge_dim)
+    problems = []
+    if plan:  # what the aligner reads of those layers: the pooled lengths
+        problems.append(f"kernels longer than its {edge_dim} values per edge were pooled for reading, "
+                        f"kernel sums kept: {describe_pooling(plan)}")
+        sig["edge_lens"] = sorted({k for k in sig["edge_lens"] if k <= edge_dim}
+                                  | {math.prod(dst) for _, dst in plan.values()})
     trained = getattr(aligner, "meta", {}).get("trained_on")
-    problems = coverage_problems(trained, sig) if trained else []
+    problems += coverage_problems(trained, sig) if trained else []
     if problems:
         warnings.warn("this model lies outside what the aligner was trained on (" + "; ".join(problems)
                       + "): its prediction may be poor; consider method='gnn+wm' or 'wm'", stacklevel=3)
@@ -196,8 +203,23 @@ def _gnn_table(prep: _Prepared, aligner) -> dict:
     return method_table(_checked_aligner(prep, aligner))
 
 
+def _wm_limits(max_sweeps: int | None, time_limit: float | None) -> dict:
+    """The weight matching caps given (:attr:`~gnn_align.methods.PairContext.wm_limits`), checked."""
+    out = {}
+    if max_sweeps is not None:
+        if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, int) or max_sweeps < 1:
+            raise ValueError(f"max_sweeps must be a positive integer, got {max_sweeps!r}")
+        out["max_sweeps"] = max_sweeps
+    if time_limit is not None:
+        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0 \
+                or not math.isfinite(time_limit):
+            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        out["time_limit"] = float(time_limit)
+    return out
+
+
 def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None,
-         budget: float = AUTO_BUDGET) -> AlignResult:
+         budget: float = AUTO_BUDGET, wm_limits: dict | None = None) -> AlignResult:
     if method not in ALIGN_METHODS and method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALIGN_METHODS)}")
     table, note = METHODS, ""
@@ -211,7 +233,8 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
         except GNNAlignError as e:  # the aligner cannot read this model: choose among the others
             note = f"gnn left out: {e}"
     sb = prep.states[b]
-    ctx = PairContext(prep.module, prep.spec, prep.work[a], prep.work[b], prep.x, prep.y, loss, prep.gen, budget)
+    ctx = PairContext(prep.module, prep.spec, prep.work[a], prep.work[b], prep.x, prep.y, loss, prep.gen, budget,
+                      wm_limits=wm_limits or {})
     t0 = time.perf_counter()
     perm = table[method](ctx)
     seconds = time.perf_counter() - t0
@@ -227,7 +250,8 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
 
 def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, module: nn.Module | None = None,
           example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
-          atol: float | None = None, budget: float = AUTO_BUDGET) -> AlignResult:
+          atol: float | None = None, budget: float = AUTO_BUDGET, max_sweeps: int | None = None,
+          time_limit: float | None = None) -> AlignResult:
     """Align B to A: find the permutation of B's hidden neurons that best matches A.
 
     Args:
@@ -250,6 +274,11 @@ def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, mo
         atol: tolerance of the function check (default by the dtype the check runs in, the
             architecture's: 1e-9 in float64, 1e-4 in float32, 1e-2 in 16 bits, times max(1, max |B(x)|)).
         budget: seconds ``auto`` may spend (its candidates always run; refinement gets what is left).
+        max_sweeps, time_limit: caps of weight matching (``wm``, the refinement of ``gnn+wm``,
+            ``auto``'s candidates): at most this many sweeps, no new assignment started after this
+            many seconds (default: 100 sweeps, no time limit). ``info["stopped"]`` says
+            ``"max_sweeps"`` or ``"time_limit"`` when a cap ended it before it converged, and
+            ``info["wm_sweeps"]`` how many sweeps it ran.
 
     Returns:
         :class:`AlignResult`.
@@ -265,8 +294,9 @@ def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, mo
         GNNAlignError: data or example inputs that are empty or hold NaN/Inf, or the permuted B
             does not compute what B computes.
     """
+    limits = _wm_limits(max_sweeps, time_limit)
     prep = _Prepared([model_a, model_b], module, data, example_input, seed)
-    return _run(prep, 0, 1, method, aligner, loss, atol, budget)
+    return _run(prep, 0, 1, method, aligner, loss, atol, budget, limits)
 
 
 @dataclass
@@ -341,7 +371,8 @@ def _checked(prep: _Prepared, k: int, perm: dict, method: str, seconds: float, i
     return AlignResult(perm, state, seconds, delta, method, prep.spec, prep.module, info)
 
 
-def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budget: float, progress: bool) -> list:
+def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budget: float, progress: bool,
+              limits: dict) -> list:
     """One :class:`AlignResult` per model, moving it into a frame shared by all (no reference):
     MergeMany from ``method``'s alignments to model 0, or the synchronisation of all pairwise ones."""
     from .mergemany import merge_many, synchronize
@@ -349,7 +380,7 @@ def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budge
     t0, n = time.perf_counter(), len(prep.states)
     if many == "mergemany":
         init = [{g: torch.arange(s) for g, s in prep.spec.group_sizes.items()}]
-        init += [_run(prep, 0, k, method, aligner, loss, None, budget).perm
+        init += [_run(prep, 0, k, method, aligner, loss, None, budget, limits).perm
                  for k in tqdm(range(1, n), desc="aligning to model 0", disable=not progress)]
         match = None  # weight matching against the average of the others, unless the aligner is asked for
         if method == "gnn":
@@ -365,7 +396,7 @@ def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budge
 
             found = _Embedded(prep, _checked_aligner(prep, aligner)).perms(pairs)
         else:
-            found = [_run(prep, i, j, method, aligner, loss, None, budget).perm
+            found = [_run(prep, i, j, method, aligner, loss, None, budget, limits).perm
                      for i, j in tqdm(pairs, desc="aligning pairs", disable=not progress)]
         perms, rounds = synchronize(dict(zip(pairs, found, strict=True)), n, prep.spec)
     seconds = (time.perf_counter() - t0) / n
@@ -376,7 +407,8 @@ def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budge
 def merge(models: Sequence, weights: Sequence[float] | None = None, method: str = "auto", data=None, *,
           aligner=None, module: nn.Module | None = None, reference: int = 0, many: str = "reference",
           example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
-          progress: bool = False, budget: float = AUTO_BUDGET) -> MergeResult:
+          progress: bool = False, budget: float = AUTO_BUDGET, max_sweeps: int | None = None,
+          time_limit: float | None = None) -> MergeResult:
     """Align every model to ``models[reference]`` with ``method`` (see :func:`align`), then average.
 
     With ``many="mergemany"`` or ``"sync"`` no model is the reference: all are moved into one shared
@@ -387,12 +419,15 @@ def merge(models: Sequence, weights: Sequence[float] | None = None, method: str 
     With BatchNorm layers, the merged network's running statistics are recomputed on ``data``'s
     inputs (up to 1024, batches of 128) when given; without data a warning says they are stale.
 
+    ``max_sweeps`` and ``time_limit`` cap weight matching in every pairwise alignment (see :func:`align`).
+
     Raises:
         ValueError: fewer than two models, or bad ``weights`` (checked before any alignment runs).
     """
     if len(models) < 2:
         raise ValueError(f"merge needs at least 2 models, got {len(models)}")
     _check_weights(weights, len(models))
+    limits = _wm_limits(max_sweeps, time_limit)
     if not 0 <= reference < len(models):
         raise ValueError(f"reference {reference} is not a model index (0..{len(models) - 1})")
     if many not in MANY:
@@ -400,12 +435,12 @@ def merge(models: Sequence, weights: Sequence[float] | None = None, method: str 
     prep = _Prepared(list(models), module, data, example_input, seed)
     if many == "reference":
         others = [k for k in range(len(models)) if k != reference]
-        results = [_run(prep, reference, k, method, aligner, loss, None, budget)
+        results = [_run(prep, reference, k, method, aligner, loss, None, budget, limits)
                    for k in tqdm(others, desc=f"aligning to model {reference}", disable=not progress)]
         aligned = [r.state for r in results]
         aligned.insert(reference, prep.states[reference])
     else:
-        results = _to_frame(prep, method, many, aligner, loss, budget, progress)
+        results = _to_frame(prep, method, many, aligner, loss, budget, progress, limits)
         aligned = [r.state for r in results]
     merged = average_states(aligned, weights)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())

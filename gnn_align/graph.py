@@ -14,6 +14,10 @@ Graph contract (:class:`NetGraph`):
   columns, so :func:`from_graph` is slicing and reshaping and the round trip is exact.
   ``kernel_cols`` (1, edge_dim) bool marks the columns some layer (or skip) writes; the others are
   zero on every edge (batched: one row per graph).
+  With ``fit="pool"`` (what a learned aligner reads), a kernel longer than ``edge_dim`` is first
+  pooled to the largest layout that fits (:func:`pooled_layout`, :func:`pool_matrix`: a 7x7 kernel
+  or flattened 7x7 map to 3x3, kernel sum kept); such a graph is for reading only (``pooled`` names
+  the pooled layers) and :func:`from_graph` refuses it.
   ``edge_type`` is 0 for weights and 1 for **residual skips**: a residual addition ``y = x + f(x)``
   appears as identity edges ``x_i -> f(x)_i`` (value 1 in the centre column), and layers that read
   ``y`` read the node set of ``f(x)``. Both node sets share one group and positions.
@@ -32,6 +36,7 @@ Batching: ``perm_group`` and ``perm_pos`` are per-graph and are *not* shifted by
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 
 import torch
@@ -62,8 +67,90 @@ def _offsets(structure) -> list:
     return offs + [n]
 
 
+#: how :func:`to_graph` treats a kernel longer than ``edge_dim``: refuse it, or pool it (for reading only)
+FITS = ("exact", "pool")
+
+
+def kernel_layout(structure, layer) -> tuple:
+    """The spatial layout of the values one edge of ``layer`` carries, singleton axes dropped: a
+    Conv2d's ``(kh, kw)``, a Conv1d's ``(k,)``, ``(1,)`` for a Linear weight; for a Linear layer
+    reading a flattened feature map, the map: ``(s, s)`` when a 2-D conv produces (or reads) its node
+    set and the block is a square ``s * s`` (or no layer says and it is a square), else ``(block,)``."""
+    if layer.block > 1:
+        n = layer.block
+        s = math.isqrt(n)
+        dims = {len(ly.shape) - 2 for ly in structure.layers
+                if len(ly.shape) > 2 and layer.src in (ly.dst, ly.src)}
+        return (s, s) if s * s == n and dims <= {2} and s > 1 else (n,)
+    return tuple(k for k in layer.shape[2:] if k > 1) or (1,)
+
+
+def pooled_layout(layout: tuple, edge_dim: int) -> tuple:
+    """The layout a kernel of ``layout`` is pooled to so that it fits ``edge_dim`` values: itself when
+    it fits; a 1-D kernel to ``edge_dim`` values; a 2-D one to at most ``t x t`` per axis, ``t`` the
+    largest odd number with ``t * t <= edge_dim`` (3 for the shipped aligners' 10: the 3x3 kernels they
+    were trained on); anything else, flattened, as 1-D."""
+    if math.prod(layout) <= edge_dim:
+        return tuple(layout)
+    if len(layout) == 2:
+        t = math.isqrt(edge_dim)
+        t -= 1 - t % 2
+        return tuple(min(k, max(t, 1)) for k in layout)
+    return (edge_dim,)
+
+
+def _pool_1d(k: int, m: int) -> torch.Tensor:
+    """(m, k) float64: entry (i, j) is the length of input cell ``[j, j + 1)`` inside output cell ``i``
+    (``[i k / m, (i + 1) k / m)``); every column sums to 1."""
+    edges = torch.arange(m + 1, dtype=torch.float64) * k / m
+    j = torch.arange(k, dtype=torch.float64)
+    return (torch.minimum(edges[1:, None], j + 1) - torch.maximum(edges[:-1, None], j)).clamp(min=0)
+
+
+def pool_matrix(layout: tuple, target: tuple) -> torch.Tensor:
+    """The linear map pooling a kernel of ``layout`` (row-major flattened) to ``target``, as a
+    ``(prod(target), prod(layout))`` float64 matrix: adaptive average pooling by area, scaled by the
+    area ratio, so that every input value is split among the output cells it overlaps and the kernel
+    sum is kept exactly (a spatially constant input gives the same response). 1-D or 2-D layouts of
+    equal rank; a row vector ``w`` pools to ``w @ pool_matrix(layout, target).T``."""
+    if len(layout) != len(target) or not 1 <= len(layout) <= 2:
+        raise ValueError(f"cannot pool a kernel of layout {layout} to {target}")
+    mats = [_pool_1d(k, m) for k, m in zip(layout, target, strict=True)]
+    return mats[0] if len(mats) == 1 else torch.kron(mats[0], mats[1])
+
+
+def _fmt(layout: tuple) -> str:
+    return "x".join(map(str, layout))
+
+
+def pooling_plan(spec: PermutationSpec, edge_dim: int) -> dict:
+    """The layers whose kernels ``to_graph(..., edge_dim, fit="pool")`` pools: weight key ->
+    ``(layout, pooled layout)`` (:func:`kernel_layout`, :func:`pooled_layout`); empty when every
+    kernel fits."""
+    st = spec.require_structure("pooling_plan")
+    plan = {}
+    for ly in st.layers:
+        if ly.edge_len > edge_dim:
+            layout = kernel_layout(st, ly)
+            plan[ly.weight] = (layout, pooled_layout(layout, edge_dim))
+    return plan
+
+
+def describe_pooling(plan: Mapping) -> str:
+    """``plan`` (:func:`pooling_plan`) in words: ``conv1.weight 7x7 -> 3x3, classifier.0.weight 7x7 -> 3x3``
+    (grouped when many layers pool alike)."""
+    by: dict = {}
+    for key, (src, dst) in plan.items():
+        by.setdefault((src, dst), []).append(key)
+    parts = []
+    for (src, dst), keys in by.items():
+        names = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        parts.append(f"{names} {_fmt(src)} -> {_fmt(dst)}")
+    return "; ".join(parts)
+
+
 def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
-             edge_dim: int | None = None) -> NetGraph:
+             edge_dim: int | None = None, fit: str = "exact") -> NetGraph:
     """Draw a network as a :class:`NetGraph`.
 
     Args:
@@ -71,6 +158,11 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         spec: a spec with structure, from :func:`spec_from_module`.
         edge_dim: edge feature width (default: the longest kernel of this network); pass a common
             value to batch networks with different kernel sizes.
+        fit: what to do with a kernel longer than ``edge_dim``: ``"exact"`` (default) refuses it;
+            ``"pool"`` pools it (:func:`pooling_plan`: a 7x7 kernel or flattened 7x7 map to 3x3,
+            the kernel sum kept) into a graph for reading only, which lists the pooled layers in
+            ``graph.pooled`` and which :func:`from_graph` refuses. Pooling acts within each edge,
+            so it commutes with relabelling neurons (:func:`relabel`).
 
     Returns:
         A :class:`NetGraph` in the dtype of the state dict's floating tensors.
@@ -86,9 +178,12 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
     for k, t in floats.items():
         if t.dtype != dtype:
             raise StateDictError(f"key '{k}' has dtype {t.dtype}, other tensors have {dtype}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     longest = max([ly.edge_len for ly in st.layers] + [1])
     d = longest if edge_dim is None else int(edge_dim)
-    if d < longest:
+    plan = pooling_plan(spec, d) if fit == "pool" and d >= 1 else {}
+    if d < longest and not plan:
         raise StateDictError(f"edge_dim={d} is shorter than the longest kernel ({longest} values)")
     sk = _skeleton(st, tuple(spec.group_sizes))
     n = sk["num_nodes"]
@@ -99,15 +194,21 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
             if key is not None:
                 x[offs[s]:offs[s + 1], c] = state_dict[key]
     attr = torch.zeros(sk["edge_type"].shape[0], d, dtype=dtype)
+    lens = {1}
     for (e0, _, n_in, _, n_out, _), ly in zip(sk["blocks"].tolist(), st.layers):
-        k = ly.edge_len
-        attr[e0:e0 + n_out * n_in, (d - k) // 2:(d - k) // 2 + k] = state_dict[ly.weight].reshape(n_out * n_in, k)
+        w = state_dict[ly.weight].reshape(n_out * n_in, ly.edge_len)
+        if ly.weight in plan:
+            w = w @ pool_matrix(*plan[ly.weight]).to(dtype).T
+        k = w.shape[1]
+        lens.add(k)
+        attr[e0:e0 + n_out * n_in, (d - k) // 2:(d - k) // 2 + k] = w
     attr[sk["edge_type"] == EDGE_SKIP, (d - 1) // 2] = 1
     cols = torch.zeros(1, d, dtype=torch.bool)
-    for k in {ly.edge_len for ly in st.layers} | {1}:
+    for k in lens:
         cols[0, (d - k) // 2:(d - k) // 2 + k] = True
     extra = [state_dict[k].reshape(-1).to(torch.float64) for k, _, _ in st.extras]
-    return NetGraph(x=x, edge_index=sk["edge_index"], edge_attr=attr, edge_type=sk["edge_type"],
+    pooled = {"pooled": [f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in plan.items()]} if fit == "pool" else {}
+    return NetGraph(**pooled, x=x, edge_index=sk["edge_index"], edge_attr=attr, edge_type=sk["edge_type"],
                     node_type=sk["node_type"], node_depth=sk["node_depth"], perm_group=sk["perm_group"],
                     perm_pos=sk["perm_pos"], num_groups=len(spec.group_sizes), group_names=list(spec.group_sizes),
                     blocks=sk["blocks"], kernel_cols=cols,
@@ -150,7 +251,16 @@ def _skeleton(st, groups: tuple) -> dict:
 
 
 def from_graph(graph: NetGraph, spec: PermutationSpec) -> dict:
-    """The exact inverse of :func:`to_graph`: the state dict (same keys, shapes, dtypes)."""
+    """The exact inverse of :func:`to_graph`: the state dict (same keys, shapes, dtypes).
+
+    Raises:
+        StateDictError: a graph that does not fit the spec, or one whose kernels were pooled
+            (``to_graph(..., fit="pool")``: for reading only).
+    """
+    pooled = getattr(graph, "pooled", None)
+    if pooled:
+        raise StateDictError(f"this graph was drawn with fit='pool' ({'; '.join(map(str, pooled))}): it is for "
+                             "reading only and has no exact inverse; draw it with to_graph(..., fit='exact')")
     st = spec.require_structure("from_graph")
     offs = _offsets(st)
     n_edges = sum(ly.shape[0] * st.nodesets[ly.src].size for ly in st.layers) + \

@@ -41,6 +41,9 @@ class PairContext:
     generator: torch.Generator
     budget: float = AUTO_BUDGET  # seconds ``auto`` may spend
     info: dict = field(default_factory=dict)  # what a refining or choosing method did (Outcome.as_dict())
+    #: caps of weight matching wherever it runs (``wm``, ``gnn+wm``, ``auto``'s candidates): ``max_sweeps``,
+    #: ``time_limit`` (seconds), passed to :func:`~gnn_align.baselines.weight_matching`
+    wm_limits: dict = field(default_factory=dict)
 
     def need(self, method: str, targets: bool = False) -> None:
         """Raise a ValueError naming ``method`` when the inputs (and ``targets``) it needs are missing."""
@@ -55,7 +58,13 @@ def _am_batches(ctx: PairContext) -> list:
 
 
 def _wm(c: PairContext, init: dict | None = None) -> dict:
-    return weight_matching(c.state_a, c.state_b, c.spec, init=init, generator=c.generator).perm
+    """Weight matching under ``c.wm_limits``; its sweeps (and, when a cap ended it before it converged,
+    ``stopped``: ``"max_sweeps"`` or ``"time_limit"``) go to ``c.info``."""
+    res = weight_matching(c.state_a, c.state_b, c.spec, init=init, generator=c.generator, **c.wm_limits)
+    c.info["wm_sweeps"] = res.iterations
+    if res.stopped:
+        c.info["stopped"] = res.stopped
+    return res.perm
 
 
 #: optimisation steps of Sinkhorn re-basin, from the identity (``sinkhorn``) or from a prediction
@@ -142,6 +151,8 @@ def auto_method(gnn: Callable | None) -> Callable:
                                               steps=AUTO_REFINE_STEPS, lr=AUTO_REFINE_LR, budget=left)
         perm, out = auto_align(cands, refine, score, c.budget)
         c.info.update(out.as_dict())
+        if "stopped" in fit.info:  # a cap ended one of the weight matching candidates
+            c.info["stopped"] = fit.info["stopped"]
         return perm
 
     return method

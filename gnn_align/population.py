@@ -208,7 +208,7 @@ class _Embedded:
         d, dtype = aligner.config.edge_dim, next(aligner.parameters()).dtype
         embs, masks = [], []
         for s in tqdm(range(0, len(prep.states), batch_size), desc="embedding", disable=not progress):
-            batch = Batch.from_data_list([to_graph(st, prep.spec, edge_dim=d)
+            batch = Batch.from_data_list([to_graph(st, prep.spec, edge_dim=d, fit="pool")
                                           for st in prep.work[s:s + batch_size]])
             for key in ("x", "edge_attr"):
                 batch[key] = batch[key].to(dtype)

@@ -8,7 +8,9 @@ and the function check), the method's own seconds, how the answer came out (sha2
 permutation, to show that a speed-up did not change it) and, with ``--profile``, the functions that
 took the most time.
 
-Usage: python benchmarks/hostile_inputs/timing.py [--models resnet18 vgg11_bn] [--methods wm gnn]
+``am`` (activation matching) gets 64 random 32x32 images as its data.
+
+Usage: python benchmarks/hostile_inputs/timing.py [--models resnet18 vgg11_bn] [--methods wm gnn am]
        [--pairs 1] [--threads 1] [--profile 12] [--out DIR] [--stem timing] [--label TEXT] [--before JSON]
 """
 
@@ -38,6 +40,20 @@ def perm_sha(perm: dict) -> str:
     return h.hexdigest()[:16]
 
 
+#: activation matching's inputs: this many random images (``AM_SIZE`` pixels square; both models end in an
+#: adaptive average pool, so they take any size); the other methods get none
+AM_INPUTS, AM_SIZE = 64, 32
+
+
+def _data(method: str):
+    """Random inputs for the methods that need them (``am``), else None."""
+    import torch
+
+    if method != "am":
+        return None
+    return torch.randn(AM_INPUTS, 3, AM_SIZE, AM_SIZE, generator=torch.Generator().manual_seed(0))
+
+
 def one(name: str, method: str, pair: int, threads: int, profile: int) -> dict:
     """Align one pair in this process; the row of the table (or the one-line error it raised)."""
     import torch
@@ -59,7 +75,7 @@ def one(name: str, method: str, pair: int, threads: int, profile: int) -> dict:
     try:
         if prof:
             prof.enable()
-        res = gnn_align.align(a.state_dict(), b.state_dict(), method, module=a)
+        res = gnn_align.align(a.state_dict(), b.state_dict(), method, module=a, data=_data(method))
     except GNNAlignError as e:
         return row | {"wall_seconds": time.perf_counter() - t0, "error": str(e)}
     finally:

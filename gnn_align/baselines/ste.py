@@ -58,7 +58,7 @@ def ste_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: Per
     history = []
     for _ in range(steps):
         w = {k: v.detach() * scale[k] for k, v in free.items()}
-        perm = weight_matching(w, state_b, spec, init=perm, generator=generator, max_iter=5).perm
+        perm = weight_matching(w, state_b, spec, init=perm, generator=generator, max_sweeps=5).perm
         proj = apply_permutation(state_b, perm, spec)
         ste = dict(proj)
         for k in keys:
@@ -73,5 +73,5 @@ def ste_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: Per
         if budget is not None and time.perf_counter() - t0 > budget:
             break
     w = {k: v.detach() * scale[k] for k, v in free.items()}
-    perm = weight_matching(w, state_b, spec, init=perm, generator=generator, max_iter=5).perm  # the last step's W
+    perm = weight_matching(w, state_b, spec, init=perm, generator=generator, max_sweeps=5).perm  # the last step's W
     return MatchResult(perm, objective=history, iterations=len(history))

@@ -21,6 +21,7 @@ per family), then the assignment of B's heads to A's slots by those pairs' value
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ class MatchResult:
     objective: list = field(default_factory=list)  # after each sweep (weight matching)
     iterations: int = 0
     trace: list = field(default_factory=list)  # (iteration, permutation) snapshots along the way
+    seconds: list = field(default_factory=list)  # weight matching: seconds since the start, after each sweep
+    stopped: str | None = None  # weight matching: "max_sweeps" or "time_limit" when a cap ended it before converging
 
 
 def _flat(t: torch.Tensor, axis: int, n: int, piece=None) -> torch.Tensor:
@@ -166,6 +169,7 @@ class _Costs:
                      for g in spec.group_sizes}
         self.terms: dict = {}  # (group, index into acts[group]) -> (versions it read, product, norm term)
         self.solved: set = set()
+        self.flat_a: dict = {}  # (key, axis, piece) -> A's tensor as (neurons, rest), float64
 
     def cost(self, g: str, perm: Mapping) -> torch.Tensor | None:
         """Group ``g``'s cost (``n_a x n_b``, float64) under ``perm``; None when no term's input changed
@@ -179,7 +183,9 @@ class _Costs:
             piece = None if self.spec.axes[k][ax] == a else a
             fb = _flat(permute_tensor(self.state_b[k], self.spec_b.axes[k], perm, skip=g), ax, m, piece)
             norm = 0.5 * fb.square().sum(1) if m > n else None  # the matched columns' own norm
-            self.terms[(g, i)] = (seen, _flat(self.state_a[k], ax, n, piece) @ fb.T, norm)
+            if (k, ax, piece) not in self.flat_a:  # A never moves: its rows are laid out once
+                self.flat_a[(k, ax, piece)] = _flat(self.state_a[k], ax, n, piece)
+            self.terms[(g, i)] = (seen, self.flat_a[(k, ax, piece)] @ fb.T, norm)
             stale = True
         if not stale:
             return None
@@ -195,8 +201,9 @@ class _Costs:
 
 def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *,
                     spec_b: PermutationSpec | None = None, init: Mapping | None = None,
-                    generator: torch.Generator | None = None, max_iter: int = 100,
-                    progress: bool | None = None) -> MatchResult:
+                    generator: torch.Generator | None = None, max_sweeps: int = 100,
+                    time_limit: float | None = None, progress: bool | None = None,
+                    max_iter: int | None = None) -> MatchResult:
     """Align B to A by weight matching.
 
     Args:
@@ -208,20 +215,28 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
         init: starting permutation or partial match (e.g. a learned prediction to refine);
             default the identity (A's neuron ``i`` opposite B's neuron ``i``).
         generator: source of the random group order of every sweep.
-        max_iter: bound on the number of sweeps.
-        progress: a progress bar on stderr (sweep, assignments solved, groups changed): ``None``
-            (default) shows it once the matching has run :data:`PROGRESS_AFTER` seconds, ``True``
-            from the start, ``False`` never.
+        max_sweeps: bound on the number of sweeps.
+        time_limit: seconds after which no further assignment is started (checked before each
+            group's step, so the last step may run past it; a sweep cut short still leaves a
+            permutation at least as good as the one before it). ``None``: no limit.
+        progress: a progress bar on stderr (sweep, assignments solved, groups changed, objective,
+            elapsed seconds): ``None`` (default) shows it once the matching has run
+            :data:`PROGRESS_AFTER` seconds, ``True`` from the start, ``False`` never.
+        max_iter: the former name of ``max_sweeps`` (wins when given).
 
     Returns:
         :class:`MatchResult` whose ``objective`` (one entry per sweep, starting with the initial
         permutation's; :func:`matching_objective`) never decreases; ``trace`` holds the
-        permutation after every sweep.
+        permutation and ``seconds`` the time since the start after every sweep (a sweep cut short
+        by ``time_limit`` included); ``stopped`` is ``"max_sweeps"`` or ``"time_limit"`` when that
+        cap ended the matching before a sweep changed nothing, else ``None``.
 
     A group's assignment is solved again only when the match of a group it reads changed since
     its last step (otherwise the step would repeat the last answer), so the last sweep, which
     changes nothing, costs little. For that, every group's cost terms (one ``n_a x n_b`` float64
-    matrix per tensor axis it acts on) are kept until the end.
+    matrix per tensor axis it acts on) are kept until the end. Memory: besides these, a float64
+    copy of A's learnable tensors and of their layouts along each group axis but the first (for a
+    float32 model, up to about 4 times its size), made once instead of in every step.
 
     Shapes:
         ``perm[g]``: ``(n_a(g),)``, distinct indices into B's ``n_b(g)`` neurons.
@@ -241,17 +256,30 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
     groups = list(spec.group_sizes)
     extract_subnetwork(state_b, perm, spec_b, spec, keys=())  # checks the start against the specs
     version = dict.fromkeys(groups, 0)  # how often each group's match changed
-    objective, costs = _Objective(state_a, state_b, spec, spec_b), _Costs(state_a, state_b, spec, spec_b, version)
+    # A's learnable tensors in float64 once (exact for float32 and 16-bit values): A never moves, so no
+    # step converts them again (B is permuted in its own dtype, then converted, as it moves)
+    a64 = {k: state_a[k].to(torch.float64) for k in spec.learnable_keys()}
+    objective, costs = _Objective(a64, state_b, spec, spec_b), _Costs(a64, state_b, spec, spec_b, version)
+    max_sweeps = max_sweeps if max_iter is None else max_iter
+    t0 = time.perf_counter()
     result = MatchResult(perm, [objective(perm, version)])
     result.trace.append((0, {g: p.clone() for g, p in perm.items()}))
+    result.seconds.append(time.perf_counter() - t0)
     bar = tqdm(desc="weight matching", disable=progress is False, leave=False, file=sys.stderr,
                delay=0 if progress else PROGRESS_AFTER,
                bar_format="{desc}: {n} assignments solved [{elapsed}{postfix}]")
+    out_of_time = lambda: time_limit is not None and time.perf_counter() - t0 >= time_limit
     try:
-        for it in range(max_iter):
+        for it in range(max_sweeps):
             changed = 0
             order = torch.randperm(len(groups), generator=generator).tolist()
+            if out_of_time():
+                result.stopped = "time_limit"
+                break
             for gi in order:
+                if out_of_time():
+                    result.stopped = "time_limit"
+                    break
                 g = groups[gi]
                 if g in spec.heads:  # the head group and its within-head groups at once
                     gain, step = _head_step(state_a, state_b, spec, g, perm, set(spec.learnable_keys()))
@@ -276,9 +304,13 @@ def weight_matching(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, *
             result.iterations = it + 1
             result.objective.append(objective(perm, version))
             result.trace.append((it + 1, {g: p.clone() for g, p in perm.items()}))
-            bar.set_postfix_str(f"sweep {it + 1}, {changed} of {len(groups)} groups changed", refresh=False)
-            if not changed:
+            result.seconds.append(time.perf_counter() - t0)
+            bar.set_postfix_str(f"sweep {it + 1}, {changed} of {len(groups)} groups changed, objective "
+                                f"{result.objective[-1]:.6g}", refresh=False)
+            if result.stopped or not changed:
                 break
+        else:
+            result.stopped = "max_sweeps"
     finally:
         bar.close()
     return result

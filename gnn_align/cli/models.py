@@ -126,7 +126,9 @@ def _weights(text: str | None, n: int) -> list | None:
 
 
 def _budget(args) -> dict:
-    return {} if args.budget is None else {"budget": args.budget}
+    """``auto``'s budget and weight matching's caps, where given on the command line."""
+    out = {} if args.budget is None else {"budget": args.budget}
+    return out | {k: getattr(args, k) for k in ("max_sweeps", "time_limit") if getattr(args, k, None) is not None}
 
 
 def _inspect(args) -> dict:
@@ -163,6 +165,9 @@ def _align(args) -> dict:
               f"  weight distance |A - B|: {info['distance_before']:.4f} -> {info['distance_after']:.4f}\n"
               f"  function check: max |B(x) - aligned B(x)| = {res.max_abs_diff:.2e}\n  written: {out}")
         _print_outcome(res.info)
+        if res.info.get("stopped"):
+            print(f"  weight matching stopped by --{res.info['stopped'].replace('_', '-')} after "
+                  f"{res.info.get('wm_sweeps', '?')} sweeps (not converged)")
     return info
 
 
@@ -203,6 +208,10 @@ def _merge(args) -> dict:
     save_state_file(res.state, out)
     if not args.json:
         print(f"merged {len(states)} models ({args.method}, {info['seconds']:.2f} s aligning) -> {out}")
+        stopped = [r.info["stopped"] for r in res.alignments if r.info.get("stopped")]
+        if stopped:
+            print(f"  weight matching stopped by --{stopped[0].replace('_', '-')} (not converged) in "
+                  f"{len(stopped)} of {len(res.alignments)} alignments")
         if "test_accuracy" in info:
             from ..studies.report import markdown_table
 
@@ -272,6 +281,10 @@ def _common(p: argparse.ArgumentParser, methods: bool = True, output: bool = Fal
                        f"(default {AUTO_BUDGET})")
         p.add_argument("--aligner", default=None, help="a train.py run folder or the name of a shipped aligner "
                        "(default: the shipped one)")
+        p.add_argument("--max-sweeps", type=int, default=None, metavar="N", help="weight matching (wm, gnn+wm, "
+                       "auto's candidates) stops after N sweeps (default 100); the result says when this stopped it")
+        p.add_argument("--time-limit", type=float, default=None, metavar="S", help="weight matching starts no new "
+                       "assignment after S seconds (default: none); the result says when this stopped it")
         p.add_argument("--seed", type=int, default=0, help="seed of the method's random choices")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
 
