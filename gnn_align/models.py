@@ -264,7 +264,9 @@ _TRY_SIZES = (8, 16, 28, 32, 40, 64, 224)
 @torch.no_grad()
 def example_input(module: nn.Module, batch: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random input batch that ``module`` accepts, found from its first Linear/Conv layer (for
-    convolutions, the first spatial size in (8, 16, 28, 32, 40, 64, 224) that runs).
+    convolutions, the first spatial size in (8, 16, 28, 32, 40, 64, 224) that runs; for a module with
+    ``nn.MultiheadAttention``, batch-first token sequences first: of a 3-D parameter's length (a
+    positional embedding ``(1, T, E)``), then of those lengths).
 
     Raises:
         GNNAlignError: when no such input is found; pass one explicitly (``example_input=``).
@@ -273,6 +275,9 @@ def example_input(module: nn.Module, batch: int = 8, generator: torch.Generator 
     dtype = next((p.dtype for p in module.parameters()), torch.get_default_dtype())
     if isinstance(first, nn.Linear):
         shapes = [(first.in_features,)]
+        if any(isinstance(m, nn.MultiheadAttention) for m in module.modules()):  # tokens: (batch, T, features)
+            pos = [p.shape[1] for p in module.parameters() if p.dim() == 3]  # a (1, T, E) positional embedding
+            shapes = [(t, first.in_features) for t in dict.fromkeys(pos + list(_TRY_SIZES))] + shapes
     elif first is not None:
         dim = 1 if isinstance(first, nn.Conv1d) else 2
         shapes = [(first.in_channels,) + (s,) * dim for s in _TRY_SIZES]

@@ -4,6 +4,7 @@ The golden example pins how a head group and its within-head groups compose on o
 function tests prove the derived symmetry of attention layers in float64, with one-sided controls.
 """
 
+import json
 import math
 
 import pytest
@@ -287,3 +288,15 @@ def test_distance_and_merge_many_of_a_transformer_by_weight_matching():
         assert float((res.model()(x) - module(x)).abs().max()) <= 1e-10
     with pytest.raises(ValueError, match="head groups"):
         gnn_align.merge([state, moved, state], method="wm", many="sync", module=module, example_input=x)
+
+
+def test_cli_inspect_shows_heads_of_an_encoder_stack(capsys):
+    """`gnn-align inspect` on a TransformerEncoder guesses token inputs and lists heads and within-head groups."""
+    from gnn_align import cli
+
+    assert cli.main(["inspect", "--model", "tests.test_attention:_Encoder"]) == 0
+    out = capsys.readouterr().out
+    assert "enc.layers.0.self_attn.heads" in out and "h0.qk .. enc.layers.0.self_attn.h1.qk" in out
+    assert cli.main(["inspect", "--model", "tests.test_attention:_Encoder", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert groups["enc.layers.1.self_attn.heads"] == 2 and groups["enc.layers.1.self_attn.h1.v"] == 4
