@@ -19,6 +19,7 @@ encoder passes plus one Hungarian decode per group and pair.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -239,11 +240,11 @@ class _Embedded:
         return out
 
 
-def _meta(prep: _Prepared, prints: list, pairs: list, method: str, aligner, chunk: int) -> dict:
-    models = fingerprint({str(k): torch.tensor(list(bytes.fromhex(p)), dtype=torch.uint8)
-                          for k, p in enumerate(prints)})
-    return {"method": method, "models": models, "pairs": len(pairs), "chunk": chunk,
-            "pairs_sha256": fingerprint({"pairs": torch.tensor(pairs, dtype=torch.long)}),
+def _meta(prints: list, pairs: list, method: str, aligner, chunk: int) -> dict:
+    """What identifies a resumable computation: its models, pairs, method, aligner and chunking."""
+    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"method": method, "models": digest(" ".join(prints)), "pairs": len(pairs), "chunk": chunk,
+            "pairs_sha256": digest(repr(pairs)),
             "aligner": None if aligner is None or not method.startswith("gnn") else fingerprint(aligner)}
 
 
@@ -281,7 +282,7 @@ def _distances(prep: _Prepared, pairs: list, method: str, aligner, loss: str, pr
     flats = torch.stack([flat(st) for st in prep.states])
     chunk = max(1, min(CHUNK_PAIRS, 20_000_000 // flats.shape[1]))
     prints = [fingerprint(s) for s in prep.states]
-    folder = None if cache is None else _open_cache(cache, _meta(prep, prints, pairs, method, aligner, chunk))
+    folder = None if cache is None else _open_cache(cache, _meta(prints, pairs, method, aligner, chunk))
     parts = []
     bar = tqdm(total=len(pairs), desc=f"distances ({method})", disable=not progress, unit="pair")
     for c, s in enumerate(range(0, len(pairs), chunk)):
