@@ -221,7 +221,7 @@ class PermutationSpec:
         """
         if self.heads or any(isinstance(e, tuple) and not isinstance(e, Axis) for v in self.axes.values() for e in v):
             raise UnsupportedLayerError("attention", what, "graphs of networks with attention (head groups, axis "
-                                        "pieces) are not supported yet; align them with weight matching")
+                                        "pieces) are not supported yet; align them with weight or activation matching")
         if self.structure is None:
             raise StateDictError(f"{what} needs a PermutationSpec with graph structure, and this one has none: derive "
                                  "it with gnn_align.spec_from_module(module, example_input)")
