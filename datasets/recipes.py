@@ -35,6 +35,15 @@ MNIST1D_CNN_TRAIN = {"epochs": 30, "lr": 1e-2, "batch_size": 128}
 DIGITS_RESNET = {"family": "resnet", "in_channels": 1, "stem_channels": 8, "channels": [8, 16],
                  "num_classes": 10, "dim": 2}
 DIGITS_RESNET_TRAIN = {"epochs": 12, "lr": 1e-2, "batch_size": 64}
+DIGITS_TRANSFORMER = {"family": "transformer", "in_features": 8, "tokens": 8, "d_model": 32, "heads": 2,
+                      "blocks": 1, "mlp": 64, "num_classes": 10, "norm_first": True}
+#: training recipes of the ``digits-transformer`` zoo: (member suffix, blocks, count, train)
+TRANSFORMER_RECIPES = [
+    ("adamw-cos-wd", 1, 400, {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-2, "epochs": 20, "batch_size": 64}),
+    ("sgd-cos-wd", 1, 300, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "epochs": 20, "batch_size": 64}),
+    ("adam-const-b2", 2, 300, {"optimizer": "adam", "lr": 2e-3, "schedule": "constant", "epochs": 20,
+                               "batch_size": 64}),
+]
 SIREN = {"family": "siren", "in_features": 1, "hidden": [32, 32], "out_features": 1, "w0": 3.0}
 SIREN_TRAIN = {"epochs": 400, "lr": 3e-3, "batch_size": 128}
 
@@ -110,6 +119,11 @@ def _recipe_members() -> list:
     return m
 
 
+def _transformer_members() -> list:
+    return [_member(f"digits-transformer-{name}", dict(DIGITS_TRANSFORMER, blocks=blocks), "digits-rows", count,
+                    train, recipe=name) for name, blocks, count, train in TRANSFORMER_RECIPES]
+
+
 def _residual_members() -> list:
     m = []
     for w, b in [(16, 2), (32, 2), (64, 2), (48, 3)]:
@@ -145,6 +159,9 @@ RECIPES = {
     "recipes": {"version": 1, "members": _recipe_members()},
     # the aligner's training zoo: every member of `mixed` and of `recipes` (other seeds than theirs)
     "mixed-recipes": {"version": 1, "members": _mixed_members() + _recipe_members()},
+    # small pre-LN transformers (d_model 32, 2 heads, 1 or 2 blocks) on the digits as 8 row tokens, by
+    # three training recipes (AdamW / SGD / Adam, with and without weight decay)
+    "digits-transformer": {"version": 1, "members": _transformer_members()},
     "digits-mlp-shift": {"version": 1, "splits": {"test": 1.0}, "members": [
         _member("digits-mlp-shift", _mlp(64, 64, 3), "digits-shift", 1000, DIGITS_MLP_TRAIN)]},
 }

@@ -217,7 +217,82 @@ class SIREN(nn.Sequential):
             m.bias.uniform_(-1.0 / math.sqrt(n), 1.0 / math.sqrt(n), generator=generator)
 
 
-FAMILIES = {"mlp": MLP, "cnn": CNN, "residual_mlp": ResidualMLP, "resnet": ResNet, "siren": SIREN}
+class TransformerBlock(nn.Module):
+    """One encoder block of :class:`Transformer`: multi-head self-attention and a ReLU MLP, each with a
+    residual connection; pre-LN (``x + f(LN(x))``) or post-LN (``LN(x + f(x))``).
+
+    Written by hand (q/k/v/output Linears, heads by ``unflatten``), so it is vmap-friendly and traced
+    by :func:`gnn_align.spec_from_module` with its heads as permutation groups.
+    """
+
+    def __init__(self, d_model: int, heads: int, mlp: int, norm_first: bool = True):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model={d_model} is not a multiple of heads={heads}")
+        self.heads, self.head_dim, self.norm_first = heads, d_model // heads, bool(norm_first)
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model) for _ in range(4))
+        self.fc1, self.act, self.fc2 = nn.Linear(d_model, mlp), nn.ReLU(), nn.Linear(mlp, d_model)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+
+    def attention(self, y: torch.Tensor) -> torch.Tensor:
+        """``softmax(q kᵀ / √d) v`` per head, heads concatenated, then the output projection; y (B, T, d_model)."""
+        q, k, v = self._split(self.q(y)), self._split(self.k(y)), self._split(self.v(y))
+        a = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)
+        return self.o((a @ v).transpose(1, 2).reshape(y.shape[0], y.shape[1], -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.attention(self.ln1(x))
+            return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+        x = self.ln1(x + self.attention(x))
+        return self.ln2(x + self.fc2(self.act(self.fc1(x))))
+
+
+class Transformer(nn.Module):
+    """A small encoder-only transformer classifier on token sequences ``(N, tokens, in_features)``.
+
+    Token embedding (Linear), a learned positional embedding ``pos`` (1, tokens, d_model) added to the
+    tokens, ``blocks`` :class:`TransformerBlock` s, a final LayerNorm (pre-LN only), the mean over
+    tokens and a Linear head. No ``nn.MultiheadAttention``: it trains under ``torch.func.vmap``.
+
+    Args:
+        in_features: features per input token.
+        tokens: sequence length (the positional embedding's length).
+        d_model: width of the residual stream.
+        heads: attention heads (``d_model`` must be a multiple).
+        blocks: number of encoder blocks.
+        mlp: hidden width of each block's MLP.
+        num_classes: output size.
+        norm_first: pre-LN blocks (and a final LayerNorm) if true, post-LN blocks otherwise.
+    """
+
+    def __init__(self, in_features: int, tokens: int, d_model: int, heads: int, blocks: int, mlp: int,
+                 num_classes: int, norm_first: bool = True):
+        super().__init__()
+        self.embed = nn.Linear(in_features, d_model)
+        self.pos = nn.Parameter(torch.zeros(1, tokens, d_model))
+        self.blocks = nn.ModuleList(TransformerBlock(d_model, heads, mlp, norm_first) for _ in range(blocks))
+        self.norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.head = nn.Linear(d_model, num_classes)
+        self.reset_pos()
+
+    @torch.no_grad()
+    def reset_pos(self, generator: torch.Generator | None = None, std: float = 0.02) -> None:
+        """Draw the positional embedding from N(0, std²)."""
+        self.pos.normal_(0.0, std, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(1))
+
+
+FAMILIES = {"mlp": MLP, "cnn": CNN, "residual_mlp": ResidualMLP, "resnet": ResNet, "siren": SIREN,
+            "transformer": Transformer}
 
 
 def build_arch(config: dict) -> nn.Module:
@@ -240,12 +315,15 @@ def build_arch(config: dict) -> nn.Module:
 def reset_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     """Re-initialise every parameter of ``module`` from ``generator`` (PyTorch's default schemes:
     Kaiming-uniform weights and fan-in-uniform biases for Linear/Conv; ones/zeros for norms; SIREN's
-    own scheme for :class:`SIREN`), and reset BatchNorm running statistics. Deterministic in the
+    own scheme for :class:`SIREN`; N(0, 0.02²) for a :class:`Transformer`'s positional embedding), and
+    reset BatchNorm running statistics. Deterministic in the
     generator's state, independent of the global RNG."""
     if isinstance(module, SIREN):
         module.reset_parameters(generator)
         return module
     for m in module.modules():
+        if isinstance(m, Transformer):
+            m.reset_pos(generator)
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
             if m.bias is not None:

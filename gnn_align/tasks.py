@@ -1,8 +1,9 @@
 """Offline task data for training model zoos.
 
-Every task is built locally without any download: scikit-learn's bundled ``digits`` data set and
-the procedurally generated ``mnist1d`` data set, plus a rotated-and-noised ``digits-shift``
-variant for distribution-shift experiments. :func:`sine_signals` provides 1-D signals for
+Every task is built locally without any download: scikit-learn's bundled ``digits`` data set (also
+as ``digits-rows``, sequences of 8 row tokens for transformers) and the procedurally generated
+``mnist1d`` data set, plus a rotated-and-noised ``digits-shift`` variant for distribution-shift
+experiments. :func:`sine_signals` provides 1-D signals for
 implicit neural representations (SIREN zoos); :func:`network_task` answers which data one network
 of a zoo is trained and evaluated on (its member's task, or its own signal in an INR zoo), and
 :func:`task_loss` is the per-network loss (``"ce"`` or ``"mse"``) that zoos train with and every
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TASK_NAMES = ("digits", "digits-2d", "digits-shift", "digits-shift-2d", "mnist1d", "mnist1d-1d")
+TASK_NAMES = ("digits", "digits-2d", "digits-rows", "digits-shift", "digits-shift-2d", "mnist1d", "mnist1d-1d")
 
 _SHIFT_MAX_DEGREES = 45.0
 _SHIFT_NOISE_STD = 0.1
@@ -65,6 +66,8 @@ def load_task(name: str) -> Task:
 
     Args:
         name: One of ``TASK_NAMES``: ``"digits"`` (N, 64), ``"digits-2d"`` (N, 1, 8, 8),
+            ``"digits-rows"`` (N, 8, 8): the digits as sequences of 8 row tokens of 8 pixels (for
+            transformers; same split and scaling),
             ``"digits-shift"`` / ``"digits-shift-2d"`` (digits rotated by U(-45°, 45°) with
             Gaussian pixel noise of std 0.1, same shapes and split), ``"mnist1d"`` (N, 40) and
             ``"mnist1d-1d"`` (N, 1, 40).
@@ -90,7 +93,9 @@ def _build_task(name: str) -> Task:
         if "shift" in name:
             x_tr = _shift(x_tr, _SHIFT_SEED_TRAIN)
             x_te = _shift(x_te, _SHIFT_SEED_TEST)
-        if not name.endswith("-2d"):
+        if name.endswith("-rows"):  # 8 row tokens of 8 pixels each
+            x_tr, x_te = x_tr.reshape(-1, 8, 8), x_te.reshape(-1, 8, 8)
+        elif not name.endswith("-2d"):
             x_tr, x_te = x_tr.reshape(-1, 64), x_te.reshape(-1, 64)
     else:
         x_tr, y_tr, x_te, y_te = _mnist1d()

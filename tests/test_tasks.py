@@ -11,6 +11,7 @@ from gnn_align.tasks import TASK_NAMES, Task, _rotate, load_task, sine_signals
 SHAPES = {
     "digits": ((1437, 64), (360, 64)),
     "digits-2d": ((1437, 1, 8, 8), (360, 1, 8, 8)),
+    "digits-rows": ((1437, 8, 8), (360, 8, 8)),
     "digits-shift": ((1437, 64), (360, 64)),
     "digits-shift-2d": ((1437, 1, 8, 8), (360, 1, 8, 8)),
     "mnist1d": ((4000, 40), (1000, 40)),
