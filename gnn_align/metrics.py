@@ -199,6 +199,37 @@ def interpolation_curve(module: nn.Module, state_a: Mapping[str, torch.Tensor],
     return res
 
 
+@torch.no_grad()
+def midpoint_disagreement(module: nn.Module, state_a: Mapping[str, torch.Tensor],
+                          state_b: Mapping[str, torch.Tensor], x: torch.Tensor, loss: str = "ce",
+                          reset_bn: Iterable[torch.Tensor] | None = None, batch_size: int = 1024) -> float:
+    """How far the midpoint ``(theta_A + theta_B) / 2`` departs from the ensemble of A and B on inputs
+    ``x``; needs no labels. Where the barrier is low the midpoint behaves like the ensemble.
+
+    ``ce``: mean over ``x`` of ``KL(p_ens || p_mid)`` with ``p_ens = (softmax f_A + softmax f_B) / 2``;
+    ``mse``: root-mean-square of ``f_mid - (f_A + f_B) / 2``. 0 for a network and itself (B aligned
+    to A by the caller, as in :func:`interpolation_curve`, whose ``reset_bn`` it shares).
+
+    Shapes:
+        x: (N, *input).
+    """
+    if loss not in ("ce", "mse"):
+        raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
+    net, bns = _cumulative_bn_copy(module)
+    batches = None if reset_bn is None else list(reset_bn)
+    outs = []
+    for lam in (0.0, 1.0, 0.5):
+        state = interpolate(state_a, state_b, lam)
+        if batches is not None and bns:
+            state = _reset_bn_stats(net, bns, state, batches)
+        outs.append(torch.cat([functional_call(net, state, (xb,)) for xb in x.split(batch_size)]).double())
+    fa, fb, fm = outs
+    if loss == "mse":
+        return float(((fm - (fa + fb) / 2) ** 2).mean().sqrt())
+    ens = (fa.softmax(-1) + fb.softmax(-1)) / 2
+    return float((ens * (ens.clamp_min(1e-300).log() - fm.log_softmax(-1))).sum(-1).mean())
+
+
 def _values(values) -> torch.Tensor:
     v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     if v.numel() < 2:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .api import _checked_aligner, _Prepared, _run
 from .errors import GNNAlignError
 from .io import atomic_write, write_json
-from .metrics import barrier, input_batches, interpolation_curve
+from .metrics import barrier, input_batches, interpolation_curve, midpoint_disagreement
 from .permute import apply_permutation, invert_permutation
 from .provenance import weights_hash as fingerprint
 from .spec import PermutationSpec
@@ -93,6 +93,9 @@ class Distance:
         barrier: with data, the loss barrier (Deep-Align's) between A and aligned B.
         functional: with data, the mean distance of their outputs: total variation of the softmax
             outputs (``loss="ce"``) or the root-mean-square difference (``"mse"``); alignment-free.
+        midpoint: with inputs, how far the midpoint of A and aligned B departs from their ensemble
+            (:func:`~gnn_align.metrics.midpoint_disagreement`; no labels needed): tracks the barrier
+            much better than the weight distance (``docs/population.md``).
         perm: the alignment of B to A (``apply_permutation(state_b, perm, spec)``).
         method, seconds: the alignment method and its wall time.
     """
@@ -105,11 +108,13 @@ class Distance:
     perm: dict = field(repr=False)
     method: str = ""
     seconds: float = 0.0
+    midpoint: float | None = None
 
     def summary(self) -> dict:
         """JSON-ready figures (everything but ``perm``)."""
         return {"weight": self.weight, "groups": self.groups, "raw": self.raw, "barrier": self.barrier,
-                "functional": self.functional, "method": self.method, "seconds": self.seconds}
+                "functional": self.functional, "midpoint": self.midpoint, "method": self.method,
+                "seconds": self.seconds}
 
 
 @torch.no_grad()
@@ -155,17 +160,18 @@ def distance(model_a, model_b, method: str = "gnn", data=None, *, aligner=None, 
     state_ref, aligned = prep.states[ref], res.state
     weight, groups = weight_distance(state_ref, aligned, prep.spec)
     raw, _ = weight_distance(state_ref, prep.states[other], prep.spec)
-    bar = func = None
+    bar = func = mid = None
     if prep.x is not None:
         x, y = prep.x[:1024], None if prep.y is None else prep.y[:1024]
         func = functional_distance(prep.module, prep.states[0], prep.states[1], x, loss)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())
+        reset = input_batches(prep.x) if has_bn else None
+        mid = midpoint_disagreement(prep.module, state_ref, aligned, x, loss, reset_bn=reset)
         if y is not None:
-            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())
-            curve = interpolation_curve(prep.module, state_ref, aligned, x, y, loss, num_lambdas,
-                                        reset_bn=input_batches(prep.x) if has_bn else None)
+            curve = interpolation_curve(prep.module, state_ref, aligned, x, y, loss, num_lambdas, reset_bn=reset)
             bar = barrier(curve["loss"])
     perm = res.perm if ref == 0 else invert_permutation(res.perm, prep.spec)
-    return Distance(weight, groups, raw, bar, func, perm, method, res.seconds)
+    return Distance(weight, groups, raw, bar, func, perm, method, res.seconds, mid)
 
 
 @dataclass

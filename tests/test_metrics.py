@@ -19,6 +19,7 @@ from gnn_align.metrics import (
     interpolate,
     interpolation_curve,
     matching_accuracy,
+    midpoint_disagreement,
     recompute_bn_stats,
 )
 from tests.conftest import make_family
@@ -225,6 +226,40 @@ def test_naive_interpolation_with_permuted_copy_has_a_barrier():
     assert m["barrier_deepalign"] > 1e-2 and m["auc_deepalign"] > 1e-3
     assert m["barrier_rebasin"] == pytest.approx(m["barrier_deepalign"], rel=1e-9)  # equal endpoint losses
     assert m["acc_barrier"] > 0.0
+
+
+def test_midpoint_disagreement_hand_computed():
+    """One linear layer: the midpoint's logits are the average of A's and B's, so the value is
+    KL((softmax f_A + softmax f_B) / 2 || softmax((f_A + f_B) / 2)), computed here directly; mse: 0."""
+    module = nn.Linear(3, 4)
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    a = {"weight": torch.randn(4, 3, generator=gen), "bias": torch.randn(4, generator=gen)}
+    b = {"weight": torch.randn(4, 3, generator=gen), "bias": torch.randn(4, generator=gen)}
+    fa, fb = x @ a["weight"].T + a["bias"], x @ b["weight"].T + b["bias"]
+    ens = (fa.softmax(-1) + fb.softmax(-1)) / 2
+    want = (ens * (ens.log() - ((fa + fb) / 2).log_softmax(-1))).sum(-1).mean()
+    assert midpoint_disagreement(module, a, b, x) == pytest.approx(float(want), rel=1e-12)
+    assert float(want) > 1e-3  # the case is not trivial
+    assert midpoint_disagreement(module, a, b, x, loss="mse") == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown loss"):
+        midpoint_disagreement(module, a, b, x, loss="l1")
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d_bn"])
+def test_midpoint_disagreement_zero_after_alignment_positive_before(name):
+    """A network and its permuted copy: 0 once the copy is aligned back (B's statistics reset on data for
+    BatchNorm), clearly positive when it is not (the naive midpoint is a broken network)."""
+    module, x = make_family(name)
+    a = _state(module)
+    spec = spec_from_module(module, x)
+    perm = random_permutation(spec, torch.Generator().manual_seed(3))
+    b = apply_permutation(a, perm, spec)
+    reset = [x[:4], x[4:]]
+    for loss in ("ce", "mse"):
+        aligned = apply_permutation(b, invert_permutation(perm, spec), spec)
+        assert midpoint_disagreement(module, a, aligned, x, loss, reset_bn=reset) == pytest.approx(0.0, abs=1e-9)
+        assert midpoint_disagreement(module, a, b, x, loss, reset_bn=reset) > 1e-4
 
 
 # ---------------------------------------------------------------- BatchNorm reset

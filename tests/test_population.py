@@ -34,8 +34,10 @@ def _permuted(net, seed):
 @pytest.mark.parametrize("method", ["gnn", "wm"])
 def test_distance_is_symmetric(method):
     a, b = _nets(2)
-    ab, ba = pop.distance(a, b, method), pop.distance(b, a, method)
+    x = torch.randn(32, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ab, ba = pop.distance(a, b, method, data=x), pop.distance(b, a, method, data=x)
     assert ab.weight == ba.weight and ab.raw == ba.raw and ab.groups == ba.groups
+    assert ab.midpoint == pytest.approx(ba.midpoint, rel=1e-12) and ab.midpoint > 0
     # the alignment returned is B's to A in both calls: one is the inverse of the other
     assert all(torch.equal(ab.perm[g], invert_permutation(ba.perm)[g]) for g in ab.perm)
     assert 0 < ab.weight < ab.raw
@@ -48,8 +50,11 @@ def test_distance_to_a_permutation_is_zero(method):
     x = torch.randn(64, 12, dtype=torch.float64)
     d = pop.distance(a, b, method, data=(x, torch.randint(0, 4, (64,))), module=a)
     assert d.weight <= TOL and all(v <= TOL for v in d.groups.values())
-    assert d.functional <= TOL and d.barrier <= 1e-9
+    assert d.functional <= TOL and d.barrier <= 1e-9 and d.midpoint <= 1e-9
+    assert d.summary()["midpoint"] == d.midpoint
     assert d.raw > 0.5  # negative control: the permutation-blind distance is far from 0
+    # without data there is nothing to run the midpoint on
+    assert pop.distance(a, b, method).midpoint is None
 
 
 def test_weight_distance_definition():

@@ -6,7 +6,9 @@ On a zoo's test split (issue 20's acceptance, every number from fixed seeds):
   0.9-1.1, quantile dropout up to 0.1) of each of ``--queries`` networks is searched among the
   split's originals; hit when its nearest neighbour is the network it was made from;
 * meaning: Spearman correlation, over ``--pairs`` independent test pairs, between a distance and
-  the loss barrier after the same alignment (gnn, wm, and raw weights with no alignment);
+  the loss barrier (on the test inputs) after the same alignment (gnn, wm, and raw weights with no
+  alignment): the weight distance, and the midpoint disagreement on the first 1024 *training* inputs
+  (no labels; :func:`gnn_align.metrics.midpoint_disagreement`);
 * scale: the wall and CPU time of the full distance matrix of the split with gnn, and weight
   matching's time projected from ``--wm-sample`` pairs;
 * many-model merging: ``--groups`` groups of 8 networks merged with no data: naive average,
@@ -30,12 +32,14 @@ from tqdm.auto import tqdm
 
 from gnn_align.api import merge
 from gnn_align.archs import build_arch
-from gnn_align.metrics import accuracy, barrier, interpolation_curve
+from gnn_align.metrics import accuracy, barrier, interpolation_curve, midpoint_disagreement
+from gnn_align.permute import apply_permutation, identity_permutation
 from gnn_align.population import distance, distances_to, pairwise
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
 from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.tasks import network_task
+from gnn_align.trace import spec_from_module
 from gnn_align.zoo import ModelZoo, independent_pairs, planted_pair
 
 
@@ -71,6 +75,8 @@ def _pairs_among(indices: list, num_pairs: int, seed: int) -> list:
 def meaning(zoo, net, aligner, num_pairs: int, seed: int, indices: list | None = None) -> dict:
     task = network_task(zoo, 0 if indices is None else indices[0])
     data = (task.x_test, task.y_test)
+    unlabelled = task.x_train[:1024]
+    spec = spec_from_module(net, unlabelled[:2])
     rows = []
     pairs = (independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed)) if indices is None
              else _pairs_among(indices, num_pairs, seed))
@@ -79,12 +85,16 @@ def meaning(zoo, net, aligner, num_pairs: int, seed: int, indices: list | None =
         g = distance(a, b, "gnn", data, aligner=aligner, module=net)
         w = distance(a, b, "wm", data, module=net)
         raw_bar = barrier(interpolation_curve(net, a, b, *data, task.loss, 11)["loss"])
-        rows.append({"gnn": (g.weight, g.barrier), "wm": (w.weight, w.barrier), "raw": (g.raw, raw_bar)})
+        mids = {k: midpoint_disagreement(net, a, apply_permutation(b, p, spec), unlabelled, task.loss)
+                for k, p in (("gnn", g.perm), ("wm", w.perm), ("raw", identity_permutation(spec)))}
+        rows.append({"gnn": (g.weight, mids["gnn"], g.barrier), "wm": (w.weight, mids["wm"], w.barrier),
+                     "raw": (g.raw, mids["raw"], raw_bar)})
     out = {"pairs": num_pairs}
     for k in ("gnn", "wm", "raw"):
-        d, bar = zip(*(r[k] for r in rows), strict=True)
+        d, mid, bar = zip(*(r[k] for r in rows), strict=True)
         out[k] = {"spearman": float(spearmanr(d, bar).statistic), "mean_distance": statistics.fmean(d),
-                  "mean_barrier": statistics.fmean(bar)}
+                  "mean_barrier": statistics.fmean(bar), "midpoint_spearman": float(spearmanr(mid, bar).statistic),
+                  "mean_midpoint": statistics.fmean(mid)}
     return out
 
 
@@ -143,6 +153,10 @@ def merging(zoo, net, aligner, groups: int, size: int, seed: int) -> dict:
     return {"groups": groups, "size": size, "members": members, "models_acc_mean": models_acc, "methods": summary}
 
 
+def _opt(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "–"
+
+
 def markdown(res: dict) -> str:
     lines = [f"# Populations of `{res['zoo']}` (test split, shipped aligner `{res['aligner']}`)", "",
              f"`{res['provenance']['command']}`"]
@@ -160,8 +174,10 @@ def markdown(res: dict) -> str:
         head = (f"Meaning: Spearman correlation of distance and barrier after the same alignment, "
                 f"{m['pairs']} pairs{among}:")
         lines += ["", head, "",
-                  markdown_table(["alignment", "Spearman", "mean distance", "mean barrier"],
-                                 [[k, f"{m[k]['spearman']:.3f}", f"{m[k]['mean_distance']:.4f}",
+                  markdown_table(["alignment", "Spearman: weight distance", "Spearman: midpoint disagreement",
+                                  "mean distance", "mean midpoint disagreement", "mean barrier"],
+                                 [[k, f"{m[k]['spearman']:.3f}", _opt(m[k], "midpoint_spearman", ".3f"),
+                                   f"{m[k]['mean_distance']:.4f}", _opt(m[k], "mean_midpoint", ".4f"),
                                    f"{m[k]['mean_barrier']:.4f}"] for k in ("gnn", "wm", "raw")])]
     if "scale" in res:
         s = res["scale"]

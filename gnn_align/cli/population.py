@@ -62,6 +62,8 @@ def _pair(args) -> dict:
               + ", ".join(f"{g} {v:.4f}" for g, v in d.groups.items()) + ")")
         if d.functional is not None:
             print(f"  functional distance on the test split of {args.data}: {d.functional:.4f}")
+        if d.midpoint is not None:
+            print(f"  midpoint disagreement after alignment: {d.midpoint:.4f}")
         if d.barrier is not None:
             print(f"  loss barrier after alignment: {d.barrier:.4f}")
     return info
