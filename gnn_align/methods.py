@@ -77,6 +77,18 @@ _SINKHORN_DATA = f"train split, {SINKHORN_STEPS} steps of batches of 256"
 #: ``auto``'s refinement: a short Sinkhorn re-basin from the best candidate (tuned on validation pairs of
 #: digits-mlp and digits-cnn: 60 steps at 0.3 beat 60 steps of STE re-basin on both)
 AUTO_REFINE_STEPS, AUTO_REFINE_LR = 60, 0.3
+#: from this many seconds left for it, ``auto`` refines by the full Sinkhorn re-basin of ``gnn+sinkhorn``
+#: (:data:`SINKHORN_STEPS` at learning rate 0.1, still stopped when the budget is spent)
+AUTO_LONG_REFINE = 3.0
+
+
+def auto_refine_schedule(seconds_left: float) -> dict:
+    """Steps and learning rate of ``auto``'s Sinkhorn refinement with ``seconds_left``: the short schedule
+    (:data:`AUTO_REFINE_STEPS` at :data:`AUTO_REFINE_LR`) under :data:`AUTO_LONG_REFINE` seconds, the full
+    one of ``gnn+sinkhorn`` from there (a larger ``budget`` buys what the slowest refinement reaches)."""
+    if seconds_left < AUTO_LONG_REFINE:
+        return {"steps": AUTO_REFINE_STEPS, "lr": AUTO_REFINE_LR}
+    return {"steps": SINKHORN_STEPS, "lr": 0.1}
 
 
 def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0, steps: int = SINKHORN_STEPS,
@@ -147,8 +159,8 @@ def auto_method(gnn: Callable | None) -> Callable:
         if gnn is not None:
             cands["gnn+wm"] = lambda init: _wm(fit, init=init)
         score = lambda perm: midpoint_loss(c.module, c.spec, c.state_a, c.state_b, perm, xs, ys, c.loss)
-        refine = lambda init, left: _sinkhorn(fit, init=init, init_scale=WARM_START_SCALE,
-                                              steps=AUTO_REFINE_STEPS, lr=AUTO_REFINE_LR, budget=left)
+        refine = lambda init, left: _sinkhorn(fit, init=init, init_scale=WARM_START_SCALE, budget=left,
+                                              **auto_refine_schedule(left))
         perm, out = auto_align(cands, refine, score, c.budget)
         c.info.update(out.as_dict())
         if "stopped" in fit.info:  # a cap ended one of the weight matching candidates
@@ -214,6 +226,35 @@ def method_table(aligner=None, name: str = "gnn", base: Mapping[str, Method] = M
     ``aligner``, its :func:`aligner_methods` under ``name`` (its ``auto`` replacing the base's). A second
     aligner joins a table with ``method_table(other, "other", base=table)``; nothing is ever registered."""
     return MappingProxyType(dict(base) | (aligner_methods(aligner, name) if aligner is not None else {}))
+
+
+def lookup(table: Mapping[str, Method], name: str) -> Method:
+    """``table[name]``, where ``auto@SECONDS`` is ``auto`` with a budget of ``SECONDS`` (how a benchmark
+    compares budgets in one table).
+
+    Raises:
+        KeyError: ``name`` is not in ``table`` (nor ``auto@`` a positive number).
+    """
+    base, at, seconds = name.partition("@")
+    if not at:
+        return table[name]
+    try:
+        budget = float(seconds)
+    except ValueError:
+        budget = -1.0
+    if base != "auto" or base not in table or not budget > 0:
+        raise KeyError(name)
+    auto = table[base]
+    return Method(name, lambda c: auto(dataclasses.replace(c, budget=budget)), auto.needs)
+
+
+def has_method(table: Mapping[str, Method], name: str) -> bool:
+    """Whether :func:`lookup` finds ``name`` in ``table``."""
+    try:
+        lookup(table, name)
+    except KeyError:
+        return False
+    return True
 
 
 def method_names(name: str = "gnn") -> tuple:

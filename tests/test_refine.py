@@ -12,7 +12,18 @@ from gnn_align import apply_permutation, invert_permutation, random_permutation,
 from gnn_align.archs import MLP
 from gnn_align.baselines import ste_rebasin
 from gnn_align.losses import interpolation_task_loss, state_task_loss
-from gnn_align.methods import PairContext, refined
+from gnn_align.methods import (
+    AUTO_LONG_REFINE,
+    AUTO_REFINE_STEPS,
+    METHODS,
+    SINKHORN_STEPS,
+    Method,
+    PairContext,
+    auto_refine_schedule,
+    has_method,
+    lookup,
+    refined,
+)
 from gnn_align.metrics import exact_recovery, interpolate, recompute_bn_stats
 from gnn_align.refine import auto_align, keep_better, midpoint_loss, split_scoring
 
@@ -148,6 +159,28 @@ def test_auto_skips_refinement_without_time_and_falls_back_without_data():
     with pytest.warns(UserWarning, match="auto: no data"):
         res = ga.align(net, net, "auto")
     assert res.info["kept"] == "gnn"
+
+
+def test_auto_refinement_schedule_grows_with_the_budget():
+    assert auto_refine_schedule(AUTO_LONG_REFINE - 0.01)["steps"] == AUTO_REFINE_STEPS
+    assert auto_refine_schedule(0.5) == auto_refine_schedule(0.0)
+    assert auto_refine_schedule(AUTO_LONG_REFINE) == {"steps": SINKHORN_STEPS, "lr": 0.1}
+
+
+def test_lookup_gives_auto_the_budget_after_the_at_sign():
+    seen = []
+    table = {"auto": Method("auto", lambda c: seen.append(c.budget) or {}, "data"), "wm": METHODS["wm"]}
+    ctx = PairContext(None, None, {}, {}, None, None, "ce", torch.Generator())
+    m = lookup(table, "auto@12.5")
+    assert m.name == "auto@12.5" and m.needs == "data"
+    m(ctx)
+    lookup(table, "auto")(ctx)
+    assert seen == [12.5, ctx.budget] and ctx.budget != 12.5  # the caller's context is left alone
+    assert lookup(table, "wm") is METHODS["wm"]
+    for bad in ("auto@", "auto@-1", "auto@x", "wm@3", "gnn@2"):
+        assert not has_method(table, bad)
+        with pytest.raises(KeyError):
+            lookup(table, bad)
 
 
 def test_auto_end_to_end_returns_its_best_scoring_candidate():

@@ -108,7 +108,7 @@ def _bench(args: argparse.Namespace) -> int:
     _positive(args, "pairs", 1)
     _positive(args, "lambdas", 2)
 
-    if args.aligner is None and any(m == "auto" or m.split("+")[0] == "gnn" for m in methods):
+    if args.aligner is None and any(m.split("@")[0] == "auto" or m.split("+")[0] == "gnn" for m in methods):
         from ..pretrained import DEFAULT
 
         args.aligner = DEFAULT  # the shipped aligner, as in align and merge

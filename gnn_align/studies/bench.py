@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..archs import build_arch
 from ..baselines import weight_matching
 from ..graph import to_graph
-from ..methods import METHODS, PairContext
+from ..methods import METHODS, PairContext, has_method, lookup
 from ..metrics import curve_metrics, input_batches, interpolation_curve
 from ..permute import apply_permutation
 from ..tasks import NETWORK_TASKS, loss_label, network_task
@@ -54,7 +54,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
 
     Pairs come from ``split`` (``test``; ``heldout`` for a zoo's held-out architectures), of every
     member or only of the member named ``member``."""
-    unknown = [m for m in methods if m not in table]
+    unknown = [m for m in methods if not has_method(table, m)]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(table)}")
     zoo = ModelZoo(str(zoo_dir), split=split, log=False)
@@ -65,6 +65,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
     pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed),
                               member=None if member is None else zoo.member_index(member))
     rows = {m: [] for m in methods}
+    run = {m: lookup(table, m) for m in methods}
     modules, losses = {}, set()
     for i, j in tqdm(pairs, desc="benchmark pairs", disable=not progress):
         m = zoo.member_of(i)
@@ -77,7 +78,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
         for name in methods:
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(seed, i, j))
             t0 = time.perf_counter()
-            perm = table[name](ctx)
+            perm = run[name](ctx)
             seconds = time.perf_counter() - t0
             metrics, curve = evaluate_alignment(module, a, b, perm, spec, task, num_lambdas, bn)
             kept = {"kept": ctx.info["kept"]} if "kept" in ctx.info else {}  # refiners and auto
@@ -86,7 +87,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
     return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": split, "member": member,
             "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
             "loss": "+".join(sorted(losses)),
-            "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], table[m].needs)
+            "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], run[m].needs)
                                                                    for m in methods}}
 
 
