@@ -144,8 +144,10 @@ def _wm_accepts(c: PairContext) -> Callable:
 
 def auto_method(gnn: Callable | None) -> Callable:
     """``auto``: with inputs and targets, the best of gnn (when ``gnn`` is given), wm, am and gnn+wm by
-    the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by a short
-    Sinkhorn re-basin within ``ctx.budget`` seconds; without, ``gnn`` (or ``wm``) with a one-line warning."""
+    the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by a
+    Sinkhorn re-basin within ``ctx.budget`` seconds (from the best candidate; with time enough, also from
+    the next ones and from the identity: :func:`~gnn_align.refine.auto_align`); without data, ``gnn``
+    (or ``wm``) with a one-line warning."""
     def method(c: PairContext) -> dict:
         if c.x_train is None or c.y_train is None:
             fallback = "gnn" if gnn is not None else "wm"
@@ -161,7 +163,7 @@ def auto_method(gnn: Callable | None) -> Callable:
         score = lambda perm: midpoint_loss(c.module, c.spec, c.state_a, c.state_b, perm, xs, ys, c.loss)
         refine = lambda init, left: _sinkhorn(fit, init=init, init_scale=WARM_START_SCALE, budget=left,
                                               **auto_refine_schedule(left))
-        perm, out = auto_align(cands, refine, score, c.budget)
+        perm, out = auto_align(cands, refine, score, c.budget, starts={"naive": identity_permutation(c.spec)})
         c.info.update(out.as_dict())
         if "stopped" in fit.info:  # a cap ended one of the weight matching candidates
             c.info["stopped"] = fit.info["stopped"]

@@ -102,16 +102,20 @@ def keep_better(base: tuple, refined: tuple, score: Callable | None, own_test: C
 
 
 def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: float = AUTO_BUDGET,
-               refiner: str = "sinkhorn") -> tuple:
+               refiner: str = "sinkhorn", starts: Mapping | None = None) -> tuple:
     """The best of ``candidates``, then refined, by ``score`` (lower is better).
 
     Args:
         candidates: name -> ``fn(init or None) -> perm``, run in order; a candidate whose name is
             ``"X+Y"`` gets X's answer as ``init`` (skipped when X failed or was not run).
-        refine: ``fn(init_perm, seconds_left) -> perm``, run from the best candidate when time is left;
-            its answer is named ``"BEST+REFINER"``.
+        refine: ``fn(init_perm, seconds_left) -> perm``; its answer from start ``S`` is named
+            ``"S+REFINER"``. It runs from the best candidate when time is left, then from the next
+            best ones and from ``starts`` in turn while the time left is at least what the previous
+            refinement took (a large budget buys a multi-start refinement; a small one, one start).
         score: ``fn(perm) -> float`` on held-out data.
         budget: seconds for everything; candidates run in full, refinement gets what is left.
+        starts: name -> permutation, further starting points refined after the candidates (e.g.
+            the identity, from which plain Sinkhorn re-basin starts); not themselves answers.
 
     Returns:
         ``(perm, Outcome)``; the Outcome names the winner and
@@ -127,13 +131,16 @@ def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: f
         perms[name] = fn(perms[base] if base else None)
         out.seconds[name] = time.perf_counter() - t
         out.scores[name] = score(perms[name])
-    best = min(out.scores, key=out.scores.get)
-    left = budget - (time.perf_counter() - t0)
-    if left > 0:
-        name = f"{best}+{refiner}"
+    inits = {n: perms[n] for n in sorted(out.scores, key=out.scores.get)} | dict(starts or {})
+    took = 0.0
+    for start, init in inits.items():
+        left = budget - (time.perf_counter() - t0)
+        if left <= 0 or left < took:
+            break
+        name = f"{start}+{refiner}"
         t = time.perf_counter()
-        perms[name] = refine(perms[best], left)
-        out.seconds[name] = time.perf_counter() - t
+        perms[name] = refine(init, left)
+        took = out.seconds[name] = time.perf_counter() - t
         out.scores[name] = score(perms[name])
     out.kept = min(out.scores, key=out.scores.get)
     return perms[out.kept], out

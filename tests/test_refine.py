@@ -1,6 +1,7 @@
 """Refinement that keeps the better answer, BatchNorm on batch statistics in the interpolated loss,
 STE re-basin, and ``auto``'s choice."""
 
+import time
 import warnings
 
 import pytest
@@ -118,17 +119,17 @@ def test_refined_method_keeps_the_base_when_the_refiner_hurts_and_says_so():
     assert set(ctx.info["scores"]) == {"base", "base+good"} and set(ctx.info["seconds"]) == {"base", "base+good"}
 
 
-@pytest.mark.parametrize("winner", ["gnn", "wm", "am", "gnn+wm", "refine"])
-def test_auto_picks_each_candidate_when_it_wins(winner):
-    """A constructed case per candidate: the one whose answer scores lowest is returned, with every
-    candidate's score and time; the refinement starts from the best candidate."""
+def _auto_case(winner: str, refine_seconds: float = 0.0) -> tuple:
+    """Candidates gnn, wm, am, gnn+wm with constructed answers and scores (``winner`` lowest, or the
+    refined answer when ``winner="refine"``; then gnn is the best candidate), and a refiner that records
+    where it started and takes ``refine_seconds``."""
     names = ["gnn", "wm", "am", "gnn+wm"]
     answers = {n: {"g": torch.tensor([k])} for k, n in enumerate(names)}
     scores = {n: 1.0 + k for k, n in enumerate(names)}
-    scores[winner if winner != "refine" else "gnn"] = 0.5  # the refinement starts from gnn when it does not win
+    scores[winner if winner != "refine" else "gnn"] = 0.5
     refined_answer = {"g": torch.tensor([9])}
     scores["ref"] = 0.1 if winner == "refine" else 2.0
-    seen = {}
+    seen = {"refine": []}
 
     def candidate(name):
         def run(init):
@@ -136,19 +137,38 @@ def test_auto_picks_each_candidate_when_it_wins(winner):
             return answers[name]
         return run
 
-    cands = {n: candidate(n) for n in names}
-
     def refine(init, left):
-        seen["refine"] = init
+        seen["refine"].append(init)
+        time.sleep(refine_seconds)
         return refined_answer
 
     key = {int(v["g"][0]): n for n, v in answers.items()} | {9: "ref"}
-    perm, out = auto_align(cands, refine, lambda p: scores[key[int(p["g"][0])]], budget=60.0)
+    return {n: candidate(n) for n in names}, refine, lambda p: scores[key[int(p["g"][0])]], answers, seen
+
+
+@pytest.mark.parametrize("winner", ["gnn", "wm", "am", "gnn+wm", "refine"])
+def test_auto_picks_each_candidate_when_it_wins(winner):
+    """A constructed case per candidate: the one whose answer scores lowest is returned, with every
+    candidate's score and time; refinement starts from the best candidate, then (time enough) from the
+    others by score and from the extra starts."""
+    cands, refine, score, answers, seen = _auto_case(winner)
+    naive = {"g": torch.tensor([7])}
+    perm, out = auto_align(cands, refine, score, budget=60.0, starts={"naive": naive})
     best = winner if winner != "refine" else "gnn"
-    assert seen["gnn+wm"] is answers["gnn"] and seen["refine"] is answers[best]
-    assert perm is (refined_answer if winner == "refine" else answers[winner])
+    assert seen["gnn+wm"] is answers["gnn"]
+    order = [best] + sorted((n for n in answers if n != best), key=lambda n: list(answers).index(n))
+    assert seen["refine"] == [answers[n] for n in order] + [naive]  # best first, then by score, then starts
+    assert perm["g"].item() == (9 if winner == "refine" else answers[winner]["g"].item())
     assert out.kept == (f"{best}+sinkhorn" if winner == "refine" else winner)
-    assert set(out.scores) == set(out.seconds) == set(names) | {f"{best}+sinkhorn"}
+    assert set(out.scores) == set(out.seconds) == set(answers) | {f"{n}+sinkhorn" for n in [*answers, "naive"]}
+
+
+def test_auto_refines_once_when_the_budget_allows_one_refinement():
+    """After a refinement that took t seconds, another starts only with at least t seconds left."""
+    cands, refine, score, answers, seen = _auto_case("refine", refine_seconds=0.2)
+    _, out = auto_align(cands, refine, score, budget=0.3, starts={"naive": {"g": torch.tensor([7])}})
+    assert seen["refine"] == [answers["gnn"]] and out.kept == "gnn+sinkhorn"
+    assert set(out.scores) == set(answers) | {"gnn+sinkhorn"}
 
 
 def test_auto_skips_refinement_without_time_and_falls_back_without_data():
