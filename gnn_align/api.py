@@ -25,7 +25,7 @@ from .metrics import input_batches, recompute_bn_stats
 from .models import check_state
 from .models import example_input as guess_input
 from .permute import apply_permutation
-from .refine import AUTO_BUDGET
+from .refine import AUTO_BUDGET, has_batchnorm
 from .spec import PermutationSpec
 from .testing import TOLERANCES
 from .trace import spec_from_module
@@ -443,7 +443,7 @@ def merge(models: Sequence, weights: Sequence[float] | None = None, method: str 
         results = _to_frame(prep, method, many, aligner, loss, budget, progress, limits)
         aligned = [r.state for r in results]
     merged = average_states(aligned, weights)
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())
+    has_bn = has_batchnorm(prep.module)
     if has_bn and prep.x is not None:
         merged = recompute_bn_stats(prep.module, merged, input_batches(prep.x, limit=1024))
     elif has_bn:

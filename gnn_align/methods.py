@@ -67,8 +67,9 @@ def _wm(c: PairContext, init: dict | None = None) -> dict:
     return res.perm
 
 
-#: optimisation steps of Sinkhorn re-basin, from the identity (``sinkhorn``) or from a prediction
-SINKHORN_STEPS = 300
+#: optimisation steps and learning rate of Sinkhorn re-basin, from the identity (``sinkhorn``) or from a
+#: prediction
+SINKHORN_STEPS, SINKHORN_LR = 300, 0.1
 #: logit scale of a warm start: Sinkhorn re-basin's logits start at this times the predicted permutation
 WARM_START_SCALE = 2.0
 _SINKHORN_DATA = f"train split, {SINKHORN_STEPS} steps of batches of 256"
@@ -78,7 +79,7 @@ _SINKHORN_DATA = f"train split, {SINKHORN_STEPS} steps of batches of 256"
 #: digits-mlp and digits-cnn: 60 steps at 0.3 beat 60 steps of STE re-basin on both)
 AUTO_REFINE_STEPS, AUTO_REFINE_LR = 60, 0.3
 #: from this many seconds left for it, ``auto`` refines by the full Sinkhorn re-basin of ``gnn+sinkhorn``
-#: (:data:`SINKHORN_STEPS` at learning rate 0.1, still stopped when the budget is spent)
+#: (:data:`SINKHORN_STEPS` at :data:`SINKHORN_LR`, still stopped when the budget is spent)
 AUTO_LONG_REFINE = 3.0
 
 
@@ -88,11 +89,11 @@ def auto_refine_schedule(seconds_left: float) -> dict:
     one of ``gnn+sinkhorn`` from there (a larger ``budget`` buys what the slowest refinement reaches)."""
     if seconds_left < AUTO_LONG_REFINE:
         return {"steps": AUTO_REFINE_STEPS, "lr": AUTO_REFINE_LR}
-    return {"steps": SINKHORN_STEPS, "lr": 0.1}
+    return {"steps": SINKHORN_STEPS, "lr": SINKHORN_LR}
 
 
 def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0, steps: int = SINKHORN_STEPS,
-              lr: float = 0.1, budget: float | None = None) -> dict:
+              lr: float = SINKHORN_LR, budget: float | None = None) -> dict:
     c.need("sinkhorn", targets=True)
     return sinkhorn_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss,
                             steps=steps, lr=lr, init=init, init_scale=init_scale, generator=c.generator,

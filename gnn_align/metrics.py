@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .errors import StateDictError, check_keys
-from .tasks import task_loss
+from .tasks import check_loss, task_loss
 
 
 def interpolate(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], lam: float) -> dict:
@@ -143,6 +143,24 @@ def _evaluate(net: nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor, los
     return tot / n, correct / n
 
 
+class _Line:
+    """The networks on the straight line from ``state_a`` to ``state_b``: ``line(lam)`` is the state at
+    ``lam``, its BatchNorm statistics recomputed on ``reset_bn`` when given, for ``line.net`` (a private
+    copy of ``module``, eval mode)."""
+
+    def __init__(self, module: nn.Module, state_a: Mapping, state_b: Mapping,
+                 reset_bn: Iterable[torch.Tensor] | None):
+        self.net, self.bns = _cumulative_bn_copy(module)
+        self.state_a, self.state_b = state_a, state_b
+        self.batches = None if reset_bn is None else list(reset_bn)
+
+    def __call__(self, lam: float) -> dict:
+        state = interpolate(self.state_a, self.state_b, lam)
+        if self.batches is not None and self.bns:
+            state = _reset_bn_stats(self.net, self.bns, state, self.batches)
+        return state
+
+
 @torch.no_grad()
 def interpolation_curve(module: nn.Module, state_a: Mapping[str, torch.Tensor],
                         state_b: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -176,26 +194,21 @@ def interpolation_curve(module: nn.Module, state_a: Mapping[str, torch.Tensor],
     Raises:
         ValueError: unknown loss, ``num_lambdas < 2``, or mismatching state dicts.
     """
-    if loss not in ("ce", "mse"):
-        raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
+    check_loss(loss)
     if num_lambdas < 2:
         raise ValueError(f"num_lambdas must be at least 2, got {num_lambdas}")
     interpolate(state_a, state_b, 0.0)  # validate keys and shapes once, before any work
-    net, bns = _cumulative_bn_copy(module)
-    batches = None if reset_bn is None else list(reset_bn)
+    at = _Line(module, state_a, state_b, reset_bn)
     lambdas = torch.linspace(0, 1, num_lambdas, dtype=torch.float64).tolist()
     losses, accs = [], []
     for lam in lambdas:
-        state = interpolate(state_a, state_b, lam)
-        if batches is not None and bns:
-            state = _reset_bn_stats(net, bns, state, batches)
-        value, acc = _evaluate(net, state, x, y, loss, batch_size)
+        value, acc = _evaluate(at.net, at(lam), x, y, loss, batch_size)
         losses.append(value)
         accs.append(acc)
     res = {"lambdas": lambdas, "loss": losses}
     if loss == "ce":
         res["acc"] = accs
-    res["bn_reset"] = batches is not None
+    res["bn_reset"] = at.batches is not None
     return res
 
 
@@ -213,17 +226,10 @@ def midpoint_disagreement(module: nn.Module, state_a: Mapping[str, torch.Tensor]
     Shapes:
         x: (N, *input).
     """
-    if loss not in ("ce", "mse"):
-        raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
-    net, bns = _cumulative_bn_copy(module)
-    batches = None if reset_bn is None else list(reset_bn)
-    outs = []
-    for lam in (0.0, 1.0, 0.5):
-        state = interpolate(state_a, state_b, lam)
-        if batches is not None and bns:
-            state = _reset_bn_stats(net, bns, state, batches)
-        outs.append(torch.cat([functional_call(net, state, (xb,)) for xb in x.split(batch_size)]).double())
-    fa, fb, fm = outs
+    check_loss(loss)
+    at = _Line(module, state_a, state_b, reset_bn)
+    fa, fb, fm = (torch.cat([functional_call(at.net, state, (xb,)) for xb in x.split(batch_size)]).double()
+                  for state in map(at, (0.0, 1.0, 0.5)))
     if loss == "mse":
         return float(((fm - (fa + fb) / 2) ** 2).mean().sqrt())
     ens = (fa.softmax(-1) + fb.softmax(-1)) / 2

@@ -36,6 +36,7 @@ from .io import atomic_write, write_json
 from .metrics import barrier, input_batches, interpolation_curve, midpoint_disagreement
 from .permute import apply_permutation, invert_permutation
 from .provenance import weights_hash as fingerprint
+from .refine import has_batchnorm
 from .spec import PermutationSpec
 
 #: most pairs a chunk of :func:`pairwise` holds (the unit of resumption)
@@ -164,8 +165,7 @@ def distance(model_a, model_b, method: str = "gnn", data=None, *, aligner=None, 
     if prep.x is not None:
         x, y = prep.x[:1024], None if prep.y is None else prep.y[:1024]
         func = functional_distance(prep.module, prep.states[0], prep.states[1], x, loss)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in prep.module.modules())
-        reset = input_batches(prep.x) if has_bn else None
+        reset = input_batches(prep.x) if has_batchnorm(prep.module) else None
         mid = midpoint_disagreement(prep.module, state_ref, aligned, x, loss, reset_bn=reset)
         if y is not None:
             curve = interpolation_curve(prep.module, state_ref, aligned, x, y, loss, num_lambdas, reset_bn=reset)

@@ -229,15 +229,20 @@ def loss_label(loss: str) -> str:
     return _LOSS_LABELS.get(loss, loss)
 
 
+def check_loss(loss: str) -> None:
+    """Raise a ValueError for a task loss other than ``ce`` and ``mse``."""
+    if loss not in ("ce", "mse"):
+        raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
+
+
 def task_loss(out: torch.Tensor, y: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-network mean loss. Shapes: out (M, B, C), y (M, B) labels or (M, B, C) targets -> (M,)."""
+    check_loss(loss)
     if loss == "ce":
         m, b, c = out.shape
         return F.cross_entropy(out.reshape(m * b, c), y.reshape(-1), reduction="none",
                                label_smoothing=label_smoothing).view(m, b).mean(1)
-    if loss == "mse":
-        return ((out - y) ** 2).flatten(1).mean(1)
-    raise ValueError(f"unknown loss '{loss}' (use 'ce' or 'mse')")
+    return ((out - y) ** 2).flatten(1).mean(1)
 
 
 #: tasks a zoo member may have: the classification tasks of :func:`load_task` and the per-network
