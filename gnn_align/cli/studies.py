@@ -196,7 +196,8 @@ def add_parsers(sub) -> None:
     bench.add_argument("--root", default=DEFAULT_ZOO_ROOT,
                        help=f"folder holding built zoos (default {DEFAULT_ZOO_ROOT})")
     bench.add_argument("--methods", default="naive,wm,am,sinkhorn", help="comma-separated: naive, wm, am, "
-                       "sinkhorn, ste, auto, gnn, gnn+wm, gnn+sinkhorn, gnn+ste (gnn: --aligner)")
+                       "sinkhorn, ste, auto, auto@SECONDS (auto with that budget a pair), gnn, gnn+wm, "
+                       "gnn+sinkhorn, gnn+ste (gnn: --aligner)")
     bench.add_argument("--aligner", default=None, help="a train.py run folder or a shipped aligner's name "
                        "(default: the shipped aligner when a gnn method or auto is asked for): adds it as methods "
                        "gnn, gnn+wm, gnn+sinkhorn, gnn+ste (its prediction refined by the optimiser) "
