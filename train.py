@@ -158,7 +158,7 @@ class Trainer:
             self.train_zoo = ModelZoo(str(root), split="train", log=False)
             self.val_zoo = ModelZoo(str(root), split="val", log=False)
         self.edge_dim = max(ly.edge_len for m in range(len(self.train_zoo.members))
-                            for ly in self.train_zoo.spec(m).structure.layers)
+                            for ly in self.train_zoo.spec(m).graph_spec.structure.layers)
         acts = {(m.get("activation", "relu"), float(m["arch"].get("w0", 1.0))) for m in self.train_zoo.members}
         if len(acts) > 1:
             raise ValueError(f"zoo {cfg.zoo}: members use different activations {sorted(acts)}; "
@@ -274,7 +274,7 @@ class Trainer:
                 targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
                 for t, r in enumerate(rows):
                     k, g = groups[r]
-                    target = planted[k].target[g]
+                    target = planted[k].graph_target[g]
                     targets[t, :len(target)] = target
                 losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
         if unlabelled:
@@ -305,7 +305,8 @@ class Trainer:
         was_training = al.training
         al.eval()
         preds = al.predict([self.graph(p.a, zoo, p.member) for p in self.val_planted],
-                           [self.graph(p.b, zoo, p.member) for p in self.val_planted])
+                           [self.graph(p.b, zoo, p.member) for p in self.val_planted],
+                           [zoo.spec(p.member) for p in self.val_planted])
         acc = sum(matching_accuracy(pr, p.target) for pr, p in zip(preds, self.val_planted, strict=True))
         barriers = [self.barrier(i, j, lambda c: al.align(c.state_a, c.state_b, c.spec)) for i, j in self.val_pairs]
         al.train(was_training)

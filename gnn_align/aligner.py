@@ -91,8 +91,15 @@ class GNNAligner(nn.Module):
         return self.soft(graphs_a, graphs_b, n_iters, tau)
 
     @torch.no_grad()
-    def predict(self, graphs_a: Sequence[NetGraph], graphs_b: Sequence[NetGraph]) -> list:
+    def predict(self, graphs_a: Sequence[NetGraph], graphs_b: Sequence[NetGraph],
+                specs: Sequence[PermutationSpec | None] | None = None) -> list:
         """Hard permutations (Hungarian) for a batch of pairs, in one forward pass.
+
+        Args:
+            specs: each pair's spec (or None). A network with attention is read as its flat view
+                (:mod:`gnn_align.flat`); with its spec given, its scores are decoded into the
+                nested, function-preserving permutation (heads and within-head groups:
+                :meth:`~gnn_align.flat.FlatView.decode`), else into the flat groups.
 
         Returns:
             one dict ``group -> LongTensor`` per pair: a permutation, or where A's group is
@@ -103,20 +110,23 @@ class GNNAligner(nn.Module):
             GNNAlignError: a group of A wider than B's, naming the pair and group.
         """
         scores, mask, groups = self.scores(graphs_a, graphs_b)
-        out: list = [{} for _ in graphs_a]
+        blocks: list = [{} for _ in graphs_a]
         for (k, name), s, m in zip(groups, scores, mask, strict=True):
             n_a, n_b = int(m.any(1).sum()), int(m.any(0).sum())
             if n_a > n_b:
                 raise GNNAlignError(f"pair {k}: group '{name}' of A has {n_a} neurons, wider than B's {n_b}")
-            out[k][name] = hungarian(s[:n_a, :n_b])
-        return out
+            blocks[k][name] = s[:n_a, :n_b]
+        views = [getattr(sp, "flat", None) for sp in specs] if specs is not None else [None] * len(blocks)
+        return [{g: hungarian(s) for g, s in b.items()} if v is None else v.decode(b)
+                for b, v in zip(blocks, views, strict=True)]
 
     def align(self, state_a: dict, state_b: dict, spec: PermutationSpec,
               spec_b: PermutationSpec | None = None) -> dict:
         """The permutation aligning B to A (one pair); ``spec_b``: B's spec when B is a wider copy
         of A (then a partial match, see :func:`~gnn_align.partial.extract_subnetwork`). Kernels longer
         than the aligner's ``edge_dim`` are pooled to fit (:meth:`graph`)."""
-        return self.predict([self.graph(state_a, spec)], [self.graph(state_b, spec if spec_b is None else spec_b)])[0]
+        return self.predict([self.graph(state_a, spec)], [self.graph(state_b, spec if spec_b is None else spec_b)],
+                            [spec])[0]
 
     def graph(self, state: dict, spec: PermutationSpec) -> NetGraph:
         """The graph this aligner reads of a network: ``to_graph(state, spec, edge_dim=config.edge_dim,

@@ -140,7 +140,7 @@ def _check_coverage(aligner, spec: PermutationSpec, module: nn.Module) -> None:
 
     sig = signature(spec, module)
     edge_dim = aligner.config.edge_dim
-    plan = pooling_plan(spec, edge_dim)
+    plan = pooling_plan(spec.graph_spec, edge_dim)
     problems = []
     if plan:  # what the aligner reads of those layers: the pooled lengths
         problems.append(f"kernels longer than its {edge_dim} values per edge were pooled for reading, "

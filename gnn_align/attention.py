@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import UnsupportedLayerError
+from .flat import build_view
 from .spec import Axis, PermutationSpec, Piece
 
 LEAVES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
@@ -105,6 +106,7 @@ def layer_norm(tr, path: str, m: nn.LayerNorm, v) -> object:
     for name in ("weight", "bias"):
         if getattr(m, name, None) is not None:
             tr.raw[tr.key(path, name)] = ([(v.ns, 0)],)
+            tr.roles[tr.key(path, name)] = f"norm_{name}"
     return v
 
 
@@ -122,8 +124,10 @@ def mha(tr, path: str, m: nn.MultiheadAttention, v) -> object:
         _mark(tr, ns, path, fam, h, d, path)
     rows = [(q, 0), (k, e), (val, 2 * e)]
     tr.raw[tr.key(path, "in_proj_weight")] = (rows, [(v.ns, 0)])
+    tr.roles[tr.key(path, "in_proj_weight")] = "packed"
     if m.in_proj_bias is not None:
         tr.raw[tr.key(path, "in_proj_bias")] = (rows,)
+        tr.roles[tr.key(path, "in_proj_bias")] = "packed"
     return linear(tr, f"{path}.out_proj", m.out_proj, type(v)(val, 0, True))
 
 
@@ -250,6 +254,7 @@ def _param_add(tr, node, fn, vals, op):
         if t.dim() <= len(tr.shape(node)) and t.shape[-1] == tr.sets[v.ns]["size"]:
             tr.used_keys.add(p.key)
             tr.raw[p.key] = (None,) * (t.dim() - 1) + ([(v.ns, 0)],)
+            tr.roles[p.key] = "pos"
             return v
     raise UnsupportedLayerError(p.key, "get_attr", "a parameter or buffer used outside a supported layer "
                                 f"(only added to tokens, as a positional embedding; here: {op})")
@@ -323,4 +328,11 @@ def build_spec(tr) -> PermutationSpec:
     order = {k: i for i, k in enumerate(tr.state_keys)}
     axes = dict(sorted(axes.items(), key=lambda kv: order.get(kv[0], len(order))))
     fams = {h: tuple(f[k] for k in ("qk", "v") if k in f) for h, f in heads.items()}
-    return PermutationSpec(sizes, axes, None, fams)
+
+    def group_of(i: int) -> str | None:
+        r = roots[i]
+        return None if r in fixed else names[r] if r not in info else f"{info[r][0]}.{info[r][1]}"
+
+    attns = {f"{h[:-len('.heads')]}": (h, f, sizes[f[0][0]]) for h, f in fams.items() if len(f) == 2}
+    view = build_view(tr, group_of, attns) if len(attns) == len(fams) else None
+    return PermutationSpec(sizes, axes, None, fams, view)

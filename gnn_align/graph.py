@@ -155,7 +155,9 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
 
     Args:
         state_dict: the network's tensors (validated against ``spec``: keys, shapes, finite).
-        spec: a spec with structure, from :func:`spec_from_module`.
+        spec: a spec with structure, from :func:`spec_from_module`; for a network with attention,
+            the graph is that of its flat view (:mod:`gnn_align.flat`: groups ``P.qk`` and ``P.v``
+            per attention; relabel it with ``spec.flat.flat_perm(perm)``).
         edge_dim: edge feature width (default: the longest kernel of this network); pass a common
             value to batch networks with different kernel sizes.
         fit: what to do with a kernel longer than ``edge_dim``: ``"exact"`` (default) refuses it;
@@ -171,6 +173,9 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         ``x``: (N, 5), ``edge_index``: (2, E), ``edge_attr``: (E, edge_dim), ``edge_type``,
         ``node_type``, ``node_depth``, ``perm_group``, ``perm_pos``: (N,) or (E,) long; ``blocks``: (B, 6) long.
     """
+    if spec.flat is not None:  # attention: the flat view (gnn_align.flat)
+        spec.validate(state_dict)
+        return to_graph(spec.flat.flatten(state_dict), spec.flat.spec, edge_dim, fit)
     st = spec.require_structure("to_graph")
     spec.validate(state_dict)
     floats = {k: t for k, t in state_dict.items() if t.is_floating_point()}
@@ -261,6 +266,8 @@ def from_graph(graph: NetGraph, spec: PermutationSpec) -> dict:
     if pooled:
         raise StateDictError(f"this graph was drawn with fit='pool' ({'; '.join(map(str, pooled))}): it is for "
                              "reading only and has no exact inverse; draw it with to_graph(..., fit='exact')")
+    if spec.flat is not None:
+        return spec.flat.unflatten(from_graph(graph, spec.flat.spec))
     st = spec.require_structure("from_graph")
     offs = _offsets(st)
     n_edges = sum(ly.shape[0] * st.nodesets[ly.src].size for ly in st.layers) + \

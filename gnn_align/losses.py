@@ -53,8 +53,18 @@ def pair_matrices(soft: Tensor, mask: Tensor, groups: Sequence, num_pairs: int) 
     return out
 
 
+def _graph_form(state_a: Mapping, state_b: Mapping, spec: PermutationSpec) -> tuple:
+    """The two networks and the spec the aligner's matrices act on: the flat view's for a network
+    with attention (:mod:`gnn_align.flat`; its matrices are over the flat groups), else themselves."""
+    if spec.flat is None:
+        return state_a, state_b, spec
+    return spec.flat.flatten(state_a), spec.flat.flatten(state_b), spec.flat.spec
+
+
 def weight_distance(state_a: Mapping, state_b: Mapping, mats: Mapping, spec: PermutationSpec) -> Tensor:
-    """Sum over the learnable tensors of the mean squared difference between A and soft-aligned B."""
+    """Sum over the learnable tensors of the mean squared difference between A and soft-aligned B
+    (for a network with attention: over its flat view, the matrices over its flat groups)."""
+    state_a, state_b, spec = _graph_form(state_a, state_b, spec)
     pb = apply_permutation_matrix(state_b, mats, spec)
     return sum(((state_a[k] - pb[k]) ** 2).mean() for k in spec.learnable_keys())
 
@@ -86,8 +96,11 @@ def state_task_loss(module: nn.Module, state: Mapping, x: Tensor, y: Tensor, los
 def interpolation_task_loss(module: nn.Module, state_a: Mapping, state_b: Mapping, mats: Mapping,
                             spec: PermutationSpec, x: Tensor, y: Tensor, lam: float, loss: str = "ce") -> Tensor:
     """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (:func:`state_task_loss`:
-    BatchNorm on the batch's statistics). Gradients flow through the learnable tensors only."""
+    BatchNorm on the batch's statistics). Gradients flow through the learnable tensors only. For a
+    network with attention the matrices are over its flat groups (:mod:`gnn_align.flat`)."""
+    view = spec.flat
+    state_a, state_b, spec = _graph_form(state_a, state_b, spec)
     learnable = set(spec.learnable_keys())
     mixed = {k: v if k in learnable else v.detach()
              for k, v in interpolate(state_a, apply_permutation_matrix(state_b, mats, spec), lam).items()}
-    return state_task_loss(module, mixed, x, y, loss)
+    return state_task_loss(module, mixed if view is None else view.unflatten(mixed), x, y, loss)

@@ -8,6 +8,8 @@ opposite neuron ``i`` of A, and ``perm_to_matrix(perm)[i, perm[i]] == 1``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -113,6 +115,37 @@ def hungarian(scores: Tensor) -> Tensor:
         rows, cols = linear_sum_assignment(flat[b], maximize=True)
         out[b, rows] = cols
     return torch.from_numpy(out).reshape(shape[:-1]).to(scores.device)
+
+
+def hungarian_heads(pair: Sequence[Tensor]) -> tuple:
+    """Joint assignment of attention heads and of the dimensions within them, exactly: for every
+    pair (A's head ``i``, B's head ``j``) the best within-head assignment of each family, then the
+    assignment of B's heads to A's slots by the sum of those values.
+
+    Args:
+        pair: one tensor per family (the ``qk`` and ``v`` dimensions): ``pair[f][i, j, r, s]`` scores
+            dimension ``r`` of A's head ``i`` against dimension ``s`` of B's head ``j``.
+
+    Returns:
+        ``(heads, within, value)``: ``heads`` (n,) with ``heads[i]`` B's head in slot ``i``; ``within[f][i]``
+        (d_f,) the assignment of the dimensions of that head (A's head ``i`` against B's head
+        ``heads[i]``); ``value`` (n, n) float64: the best within-head total of every head pair.
+
+    Shapes:
+        pair[f]: (n, n, d_f, d_f).
+    """
+    n = pair[0].shape[0]
+    value = torch.zeros(n, n, dtype=torch.float64)
+    sols = []
+    for p in pair:
+        d = p.shape[-1]
+        flat = p.detach().to("cpu", torch.float64).reshape(n * n, d, d)
+        sol = hungarian(flat)
+        value += torch.take_along_dim(flat, sol[:, :, None], 2).sum((1, 2)).reshape(n, n)
+        sols.append(sol.reshape(n, n, d))
+    heads = hungarian(value)
+    within = [[sol[i, int(heads[i])] for i in range(n)] for sol in sols]
+    return heads, within, value
 
 
 def perm_to_matrix(perm: Tensor, m: int | None = None, *, dtype: torch.dtype | None = None) -> Tensor:

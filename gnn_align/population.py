@@ -221,11 +221,11 @@ class _Embedded:
                 batch[key] = batch[key].to(dtype)
             with torch.no_grad():
                 emb, mask = pool_groups(aligner.encoder(batch), batch)
-            g = len(prep.spec.group_sizes)
+            g = len(prep.spec.graph_spec.group_sizes)
             embs.append(emb.view(-1, g, *emb.shape[1:]))
             masks.append(mask.view(-1, g, mask.shape[-1]))
         self.emb, self.mask = unit(torch.cat(embs)), torch.cat(masks)
-        self.sizes = list(prep.spec.group_sizes.values())
+        self.sizes = list(prep.spec.graph_spec.group_sizes.values())
 
     @torch.no_grad()
     def perms(self, pairs: Sequence[tuple]) -> list:
@@ -238,8 +238,13 @@ class _Embedded:
         scores, _ = self.aligner.head.score_units(self.emb[i].flatten(0, 1), self.emb[j].flatten(0, 1),
                                       self.mask[i].flatten(0, 1), self.mask[j].flatten(0, 1))
         scores = scores.view(len(pairs), g, *scores.shape[1:])
+        names = list(self.spec.graph_spec.group_sizes)
+        if self.spec.flat is not None:  # attention: heads decoded jointly (gnn_align.flat)
+            sized = list(enumerate(zip(names, self.sizes, strict=True)))
+            return [self.spec.flat.decode({name: scores[p, gi, :n, :n] for gi, (name, n) in sized})
+                    for p in range(len(pairs))]
         out = [{} for _ in pairs]
-        for gi, (name, n) in enumerate(zip(self.spec.group_sizes, self.sizes, strict=True)):
+        for gi, (name, n) in enumerate(zip(names, self.sizes, strict=True)):
             decoded = hungarian(scores[:, gi, :n, :n])
             for p in range(len(pairs)):
                 out[p][name] = decoded[p]

@@ -162,6 +162,8 @@ class PermutationSpec:
             ``qk`` groups, then the ``v`` groups), slot by slot: group ``families[f][i]`` permutes the
             dimensions of the head in slot ``i``. Such groups do not compose group by group: see
             :func:`~gnn_align.permute.compose_permutations`.
+        flat: attention only: the :class:`~gnn_align.flat.FlatView` graphs are drawn from (set by
+            :func:`spec_from_module`; not part of equality).
 
     Example (a 2-hidden-layer MLP)::
 
@@ -175,6 +177,7 @@ class PermutationSpec:
     axes: Mapping[str, tuple]
     structure: NetStructure | None = field(default=None, compare=False, repr=False)
     heads: Mapping[str, tuple] = field(default_factory=dict)
+    flat: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "group_sizes", {str(g): int(n) for g, n in self.group_sizes.items()})
@@ -204,6 +207,12 @@ class PermutationSpec:
         return cls(sizes, structure.axes(), structure)
 
     @property
+    def graph_spec(self) -> PermutationSpec:
+        """The spec graphs of this network are drawn with: its flat view's for a network with
+        attention (:mod:`gnn_align.flat`), else itself."""
+        return self if self.flat is None else self.flat.spec
+
+    @property
     def groups(self) -> list:
         return list(self.group_sizes)
 
@@ -214,14 +223,15 @@ class PermutationSpec:
             what: what needs the structure, the start of the message (``"to_graph"``).
 
         Raises:
-            UnsupportedLayerError: for a spec with attention (head groups or axis pieces): no graph form yet.
+            UnsupportedLayerError: for a spec with attention (head groups or axis pieces), whose graph form
+                is its flat view's (:attr:`graph_spec`).
             StateDictError: ``"<what> needs a PermutationSpec with graph structure, and this one has
                 none: derive it with gnn_align.spec_from_module(module, example_input)"``, for a spec
                 written by hand (or built without a structure).
         """
         if self.heads or any(isinstance(e, tuple) and not isinstance(e, Axis) for v in self.axes.values() for e in v):
-            raise UnsupportedLayerError("attention", what, "graphs of networks with attention (head groups, axis "
-                                        "pieces) are not supported yet; align them with weight or activation matching")
+            raise UnsupportedLayerError("attention", what, "a spec with attention (head groups, axis pieces) has "
+                                        "no structure of its own; its graph is that of its flat view (spec.graph_spec)")
         if self.structure is None:
             raise StateDictError(f"{what} needs a PermutationSpec with graph structure, and this one has none: derive "
                                  "it with gnn_align.spec_from_module(module, example_input)")

@@ -71,6 +71,7 @@ class _Tracer:
         self.vals: dict = {}
         self.headed: dict = {}  # node set -> (attention, "qk" or "v", heads, head dim)
         self.raw: dict = {}  # key -> per axis None or [(node set, start)]: tensors that are not layers
+        self.roles: dict = {}  # raw key -> "packed", "pos", "norm_weight" or "norm_bias"
 
     Feat = _Feat
     UNUSABLE = object()  # a traced value no op may read (the weights returned by MultiheadAttention)

@@ -245,8 +245,8 @@ def test_describe_and_graph_of_an_encoder_stack():
                for line in text.splitlines())
     assert "pos[2]" in text and "enc.layers.0.self_attn.in_proj_weight[0]x4@8" in text
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    with pytest.raises(UnsupportedLayerError, match="attention.*not supported yet"):
-        to_graph(state, spec)
+    graph = to_graph(state, spec)  # its flat view (tests/test_flat.py)
+    assert "enc.layers.0.self_attn.qk" in graph.group_names and "enc.layers.0.self_attn.h0.qk" not in graph.group_names
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

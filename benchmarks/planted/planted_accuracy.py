@@ -48,7 +48,8 @@ def main(argv: list | None = None) -> dict:
     for s in range(0, len(pairs), args.batch):
         chunk = pairs[s:s + args.batch]
         preds = al.predict([to_graph(q.a, zoo.spec(q.member), edge_dim=d) for q in chunk],
-                           [to_graph(q.b, zoo.spec(q.member), edge_dim=d) for q in chunk])
+                           [to_graph(q.b, zoo.spec(q.member), edge_dim=d) for q in chunk],
+                           [zoo.spec(q.member) for q in chunk])
         for pr, q in zip(preds, chunk, strict=True):
             acc.append(matching_accuracy(pr, q.target))
             exact.append(exact_recovery(pr, q.target))

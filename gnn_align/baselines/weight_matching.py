@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import GNNAlignError, StateDictError
-from ..ot import hungarian
+from ..ot import hungarian, hungarian_heads
 from ..partial import check_narrower, extract_subnetwork
 from ..permute import identity_permutation, permute_tensor
 from ..spec import PermutationSpec, axis_pieces
@@ -84,19 +84,12 @@ def _head_step(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, head: 
         moved_b = permute_tensor(state_b[k], spec.axes[k], rest)
         fb = _flat(moved_b, ax, n * d[f], a._replace(block=1)).reshape(n, d[f], -1)
         pair[f] += torch.einsum("irx,jsx->ijrs", fa, fb)
-    best = torch.zeros(n, n, dtype=torch.float64)
-    inner = [[[None] * n for _ in range(n)] for _ in fams]
-    for f in range(len(fams)):
-        for i in range(n):
-            for j in range(n):
-                inner[f][i][j] = hungarian(pair[f][i, j])
-                best[i, j] += pair[f][i, j][torch.arange(d[f]), inner[f][i][j]].sum()
-    new = hungarian(best)
+    new, inner, best = hungarian_heads(pair)
     now = sum(float(pair[f][i, int(perm[head][i])][torch.arange(d[f]), perm[fam[i]]].sum())
               for f, fam in enumerate(fams) for i in range(n))
     out = {head: new}
     for f, fam in enumerate(fams):
-        out.update({g: inner[f][i][int(new[i])] for i, g in enumerate(fam)})
+        out.update({g: inner[f][i] for i, g in enumerate(fam)})
     return float(best[torch.arange(n), new].sum()) - now, out
 
 

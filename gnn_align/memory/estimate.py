@@ -46,6 +46,7 @@ def graph_size(spec: PermutationSpec) -> GraphSize:
     Raises:
         StateDictError: a spec without structure (:meth:`~gnn_align.PermutationSpec.require_structure`).
     """
+    spec = spec.graph_spec  # attention: its flat view
     st = spec.require_structure("graph_size")
     weights = [(ly.shape[0] * st.nodesets[ly.src].size, ly.edge_len) for ly in st.layers]
     skips = sum(st.nodesets[s].size for s, _ in st.skips)

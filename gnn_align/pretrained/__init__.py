@@ -54,6 +54,7 @@ def signature(spec: PermutationSpec, module: nn.Module | None = None) -> dict:
     """What an aligner must have seen to be trusted on a network: its node features (bias, norm
     parameters, BatchNorm statistics), whether it has residual skips, the widest group, the depth,
     the edge feature lengths (kernel sizes) and the activation."""
+    spec = spec.graph_spec  # attention: its flat view
     st = spec.require_structure("signature")
     feats = sorted({NODE_FEATURES[c] for ns in st.nodesets for c, k in enumerate(ns.features) if k is not None})
     return {"features": feats, "residual": bool(st.skips),

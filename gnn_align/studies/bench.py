@@ -161,7 +161,7 @@ def speed_comparison(zoo_dir: str | Path, aligner, num_pairs: int = 200, batch_s
     for s in range(0, len(states), batch_size):
         chunk = states[s:s + batch_size]
         aligner.predict([to_graph(a, sp, edge_dim=d) for a, _, sp in chunk],
-                        [to_graph(b, sp, edge_dim=d) for _, b, sp in chunk])
+                        [to_graph(b, sp, edge_dim=d) for _, b, sp in chunk], [sp for _, _, sp in chunk])
     batched = time.perf_counter() - t0
     return {"zoo": zoo.manifest["name"], "pairs": len(pairs), "batch_size": batch_size,
             "torch_threads": torch.get_num_threads(),

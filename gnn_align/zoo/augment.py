@@ -31,7 +31,8 @@ def rescalable_nodesets(spec: PermutationSpec) -> list:
     """Indices of the node sets whose neurons may be rescaled (see :func:`augment`).
 
     A node set qualifies when it is the only node set of its permutation group (no residual merge),
-    no skip touches it, it has no normalisation features, and exactly one layer writes into it.
+    no skip touches it, it has no normalisation features, exactly one layer writes into it and some
+    layer reads it (not the queries and keys of an attention's flat view, whose scale the softmax sees).
     """
     st = spec.require_structure("rescalable_nodesets")
     count: dict = {}
@@ -45,7 +46,7 @@ def rescalable_nodesets(spec: PermutationSpec) -> list:
             continue
         if any(f is not None for f in ns.features[1:]):
             continue
-        if sum(1 for ly in st.layers if ly.dst == i) != 1:
+        if sum(1 for ly in st.layers if ly.dst == i) != 1 or not any(ly.src == i for ly in st.layers):
             continue
         out.append(i)
     return out
@@ -87,6 +88,10 @@ def augment(state: Mapping[str, torch.Tensor], spec: PermutationSpec, generator:
     Raises:
         StateDictError: a spec without structure, or a state dict that does not fit the spec.
     """
+    if spec.flat is not None:  # attention: the flat view, whose value neurons may be rescaled too
+        spec.validate(state)
+        return spec.flat.unflatten(augment(spec.flat.flatten(state), spec.flat.spec, generator, noise=noise,
+                                           dropout=dropout, rescale=rescale, max_quantile=max_quantile))
     st = spec.require_structure("augment")
     spec.validate(state)
     if not 0.0 <= dropout <= 1.0:

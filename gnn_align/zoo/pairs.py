@@ -21,6 +21,7 @@ from .batched import stable_seed
 from .storage import ZooError
 
 if TYPE_CHECKING:  # the dataset imports torch_geometric
+    from ..spec import PermutationSpec
     from .dataset import ModelZoo
 
 
@@ -148,12 +149,20 @@ class PlantedPair:
     a_augmented: dict
     member: int
     network_id: int
+    spec: PermutationSpec | None = None
 
     @property
     def target(self) -> dict:
-        """The alignment that recovers A from B (``invert_permutation(perm)``): group name -> permutation
-        with ``apply_permutation(b, target, spec) == a_augmented``."""
-        return invert_permutation(self.perm)
+        """The alignment that recovers A from B (``invert_permutation(perm, spec)``): group name ->
+        permutation with ``apply_permutation(b, target, spec) == a_augmented``."""
+        return invert_permutation(self.perm, self.spec)
+
+    @property
+    def graph_target(self) -> dict:
+        """:attr:`target` on the groups of the pair's graphs: for a network with attention, its flat
+        view's (:meth:`~gnn_align.flat.FlatView.flat_perm`), else :attr:`target` itself."""
+        view = None if self.spec is None else self.spec.flat
+        return self.target if view is None else view.flat_perm(self.target)
 
 
 def planted_pair(zoo: ModelZoo, idx: int, generator: torch.Generator,
@@ -175,7 +184,7 @@ def planted_pair(zoo: ModelZoo, idx: int, generator: torch.Generator,
     a_aug = augment(a, spec, generator, **kwargs)
     b = apply_permutation(a_aug, perm, spec)
     return PlantedPair(a=a, b=b, perm=perm, a_augmented=a_aug, member=m,
-                       network_id=int(zoo.record(idx)["id"]))
+                       network_id=int(zoo.record(idx)["id"]), spec=spec)
 
 
 class PlantedPairs(torch.utils.data.Dataset):
