@@ -28,6 +28,12 @@ Graph contract (:class:`NetGraph`):
   sparse indexing.
 * ``extra`` holds, as float64, the tensors with no place in the graph (BatchNorm's
   ``num_batches_tracked``).
+* **Attention** is drawn as the spec's *flat view* (:mod:`gnn_align.flat`, ``spec.graph_spec``):
+  per attention one group ``P.qk`` whose two node sets are the query and key rows (their dot
+  products are the attention scores) and one group ``P.v`` (value rows, read by the output
+  projection); a packed projection is split into its q, k and v layers, a positional embedding is a
+  layer from fixed position input nodes, a LayerNorm the norm features of the node set it normalises.
+  ``group_names`` are the flat groups; relabel with ``spec.flat.flat_perm(perm)``.
 
 Batching: ``perm_group`` and ``perm_pos`` are per-graph and are *not* shifted by
 ``Batch.from_data_list``; use :func:`global_group` for ids that are unique across a batch.
