@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import PermutationError, UnsupportedLayerError
+from .errors import PermutationError
 from .ot import hungarian, hungarian_heads
 from .permute import apply_permutation
 from .spec import NODE_FEATURES, Layer, NetStructure, NodeSet, PermutationSpec, Piece
@@ -162,6 +162,13 @@ class FlatView:
         return out
 
 
+def _copy_set(sets: list, skips: list, copies: dict, ns: int) -> int:
+    sets.append(dict(sets[ns], name=f"{sets[ns]['name']}.norm", features=[None] * len(NODE_FEATURES)))
+    skips.append((ns, len(sets) - 1))
+    copies[ns] = len(sets) - 1
+    return len(sets) - 1
+
+
 def build_view(tr, group_of, info: Mapping) -> FlatView:
     """The flat view of a traced network with attention (called by :func:`gnn_align.attention.build_spec`).
 
@@ -170,18 +177,17 @@ def build_view(tr, group_of, info: Mapping) -> FlatView:
         group_of: node set index -> its flat group name, or None for fixed neurons.
         info: attention name -> ``(head group, families, d)``.
 
-    Raises:
-        UnsupportedLayerError: a tensor the graph form has no place for (two LayerNorms on one node set).
+    A second LayerNorm on one node set (a post-LN stack with a final norm) goes to a copy of the node
+    set, in its group, joined to it by an identity skip.
     """
     sets = [dict(s, features=list(s["features"]), group=group_of(i)) for i, s in enumerate(tr.sets)]
-    layers, parts = list(tr.layers), []
+    layers, parts, skips, copies = list(tr.layers), [], list(tr.skips), {}
     for key, axes in tr.raw.items():
         t, role = tr.state_keys[key], tr.roles[key]
         if role in ("norm_weight", "norm_bias"):
             ns, col = axes[0][0][0], NODE_FEATURES.index(role)
-            if sets[ns]["features"][col] is not None:
-                raise UnsupportedLayerError(key, "LayerNorm", f"a second LayerNorm on the neurons of "
-                                            f"'{sets[ns]['name']}' has no graph form")
+            while sets[ns]["features"][col] is not None:  # a second LayerNorm (post-LN stack + final norm):
+                ns = copies.get(ns) or _copy_set(sets, skips, copies, ns)  # on a copy joined by a skip
             sets[ns]["features"][col] = key
         elif role == "pos":
             ns, e = axes[-1][0][0], t.shape[-1]
@@ -202,6 +208,6 @@ def build_view(tr, group_of, info: Mapping) -> FlatView:
                      for s in sets)
     covered = {ly.weight for ly in layers} | {f for s in sets for f in s["features"]} | {p.src for p in parts}
     extras = tuple((k, tuple(t.shape), t.dtype) for k, t in tr.state_keys.items() if k not in covered)
-    spec = PermutationSpec.from_structure(NetStructure(nodesets, tuple(layers), tuple(tr.skips), extras))
+    spec = PermutationSpec.from_structure(NetStructure(nodesets, tuple(layers), tuple(skips), extras))
     attention = tuple(FlatAttention(f"{a}.qk", f"{a}.v", h, fams, d) for a, (h, fams, d) in info.items())
     return FlatView(spec, tuple(parts), attention, tuple(tr.state_keys))

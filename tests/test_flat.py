@@ -36,13 +36,31 @@ def _zoo_model():
     return Transformer(8, 8, 16, 2, 2, 32, 10).double().eval(), torch.randn(4, 8, 8, dtype=torch.float64)
 
 
+class _FinalNorm(torch.nn.Module):
+    """A post-LN encoder stack with a final LayerNorm (as nn.Transformer's encoder): two LayerNorms on
+    the last node set."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = torch.nn.Linear(3, 8), torch.nn.Linear(8, 4)
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = torch.nn.TransformerEncoder(layer, 1, norm=torch.nn.LayerNorm(8), enable_nested_tensor=False)
+
+    def forward(self, x):
+        return self.head(self.enc(self.embed(x)).mean(1))
+
+
 def _get(name):
-    module, x = _zoo_model() if name == "zoo" else _model(name)
+    if name == "final_norm":
+        torch.manual_seed(0)
+        module, x = _FinalNorm().double().eval(), torch.randn(2, 5, 3, dtype=torch.float64)
+    else:
+        module, x = _zoo_model() if name == "zoo" else _model(name)
     spec = spec_from_module(module, x)
     return module, x, spec, {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-ALL = MODELS + ["zoo"]
+ALL = MODELS + ["zoo", "final_norm"]
 
 
 @pytest.mark.parametrize("name", ALL)
