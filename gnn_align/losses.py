@@ -53,18 +53,19 @@ def pair_matrices(soft: Tensor, mask: Tensor, groups: Sequence, num_pairs: int) 
     return out
 
 
-def _graph_form(state_a: Mapping, state_b: Mapping, spec: PermutationSpec) -> tuple:
-    """The two networks and the spec the aligner's matrices act on: the flat view's for a network
-    with attention (:mod:`gnn_align.flat`; its matrices are over the flat groups), else themselves."""
-    if spec.flat is None:
+def _graph_form(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, mats: Mapping) -> tuple:
+    """The two networks and the spec ``mats`` act on: the flat view's when they are over the flat
+    groups of a network with attention (the aligner's soft output; :mod:`gnn_align.flat`), else
+    themselves (matrices over the spec's own groups, e.g. Sinkhorn re-basin's)."""
+    if spec.flat is None or set(mats) <= set(spec.group_sizes):
         return state_a, state_b, spec
     return spec.flat.flatten(state_a), spec.flat.flatten(state_b), spec.flat.spec
 
 
 def weight_distance(state_a: Mapping, state_b: Mapping, mats: Mapping, spec: PermutationSpec) -> Tensor:
     """Sum over the learnable tensors of the mean squared difference between A and soft-aligned B
-    (for a network with attention: over its flat view, the matrices over its flat groups)."""
-    state_a, state_b, spec = _graph_form(state_a, state_b, spec)
+    (for a network with attention and matrices over its flat groups: over its flat view)."""
+    state_a, state_b, spec = _graph_form(state_a, state_b, spec, mats)
     pb = apply_permutation_matrix(state_b, mats, spec)
     return sum(((state_a[k] - pb[k]) ** 2).mean() for k in spec.learnable_keys())
 
@@ -97,9 +98,9 @@ def interpolation_task_loss(module: nn.Module, state_a: Mapping, state_b: Mappin
                             spec: PermutationSpec, x: Tensor, y: Tensor, lam: float, loss: str = "ce") -> Tensor:
     """Task loss of ``(1 - lam) theta_A + lam (S . theta_B)`` on ``(x, y)`` (:func:`state_task_loss`:
     BatchNorm on the batch's statistics). Gradients flow through the learnable tensors only. For a
-    network with attention the matrices are over its flat groups (:mod:`gnn_align.flat`)."""
-    view = spec.flat
-    state_a, state_b, spec = _graph_form(state_a, state_b, spec)
+    network with attention the matrices may be over its flat groups (:mod:`gnn_align.flat`)."""
+    nested, (state_a, state_b, spec) = spec, _graph_form(state_a, state_b, spec, mats)
+    view = None if spec is nested else nested.flat
     learnable = set(spec.learnable_keys())
     mixed = {k: v if k in learnable else v.detach()
              for k, v in interpolate(state_a, apply_permutation_matrix(state_b, mats, spec), lam).items()}
