@@ -156,6 +156,10 @@ def test_training_losses_read_the_flat_view():
     at_b = interpolation_task_loss(module, state, b, mats, spec, x, y, 1.0)
     own = interpolation_task_loss(module, state, state, ident, spec, x, y, 0.0)
     assert abs(float(at_b) - float(own)) <= TOL
+    # matrices over the spec's own (nested) groups, as Sinkhorn re-basin passes them, act on the network
+    nested = {g: perm_to_matrix(p, dtype=torch.float64) for g, p in invert_permutation(perm, spec).items()}
+    assert abs(float(interpolation_task_loss(module, state, b, nested, spec, x, y, 1.0)) - float(own)) <= TOL
+    assert float(weight_distance(state, b, nested, spec)) <= TOL
 
 
 def test_rescaling_augmentation_of_a_transformer_preserves_its_function():
