@@ -113,6 +113,13 @@ PRESETS = {
            "scale_invariant": True, "epochs": 24, "steps_per_epoch": 150, "planted_per_step": 4,
            "unlabelled_per_step": 4, "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2",
            "ema": 0.995, "select": "wm_ratio", "val_pairs": 64, "bench_pairs": 0},
+    # transformers (zoo digits-transformer, read as their flat view: gnn_align/flat.py): two rounds of
+    # message passing after the probe pass; the task loss of the interpolated network on batches of 128
+    # inputs and no weight-distance loss (the loss issue 16's sweep found best): the shipped `transformer`
+    "transformer": {"zoo": "digits-transformer", "out": "runs/transformer", "hidden": 64, "num_layers": 2,
+                    "epochs": 25, "steps_per_epoch": 200, "planted_per_step": 4, "unlabelled_per_step": 8,
+                    "w_l2": 0.0, "task_batch": 128, "ema": 0.995, "select": "wm_ratio", "val_pairs": 48,
+                    "bench_pairs": 0},
 }
 
 
