@@ -50,7 +50,7 @@ def main() -> None:
                  else v for k, v in a.items()}
         b, target = apply_permutation(noisy, perm, spec), invert_permutation(perm, spec)
         net, task = build_arch(zoo.members[m]["arch"]).eval(), network_task(zoo, i)
-        found = {"wm": weight_matching(a, b, spec).perm,
+        found = {"wm": weight_matching(a, b, spec, generator=torch.Generator().manual_seed(i)).perm,
                  "am": activation_matching(net, a, b, spec, input_batches(task.x_train)).perm}
         if al is not None:
             found["gnn"] = al.align(a, b, spec)
