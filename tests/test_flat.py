@@ -171,3 +171,18 @@ def test_rescaling_augmentation_of_a_transformer_preserves_its_function():
                   max_quantile=0.0)
     assert any(not torch.equal(out[k], state[k]) for k in state)
     assert output_change(module, out, x) <= 1e-9
+
+
+def test_shipped_transformer_aligner_recovers_a_planted_permutation():
+    from gnn_align.aligner import load_aligner
+
+    al = load_aligner("transformer")
+    assert al.config.num_layers == 2 and al.meta["zoo"]["name"] == "digits-transformer"
+    torch.manual_seed(1)
+    module = Transformer(8, 8, 32, 2, 2, 64, 10).eval()
+    spec = spec_from_module(module, torch.zeros(2, 8, 8))
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    perm = random_permutation(spec, torch.Generator().manual_seed(0))
+    got = al.align(state, apply_permutation(state, perm, spec), spec)
+    want = invert_permutation(perm, spec)
+    assert all(torch.equal(got[g], want[g]) for g in want)
