@@ -2,7 +2,7 @@
 
 Reads ``OUT/ZOO/results.json`` (``gnn-align bench``) for every zoo, then any ``OUT/ZOO-rerun*/results.json``
 (methods re-run, or added, on the same seeded pairs after a change: they replace or join the first
-run's rows, and the pairs are checked to be the same; ``auto@15`` of ``budget.sh`` is one such).
+run's rows, and the pairs are checked to be the same).
 Writes ``OUT/summary.json`` and ``OUT/summary.md``.
 
 Usage: python benchmarks/refine/table.py [OUT]   (default benchmarks/refine)
