@@ -69,13 +69,14 @@ def test_the_old_layers_key_is_mapped():
 
 @pytest.mark.parametrize("name", available())
 def test_shipped_metadata_with_old_names_still_reads(name, tmp_path):
-    """The shipped ``NAME.json`` (whose training config says ``layers``) loads, and its training config
-    is a train.py ``--config`` file again."""
+    """The shipped ``NAME.json`` loads (``mixed`` and ``v2`` were written before the rename and say
+    ``layers``), and its training config is a train.py ``--config`` file again."""
     meta = json.loads((HERE / f"{name}.json").read_text())
-    assert "layers" in meta["config"]  # written before the rename: kept as shipped
+    old = "layers" in meta["config"]
+    assert old == (name in ("mixed", "v2"))  # written before the rename: kept as shipped
     al = load_aligner(name)
     assert al.config == AlignerConfig.from_dict(meta["config"]["aligner"]) and al.meta == meta
-    assert al.config.num_layers == meta["config"]["layers"]
+    assert al.config.num_layers == meta["config"]["layers" if old else "num_layers"]
     (tmp_path / "config.json").write_text(json.dumps(meta["config"]))
     cfg = train.parse_config(["--config", str(tmp_path / "config.json")])
     fields = {f.name for f in dataclasses.fields(train.Config)}
@@ -96,7 +97,7 @@ def test_load_aligner_takes_a_run_folder_a_weights_file_or_a_name(tmp_path):
     for al in (by_name, by_file, by_run, by_run_file):
         assert same(al) and al.config == ref.config and not al.training
     assert by_file.meta == ref.meta and not hasattr(by_run, "meta")
-    with pytest.raises(GNNAlignError, match="no aligner 'nope': .* \\(shipped: mixed, v2"):
+    with pytest.raises(GNNAlignError, match=f"no aligner 'nope': .* \\(shipped: {', '.join(available())}\\)"):
         load_aligner("nope")
     (tmp_path / "lone.safetensors").write_bytes((HERE / "mixed.safetensors").read_bytes())
     with pytest.raises(GNNAlignError, match="lone.safetensors: neither lone.json nor config.json"):
