@@ -186,3 +186,20 @@ def test_shipped_transformer_aligner_recovers_a_planted_permutation():
     got = al.align(state, apply_permutation(state, perm, spec), spec)
     want = invert_permutation(perm, spec)
     assert all(torch.equal(got[g], want[g]) for g in want)
+
+
+def test_population_tools_with_the_learned_aligner_on_a_transformer():
+    """`distance` and `pairwise` decode the aligner's flat scores into the nested group: a permuted copy is
+    at distance 0 and the matrix is symmetric."""
+    from gnn_align.population import distance, pairwise
+
+    module, x, spec, state = _get("post_ln")
+    torch.manual_seed(0)
+    al = GNNAligner(num_layers=1).double().eval()
+    moved = apply_permutation(state, random_permutation(spec, torch.Generator().manual_seed(1)), spec)
+    other = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    for a, b in ((state, moved), (moved, state)):
+        d = distance(a, b, "gnn", aligner=al, module=module, data=x)
+        assert d.weight <= 1e-12 and d.raw > 0.1
+    m = pairwise([state, moved, other], "gnn", aligner=al, module=module, data=x, progress=False)
+    assert torch.equal(m.weight, m.weight.T) and float(m.weight[0, 1]) <= 1e-12 and float(m.weight[0, 2]) > 0
