@@ -203,3 +203,14 @@ def test_population_tools_with_the_learned_aligner_on_a_transformer():
         assert d.weight <= 1e-12 and d.raw > 0.1
     m = pairwise([state, moved, other], "gnn", aligner=al, module=module, data=x, progress=False)
     assert torch.equal(m.weight, m.weight.T) and float(m.weight[0, 1]) <= 1e-12 and float(m.weight[0, 2]) > 0
+
+
+def test_coverage_names_attention_an_aligner_was_not_trained_on():
+    from gnn_align.aligner import load_aligner
+    from gnn_align.pretrained import coverage_problems, signature
+
+    module, _, spec, _ = _get("zoo")
+    sig = signature(spec, module)
+    assert sig["attention"] is True
+    assert any("attention" in p for p in coverage_problems(load_aligner("mixed").meta["trained_on"], sig))
+    assert coverage_problems(load_aligner("transformer").meta["trained_on"], sig) == []

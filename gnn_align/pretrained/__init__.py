@@ -53,7 +53,8 @@ def activation_of(module: nn.Module) -> str | None:
 def signature(spec: PermutationSpec, module: nn.Module | None = None) -> dict:
     """What an aligner must have seen to be trusted on a network: its node features (bias, norm
     parameters, BatchNorm statistics), whether it has residual skips, the widest group, the depth,
-    the edge feature lengths (kernel sizes) and the activation."""
+    the edge feature lengths (kernel sizes), the activation and whether it has attention."""
+    attention = bool(spec.heads)
     spec = spec.graph_spec  # attention: its flat view
     st = spec.require_structure("signature")
     feats = sorted({NODE_FEATURES[c] for ns in st.nodesets for c, k in enumerate(ns.features) if k is not None})
@@ -61,7 +62,7 @@ def signature(spec: PermutationSpec, module: nn.Module | None = None) -> dict:
             "max_width": max(spec.group_sizes.values(), default=0),
             "depth": max(ns.depth for ns in st.nodesets),
             "edge_lens": sorted({ly.edge_len for ly in st.layers}),
-            "activation": None if module is None else activation_of(module)}
+            "activation": None if module is None else activation_of(module), "attention": attention}
 
 
 def merge_signatures(sigs: list) -> dict:
@@ -70,7 +71,8 @@ def merge_signatures(sigs: list) -> dict:
             "residual": any(s["residual"] for s in sigs),
             "max_width": max(s["max_width"] for s in sigs), "depth": max(s["depth"] for s in sigs),
             "edge_lens": sorted({e for s in sigs for e in s["edge_lens"]}),
-            "activation": sorted({s["activation"] for s in sigs if s["activation"]})}
+            "activation": sorted({s["activation"] for s in sigs if s["activation"]}),
+            "attention": any(s.get("attention", False) for s in sigs)}
 
 
 def coverage_problems(trained: dict, sig: dict, edge_dim: int | None = None) -> list:
@@ -92,6 +94,8 @@ def coverage_problems(trained: dict, sig: dict, edge_dim: int | None = None) -> 
         out.append(f"edge features (kernel sizes) of length {lens} (trained on {trained['edge_lens']})")
     if edge_dim is not None and max(sig["edge_lens"], default=0) > edge_dim:
         out.append(f"edges of {max(sig['edge_lens'])} values, more than the aligner's edge_dim {edge_dim}")
+    if sig.get("attention") and not trained.get("attention"):  # metadata older than the key: none
+        out.append("attention (trained on none; the shipped 'transformer' aligner was)")
     if sig["activation"] and trained["activation"] and sig["activation"] not in trained["activation"]:
         out.append(f"activation {sig['activation']} (trained on {', '.join(trained['activation'])})")
     return out
