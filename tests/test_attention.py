@@ -297,9 +297,12 @@ def test_cli_inspect_shows_heads_of_an_encoder_stack(capsys):
     assert cli.main(["inspect", "--model", "tests.test_attention:_Encoder"]) == 0
     out = capsys.readouterr().out
     assert "enc.layers.0.self_attn.heads" in out and "h0.qk .. enc.layers.0.self_attn.h1.qk" in out
+    assert "graph groups (flat view" in out and "enc.layers.0.self_attn.qk 8" in out
     assert cli.main(["inspect", "--model", "tests.test_attention:_Encoder", "--json"]) == 0
-    groups = json.loads(capsys.readouterr().out)["groups"]
+    info = json.loads(capsys.readouterr().out)
+    groups, graph = info["groups"], info["graph_groups"]
     assert groups["enc.layers.1.self_attn.heads"] == 2 and groups["enc.layers.1.self_attn.h1.v"] == 4
+    assert graph["enc.layers.1.self_attn.v"] == 8 and "enc.layers.1.self_attn.heads" not in graph
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

@@ -142,9 +142,13 @@ def _inspect(args) -> dict:
         check_state(module, load_state_file(args.file), args.file)
 
     spec = spec_from_module(module, example_input(module, generator=torch.Generator().manual_seed(0)))
+    graph = dict(spec.graph_spec.group_sizes)  # attention: the flat view a learned aligner reads
     if not args.json:
         print(spec.describe())
-    return {"model": args.model, "file": args.file, "groups": dict(spec.group_sizes),
+        if spec.flat is not None:
+            print("graph groups (flat view, read by learned aligners): "
+                  + ", ".join(f"{g} {n}" for g, n in graph.items()))
+    return {"model": args.model, "file": args.file, "groups": dict(spec.group_sizes), "graph_groups": graph,
             "parameters": sum(p.numel() for p in module.parameters())}
 
 
