@@ -333,6 +333,6 @@ def build_spec(tr) -> PermutationSpec:
         r = roots[i]
         return None if r in fixed else names[r] if r not in info else f"{info[r][0]}.{info[r][1]}"
 
-    attns = {f"{h[:-len('.heads')]}": (h, f, sizes[f[0][0]]) for h, f in fams.items() if len(f) == 2}
+    attns = {h[:-len(".heads")]: (h, f, sizes[f[0][0]]) for h, f in fams.items() if len(f) == 2}
     view = build_view(tr, group_of, attns) if len(attns) == len(fams) else None
     return PermutationSpec(sizes, axes, None, fams, view)

@@ -25,8 +25,8 @@ network's with three changes, so that it is an ordinary network of node sets and
   into its q, k and v rows ``K[0:E]``, ``K[E:2E]``, ``K[2E:3E]``;
 * a learned positional embedding ``K`` (``(..., T, E)``, added to the tokens) becomes ``K.T``, shape
   ``(E, T)``: a layer from ``T`` fixed *position* input neurons to the stream it is added to;
-* a LayerNorm over tokens becomes the norm features of the node set it normalises (the graph form
-  refuses two LayerNorms on one node set).
+* a LayerNorm over tokens becomes the norm features of the node set it normalises (a second one on
+  the same node set, as in a post-LN stack with a final norm, goes to a copy of it joined by a skip).
 """
 
 from __future__ import annotations
@@ -111,6 +111,10 @@ class FlatView:
                 out[k] = torch.cat([flat[p.key] for p in sorted(pieces[k], key=lambda p: p.start)])
         return out
 
+    def _is_attention(self, group: str) -> bool:
+        """Whether ``group`` is the ``qk`` or ``v`` group of an attention."""
+        return any(group in (at.qk, at.v) for at in self.attention)
+
     def flat_perm(self, perm: Mapping[str, torch.Tensor]) -> dict:
         """The flat permutation of a nested one (groups of an attention left out stay out)."""
         out = {g: p for g, p in perm.items() if g in self.spec.group_sizes}
@@ -133,7 +137,7 @@ class FlatView:
             PermutationError: a flat permutation that splits a head or moves the heads of ``qk`` and
                 ``v`` differently (naming the group).
         """
-        out = {g: p for g, p in flat.items() if not any(g in (at.qk, at.v) for at in self.attention)}
+        out = {g: p for g, p in flat.items() if not self._is_attention(g)}
         for at in self.attention:
             heads = None
             for name, fam in at.flat_groups():
@@ -151,7 +155,7 @@ class FlatView:
     def decode(self, scores: Mapping[str, torch.Tensor]) -> dict:
         """The nested permutation maximising flat scores (group -> (n, n), A's neurons by B's): the
         Hungarian algorithm per ordinary group, :func:`~gnn_align.ot.hungarian_heads` per attention."""
-        out = {g: hungarian(s) for g, s in scores.items() if not any(g in (at.qk, at.v) for at in self.attention)}
+        out = {g: hungarian(s) for g, s in scores.items() if not self._is_attention(g)}
         for at in self.attention:
             h = len(at.families[0])
             pair = [scores[name].reshape(h, at.d, h, at.d).transpose(1, 2) for name, _ in at.flat_groups()]
