@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 21: the learned aligner on transformers. Trains the `transformer` aligner on the
+# Issue 21: the learned aligner on transformers. Trains the `transformer` aligner (only when it is not shipped) on the
 # digits-transformer zoo (about 40 minutes on one core), then benchmarks it with every method on the
 # same 100 seeded test pairs and on 200 planted test networks.
 # Usage: bash benchmarks/transformer/run.sh [OUT]   (default benchmarks/transformer)
