@@ -27,6 +27,19 @@ from ..spec import PermutationSpec
 from .weight_matching import MatchResult
 
 
+def _soft_permutations(logits: Mapping, n_iters: int, tau: float) -> dict:
+    """``{g: sinkhorn(logits[g])}``, one batched Sinkhorn call per matrix shape (the groups of an MLP of
+    one width take one call instead of one each: Sinkhorn's iterations dominate a step's time)."""
+    by_shape: dict = {}
+    for g, lg in logits.items():
+        by_shape.setdefault(tuple(lg.shape), []).append(g)
+    mats = {}
+    for groups in by_shape.values():
+        soft = sinkhorn(torch.stack([logits[g] for g in groups]), n_iters=n_iters, tau=tau)
+        mats.update(zip(groups, soft.unbind(0)))
+    return mats
+
+
 def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: PermutationSpec,
                      x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce", steps: int = 150,
                      batch_size: int = 256, lr: float = 0.1, tau: float = 1.0, n_iters: int = 20,
@@ -70,14 +83,12 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
     for step in range(steps):
         lam = float(torch.rand((), generator=generator))
         idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
-        mats = {}
-        for g, lg in logits.items():
-            soft = sinkhorn(lg, n_iters=n_iters, tau=tau)
-            mats[g] = soft
-            if straight_through:
-                # Hungarian on the logits equals Hungarian on log(sinkhorn(logits)) (they differ
-                # by row and column constants only), and is exact where the soft matrix is not
-                mats[g] = perm_to_matrix(hungarian(lg.detach()), dtype=dtype) + soft - soft.detach()
+        mats = _soft_permutations(logits, n_iters, tau)
+        if straight_through:
+            # Hungarian on the logits equals Hungarian on log(sinkhorn(logits)) (they differ by row
+            # and column constants only), and is exact where the soft matrix is not
+            mats = {g: perm_to_matrix(hungarian(logits[g].detach()), dtype=dtype) + s - s.detach()
+                    for g, s in mats.items()}
         value = interpolation_task_loss(module, state_a, state_b, mats, spec, x[idx], y[idx], lam, loss)
         opt.zero_grad()
         value.backward()
