@@ -113,6 +113,13 @@ PRESETS = {
            "scale_invariant": True, "epochs": 24, "steps_per_epoch": 150, "planted_per_step": 4,
            "unlabelled_per_step": 4, "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2",
            "ema": 0.995, "select": "wm_ratio", "val_pairs": 64, "bench_pairs": 0},
+    # the shipped v2 run (weight decay 0.2, raw node parameters, 40 epochs) on the mixed zoo with
+    # transformers too (zoo mixed-transformer), transformers drawn as often as CNNs
+    "mixed-transformer": {"zoo": "mixed-transformer", "out": "runs/mixed-transformer", "hidden": 64,
+                          "num_layers": 2, "conv": "weight", "scale_invariant": False, "weight_decay": 0.2,
+                          "epochs": 40, "steps_per_epoch": 150, "planted_per_step": 4, "unlabelled_per_step": 4,
+                          "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2,*transformer*=4",
+                          "ema": 0.995, "select": "wm_ratio", "val_pairs": 64, "bench_pairs": 0},
     # transformers (zoo digits-transformer, read as their flat view: gnn_align/flat.py): two rounds of
     # message passing after the probe pass; the task loss of the interpolated network on batches of 128
     # inputs and no weight-distance loss (the loss issue 16's sweep found best): the shipped `transformer`

@@ -119,9 +119,9 @@ def _recipe_members() -> list:
     return m
 
 
-def _transformer_members() -> list:
-    return [_member(f"digits-transformer-{name}", dict(DIGITS_TRANSFORMER, blocks=blocks), "digits-rows", count,
-                    train, recipe=name) for name, blocks, count, train in TRANSFORMER_RECIPES]
+def _transformer_members(scale: float = 1.0) -> list:
+    return [_member(f"digits-transformer-{name}", dict(DIGITS_TRANSFORMER, blocks=blocks), "digits-rows",
+                    round(count * scale), train, recipe=name) for name, blocks, count, train in TRANSFORMER_RECIPES]
 
 
 def _residual_members() -> list:
@@ -162,6 +162,9 @@ RECIPES = {
     # small pre-LN transformers (d_model 32, 2 heads, 1 or 2 blocks) on the digits as 8 row tokens, by
     # three training recipes (AdamW / SGD / Adam, with and without weight decay)
     "digits-transformer": {"version": 1, "members": _transformer_members()},
+    # the aligner's training zoo with transformers: every member of `mixed-recipes` and of
+    # `digits-transformer` (0.4 of its networks), other seeds than theirs
+    "mixed-transformer": {"version": 1, "members": _mixed_members() + _recipe_members() + _transformer_members(0.4)},
     "digits-mlp-shift": {"version": 1, "splits": {"test": 1.0}, "members": [
         _member("digits-mlp-shift", _mlp(64, 64, 3), "digits-shift", 1000, DIGITS_MLP_TRAIN)]},
 }
