@@ -110,8 +110,8 @@ def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: f
             ``"X+Y"`` gets X's answer as ``init`` (skipped when X failed or was not run).
         refine: ``fn(init_perm, seconds_left) -> perm``; its answer from start ``S`` is named
             ``"S+REFINER"``. It runs from the best candidate when time is left, then from the next
-            best ones and from ``starts`` in turn while the time left is at least what the previous
-            refinement took (a large budget buys a multi-start refinement; a small one, one start).
+            best ones and from ``starts`` in turn until the budget is spent, the last one cut short
+            by it (a larger budget buys more starts; a refinement cut short is still scored).
         score: ``fn(perm) -> float`` on held-out data.
         budget: seconds for everything; candidates run in full, refinement gets what is left.
         starts: name -> permutation, further starting points refined after the candidates (e.g.
@@ -132,15 +132,14 @@ def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: f
         out.seconds[name] = time.perf_counter() - t
         out.scores[name] = score(perms[name])
     inits = {n: perms[n] for n in sorted(out.scores, key=out.scores.get)} | dict(starts or {})
-    took = 0.0
     for start, init in inits.items():
         left = budget - (time.perf_counter() - t0)
-        if left <= 0 or left < took:
+        if left <= 0:
             break
         name = f"{start}+{refiner}"
         t = time.perf_counter()
         perms[name] = refine(init, left)
-        took = out.seconds[name] = time.perf_counter() - t
+        out.seconds[name] = time.perf_counter() - t
         out.scores[name] = score(perms[name])
     out.kept = min(out.scores, key=out.scores.get)
     return perms[out.kept], out
