@@ -4,11 +4,11 @@
 # transformer-only aligner), then next to the shipped v2 (trained on the same zoo without transformers) on
 # the digits MLP, CNN and ResNet test pairs (with HELDOUT=1 also the held-out architectures and recipes), one
 # torch thread.
-# Usage: bash benchmarks/transformer/mixed.sh RUN_DIR [OUT]   (default OUT benchmarks/transformer/mixed)
+# Usage: bash benchmarks/transformer/mixed.sh RUN_DIR [OUT]   (default OUT results/transformer-mixed)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:?usage: mixed.sh RUN_DIR [OUT]}
-OUT=${2:-benchmarks/transformer/mixed}
+OUT=${2:-results/transformer-mixed}
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 gnn-align bench --zoo digits-transformer --aligner "$RUN" --methods gnn,gnn+wm --pairs 100 --threads 1 --json \
