@@ -3,6 +3,7 @@ STE re-basin, and ``auto``'s choice."""
 
 import time
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 import gnn_align as ga
 from gnn_align import apply_permutation, invert_permutation, random_permutation, spec_from_module
+from gnn_align import refine as refine_module
 from gnn_align.archs import MLP
 from gnn_align.baselines import ste_rebasin
 from gnn_align.losses import interpolation_task_loss, state_task_loss
@@ -163,12 +165,23 @@ def test_auto_picks_each_candidate_when_it_wins(winner):
     assert set(out.scores) == set(out.seconds) == set(answers) | {f"{n}+sinkhorn" for n in [*answers, "naive"]}
 
 
-def test_auto_refines_once_when_the_budget_allows_one_refinement():
-    """After a refinement that took t seconds, another starts only with at least t seconds left."""
-    cands, refine, score, answers, seen = _auto_case("refine", refine_seconds=0.2)
-    _, out = auto_align(cands, refine, score, budget=0.3, starts={"naive": {"g": torch.tensor([7])}})
-    assert seen["refine"] == [answers["gnn"]] and out.kept == "gnn+sinkhorn"
-    assert set(out.scores) == set(answers) | {"gnn+sinkhorn"}
+def test_auto_refines_until_the_budget_is_spent(monkeypatch):
+    """Refinements start, from the next start each, while time is left, each told how much (a fake
+    clock: candidates take no time, a refinement 0.2 s); the last one may be cut short by it."""
+    clock = [0.0]
+    monkeypatch.setattr(refine_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cands, refine, score, answers, seen = _auto_case("refine")
+    lefts = []
+
+    def timed(init, left):
+        lefts.append(left)
+        clock[0] += 0.2
+        return refine(init, left)
+
+    _, out = auto_align(cands, timed, score, budget=0.5, starts={"naive": {"g": torch.tensor([7])}})
+    assert seen["refine"] == [answers["gnn"], answers["wm"], answers["am"]] and out.kept == "gnn+sinkhorn"
+    assert lefts == pytest.approx([0.5, 0.3, 0.1])
+    assert set(out.scores) == set(answers) | {"gnn+sinkhorn", "wm+sinkhorn", "am+sinkhorn"}
 
 
 def test_auto_skips_refinement_without_time_and_falls_back_without_data():
