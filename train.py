@@ -97,29 +97,30 @@ class Config:
         return AlignerConfig(**own, edge_dim=edge_dim, activation=activation, w0=w0)
 
 
+#: how often each member of the mixed zoos is drawn (CNNs, residual nets, width-128 and MNIST-1D MLPs
+#: more often than the zoo's own mix)
+_MIXED_WEIGHTS = "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2"
+# the mixed preset on networks of many training recipes too (zoo mixed-recipes), with two rounds of
+# WeightConv message passing after the probe pass and node parameters normalised per layer
+_V2 = {"zoo": "mixed-recipes", "out": "runs/v2", "hidden": 64, "num_layers": 2, "conv": "weight",
+       "scale_invariant": True, "epochs": 24, "steps_per_epoch": 150, "planted_per_step": 4,
+       "unlabelled_per_step": 4, "member_weights": _MIXED_WEIGHTS, "ema": 0.995, "select": "wm_ratio",
+       "val_pairs": 64, "bench_pairs": 0}
+
 #: named sets of Config defaults (``--preset NAME``; flags given on the command line still win)
 PRESETS = {
     # one aligner for every architecture family of the mixed zoo (MLPs of many widths and depths,
     # 1-D/2-D CNNs, residual nets with BatchNorm, LayerNorm MLPs; two tasks): the shipped aligner.
-    # CNNs, residual nets, width-128 and MNIST-1D MLPs are drawn more often than the zoo's own mix;
-    # the saved weights are a moving average, selected by the barrier relative to weight matching
+    # The saved weights are a moving average, selected by the barrier relative to weight matching
     "mixed": {"zoo": "mixed", "out": "runs/mixed", "hidden": 64, "epochs": 24, "steps_per_epoch": 150,
-              "planted_per_step": 4, "unlabelled_per_step": 4,
-              "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2",
+              "planted_per_step": 4, "unlabelled_per_step": 4, "member_weights": _MIXED_WEIGHTS,
               "ema": 0.995, "select": "wm_ratio", "val_pairs": 144, "bench_pairs": 0},
-    # the mixed preset on networks of many training recipes too (zoo mixed-recipes), with two rounds
-    # of WeightConv message passing after the probe pass and node parameters normalised per layer
-    "v2": {"zoo": "mixed-recipes", "out": "runs/v2", "hidden": 64, "num_layers": 2, "conv": "weight",
-           "scale_invariant": True, "epochs": 24, "steps_per_epoch": 150, "planted_per_step": 4,
-           "unlabelled_per_step": 4, "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2",
-           "ema": 0.995, "select": "wm_ratio", "val_pairs": 64, "bench_pairs": 0},
+    "v2": _V2,
     # the shipped v2 run (weight decay 0.2, raw node parameters, 40 epochs) on the mixed zoo with
     # transformers too (zoo mixed-transformer), transformers drawn as often as CNNs
-    "mixed-transformer": {"zoo": "mixed-transformer", "out": "runs/mixed-transformer", "hidden": 64,
-                          "num_layers": 2, "conv": "weight", "scale_invariant": False, "weight_decay": 0.2,
-                          "epochs": 40, "steps_per_epoch": 150, "planted_per_step": 4, "unlabelled_per_step": 4,
-                          "member_weights": "*cnn*=4,*resnet*=4,*resmlp*=2,*w128*=2,mnist1d-mlp-*=2,*transformer*=4",
-                          "ema": 0.995, "select": "wm_ratio", "val_pairs": 64, "bench_pairs": 0},
+    "mixed-transformer": _V2 | {"zoo": "mixed-transformer", "out": "runs/mixed-transformer",
+                                "scale_invariant": False, "weight_decay": 0.2, "epochs": 40,
+                                "member_weights": _MIXED_WEIGHTS + ",*transformer*=4"},
     # transformers (zoo digits-transformer, read as their flat view: gnn_align/flat.py): two rounds of
     # message passing after the probe pass; the task loss of the interpolated network on batches of 128
     # inputs and no weight-distance loss (the loss issue 16's sweep found best): the shipped `transformer`
