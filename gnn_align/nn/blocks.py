@@ -2,25 +2,61 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 EDGE0, SRC0, NSRC, DST0, NDST, SKIP = range(6)  #: columns of ``NetGraph.blocks``
 
 
-def used_columns(g, *reads: Tensor) -> tuple:
-    """``(edge_attr, *reads)`` without the edge feature columns that no layer of the graph(s) ``g``
-    writes (kernels are centre-padded to the longest one: an MLP's edges use one column of ten):
-    :func:`push_blocks` gives the same result on either, in a fraction of the time. The columns come
-    from ``g.kernel_cols`` (or, for graphs without it, from the nonzero ones)."""
+def used_columns(g) -> tuple:
+    """``(edge_attr, used)``: the edge features of the graph(s) ``g`` without the columns that no layer
+    writes (kernels are centre-padded to the longest one: an MLP's edges use one column of ten), and
+    the bool mask of the columns kept (``None`` when every column is). :func:`push_blocks` gives the
+    same result on either, in a fraction of the time. The columns come from ``g.kernel_cols`` (or, for
+    graphs without it, from the nonzero ones)."""
     cols = getattr(g, "kernel_cols", None)
     used = g.edge_attr.ne(0).any(0) if cols is None else cols.any(0)
     if bool(used.all()):
-        return (g.edge_attr, *reads)
-    return (g.edge_attr[:, used], *(r[used] for r in reads))
+        return g.edge_attr, None
+    return g.edge_attr[:, used], used
 
 
-def push_blocks(edge_attr: Tensor, blocks: Tensor, h: Tensor, read: Tensor, reverse: bool = False,
+class BlockGroup(NamedTuple):
+    """Blocks of one shape: their source and target node rows, ``(G, n_src)`` and ``(G, n_dst)``, and
+    their dense weights, ``(G, n_dst, n_src, d)`` (``None`` for residual skips)."""
+    src: Tensor
+    dst: Tensor
+    weight: Tensor | None
+
+
+class BlockPlan(NamedTuple):
+    """What :func:`push_blocks` needs of a set of blocks, worked out once for several pushes (message
+    passing rounds, both directions): one :class:`BlockGroup` per block shape, and the edge feature
+    columns kept (:func:`used_columns`)."""
+    groups: list
+    used: Tensor | None
+
+
+def block_plan(edge_attr: Tensor, blocks: Tensor, used: Tensor | None = None) -> BlockPlan:
+    """The :class:`BlockPlan` of ``blocks`` (``(B, 6)``, rows of ``NetGraph.blocks`` with node offsets
+    that index the node states to push) over the edge features ``edge_attr`` (``(E, d)``, the
+    columns ``used`` of the graph's: :func:`used_columns`)."""
+    shapes: dict = {}
+    for k, (_, _, n_src, _, n_dst, skip) in enumerate(blocks.tolist()):
+        shapes.setdefault((n_src, n_dst, skip), []).append(k)
+    groups = []
+    for (n_src, n_dst, skip), ks in shapes.items():
+        b = blocks[ks] if len(ks) < blocks.shape[0] else blocks
+        src = b[:, SRC0, None] + torch.arange(n_src, device=b.device)
+        dst = b[:, DST0, None] + torch.arange(n_dst, device=b.device)
+        weight = None if skip else edge_attr[b[:, EDGE0, None] + torch.arange(n_dst * n_src, device=b.device)]
+        groups.append(BlockGroup(src, dst, None if skip else weight.view(len(ks), n_dst, n_src, -1)))
+    return BlockPlan(groups, used)
+
+
+def push_blocks(plan: BlockPlan, h: Tensor, read: Tensor, reverse: bool = False,
                 rows: tuple | None = None) -> Tensor:
     r"""Sum, over the edge blocks, each block's weights applied to the node states of its sources.
 
@@ -31,11 +67,9 @@ def push_blocks(edge_attr: Tensor, blocks: Tensor, h: Tensor, read: Tensor, reve
     per channel. Blocks of equal shape run as one batched matrix product.
 
     Args:
-        edge_attr: :math:`(E, d)` edge features (the graph's weights).
-        blocks: :math:`(B, 6)` blocks (``NetGraph.blocks``, or a subset, with node offsets that
-            index ``h``).
+        plan: the blocks (:func:`block_plan`).
         h: :math:`(N, K)` node states.
-        read: :math:`(d, K)` kernel read-out.
+        read: :math:`(d, K)` kernel read-out, over all of the graph's edge feature columns.
         reverse: push against the edges.
         rows: ``(r0, r1)``: the targets lie in rows ``r0 .. r1 - 1`` (default: all of ``h``).
 
@@ -43,23 +77,19 @@ def push_blocks(edge_attr: Tensor, blocks: Tensor, h: Tensor, read: Tensor, reve
         - **output:** :math:`(r_1 - r_0, K)`
     """
     r0, r1 = (0, h.shape[0]) if rows is None else rows
+    read = read if plan.used is None else read[plan.used]
     out = h.new_zeros(r1 - r0, h.shape[1])
-    kinds = blocks[:, [NSRC, NDST, SKIP]]
-    for n_src, n_dst, skip in torch.unique(kinds, dim=0).tolist():
-        b = blocks[(kinds == kinds.new_tensor([n_src, n_dst, skip])).all(1)]
-        src = b[:, SRC0, None] + torch.arange(n_src, device=b.device)  # (G, n_src) node rows
-        dst = b[:, DST0, None] + torch.arange(n_dst, device=b.device)
+    for src, dst, weight in plan.groups:
         if reverse:
             src, dst = dst, src
         dst = dst.flatten() - r0
-        if skip:
+        if weight is None:  # residual skips
             out = out.index_add(0, dst, h[src.flatten()])
             continue
-        w = edge_attr[b[:, EDGE0, None] + torch.arange(n_dst * n_src, device=b.device)]
-        w = w.to(h.dtype).view(len(b), n_dst, n_src, -1)  # (G, targets, sources, d)
-        d = w.shape[-1]
+        w = weight.to(h.dtype)  # (G, targets, sources, d)
+        n_blocks, d = w.shape[0], w.shape[-1]
         w = w.permute(0, 3, 2, 1) if reverse else w.permute(0, 3, 1, 2)  # (G, d, rows, cols)
-        y = torch.matmul(w.reshape(len(b), d * w.shape[2], w.shape[3]), h[src])  # (G, d * rows, K)
-        y = (y.view(len(b), d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
+        y = torch.matmul(w.reshape(n_blocks, d * w.shape[2], w.shape[3]), h[src])  # (G, d * rows, K)
+        y = (y.view(n_blocks, d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
         out = out.index_add(0, dst, y.reshape(-1, h.shape[1]))
     return out

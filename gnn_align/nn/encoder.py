@@ -11,7 +11,7 @@ from torch_geometric.utils import scatter
 from ..config import CONVS, AlignerConfig, resolve
 from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
-from .blocks import DST0, NDST, SKIP
+from .blocks import DST0, NDST, SKIP, block_plan, used_columns
 from .conv import NetConv
 from .probe import ProbePass
 from .weight_conv import WeightConv
@@ -127,9 +127,11 @@ class NetEncoder(nn.Module):
             raise ValueError("the graph has no 'blocks' (made by an older gnn_align?); rebuild it with to_graph")
         probe = self.probe(g) if self.probe is not None else None
         h = self.node_in(self.node_features(g, probe))
-        if self.conv == "weight":
+        if self.conv == "weight" and len(self.convs):
+            attr, used = used_columns(g)
+            plan = block_plan(attr, g.blocks, used)  # once for every round
             for conv in self.convs:
-                h = conv.forward_blocks(h, g)
+                h = conv.forward_blocks(h, g, plan)
         elif len(self.convs):
             e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
                 (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))

@@ -9,7 +9,7 @@ from ..config import AlignerConfig as _Config  # the defaults
 from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
 from .blocks import DST0 as _DST0
 from .blocks import SRC0 as _SRC0
-from .blocks import push_blocks, used_columns
+from .blocks import block_plan, push_blocks, used_columns
 
 _BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
     "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
@@ -115,7 +115,7 @@ class ProbePass(nn.Module):
         blocks = g.blocks.clone()
         blocks[:, _SRC0], blocks[:, _DST0] = pos[blocks[:, _SRC0]], pos[blocks[:, _DST0]]
         x, kind = g.x.to(dtype)[order], g.node_type[order]
-        attr, read_fwd, read_bwd = used_columns(g, self.read_fwd, self.read_bwd)
+        attr, used = used_columns(g)
         idx = torch.where(fixed, g.perm_pos, 0)[order]
         has_bn = (x[:, _RUN_VAR] > 0)[:, None]
         bn_scale = x[:, _NORM_W:_NORM_W + 1] / (x[:, _RUN_VAR:_RUN_VAR + 1] + 1e-5).sqrt()
@@ -126,8 +126,8 @@ class ProbePass(nn.Module):
         to_level = level[order][blocks[:, _DST0]]
         for d in range(1, top + 1):
             r = slice(start[d], start[d + 1])
-            new = push_blocks(attr, blocks[to_level == d], a, read_fwd, False, (r.start, r.stop)) \
-                + x[r, _BIAS:_BIAS + 1]
+            plan = block_plan(attr, blocks[to_level == d], used)
+            new = push_blocks(plan, a, self.read_fwd, False, (r.start, r.stop)) + x[r, _BIAS:_BIAS + 1]
             bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
             z[r] = new
             a[r] = ACTIVATIONS[self.activation](torch.where(has_bn[r], bn, new), self.w0)
@@ -137,7 +137,8 @@ class ProbePass(nn.Module):
         from_level = level[order][blocks[:, _SRC0]]
         for d in range(top - 1, 0, -1):
             r = slice(start[d], start[d + 1])
-            agg = push_blocks(attr, blocks[from_level == d], gb, read_bwd, True, (r.start, r.stop))
+            plan = block_plan(attr, blocks[from_level == d], used)
+            agg = push_blocks(plan, gb, self.read_bwd, True, (r.start, r.stop))
             gb[r] = torch.where(is_out[r], gb[r], agg)
         z[:start[1]] = 0.0  # no forward response at the inputs, no backward one at the outputs
         gb = torch.where(is_out, 0.0, gb)

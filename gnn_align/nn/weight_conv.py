@@ -8,7 +8,7 @@ from torch_geometric.nn import MessagePassing
 
 from ..config import AlignerConfig
 from ..graph import EDGE_SKIP
-from .blocks import push_blocks, used_columns
+from .blocks import BlockPlan, block_plan, push_blocks, used_columns
 from .conv import mlp
 
 
@@ -82,11 +82,14 @@ class WeightConv(MessagePassing):
     def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
         return weight * x_j
 
-    def forward_blocks(self, h: Tensor, g) -> Tensor:
-        """:meth:`forward` over the dense weight blocks of ``g`` (a NetGraph or a batch of them)."""
-        attr, read_fwd, read_bwd = used_columns(g, self.read_fwd, self.read_bwd)
-        fwd = push_blocks(attr, g.blocks, self.lin_fwd(h), read_fwd)
-        bwd = push_blocks(attr, g.blocks, self.lin_bwd(h), read_bwd, reverse=True)
+    def forward_blocks(self, h: Tensor, g, plan: BlockPlan | None = None) -> Tensor:
+        """:meth:`forward` over the dense weight blocks of ``g`` (a NetGraph or a batch of them);
+        ``plan``: their :func:`~gnn_align.nn.blocks.block_plan`, when several rounds share it."""
+        if plan is None:
+            attr, used = used_columns(g)
+            plan = block_plan(attr, g.blocks, used)
+        fwd = push_blocks(plan, self.lin_fwd(h), self.read_fwd)
+        bwd = push_blocks(plan, self.lin_bwd(h), self.read_bwd, reverse=True)
         return self._update(h, fwd, bwd)
 
     def __repr__(self) -> str:
