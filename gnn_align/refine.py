@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .losses import has_batchnorm
 from .metrics import input_batches, interpolate, recompute_bn_stats
 from .permute import apply_permutation
 from .spec import PermutationSpec
@@ -51,11 +52,6 @@ class Outcome:
     def as_dict(self) -> dict:
         return {"kept": self.kept, "scores": self.scores, "seconds": self.seconds} | (
             {"note": self.note} if self.note else {})
-
-
-def has_batchnorm(module: nn.Module) -> bool:
-    """Whether ``module`` holds a BatchNorm layer (of any dimension)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Baselines: weight matching, activation matching, Sinkhorn re-basin."""
 
+import importlib
 import itertools
 
 import pytest
@@ -13,6 +14,8 @@ from gnn_align.baselines import (
     sinkhorn_rebasin,
     weight_matching,
 )
+
+sinkhorn_module = importlib.import_module("gnn_align.baselines.sinkhorn_rebasin")  # the package exports the function
 from gnn_align.testing import output_change
 
 from .conftest import make_family
@@ -113,3 +116,29 @@ def test_sinkhorn_rebasin_lowers_the_midpoint_loss():
 
     res = sinkhorn_rebasin(module, a, b, spec, xs, ys, steps=60, lr=0.1, generator=gen)
     assert mid_loss(res.perm) < mid_loss({g: torch.arange(n) for g, n in spec.group_sizes.items()})
+
+
+@pytest.mark.parametrize("name, expected", [("mlp", (0.5, 0.5)), ("cnn2d_gap", (0.5, 0.5)),
+                                            ("resnet2d_bn", (0.0, 1.0))])
+def test_sinkhorn_rebasin_takes_the_loss_at_the_midpoint_unless_batchnorm(monkeypatch, name, expected):
+    module, x = make_family(name, 0)
+    other, _ = make_family(name, 1)
+    spec = spec_from_module(module, x)
+    y = torch.randint(0, 3, (x.shape[0],), generator=torch.Generator().manual_seed(0))
+    seen = []
+    real = sinkhorn_module.interpolation_task_loss
+
+    def recording(*args):
+        seen.append(args[-2])  # lam
+        return real(*args)
+
+    monkeypatch.setattr(sinkhorn_module, "interpolation_task_loss", recording)
+    assert sinkhorn_module.default_lam_range(module) == expected
+    sinkhorn_rebasin(module, _state(module), _state(other), spec, x, y, steps=20,
+                     generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 20 and all(expected[0] <= lam <= expected[1] for lam in seen)
+    assert len(set(seen)) == (1 if expected[0] == expected[1] else 20)  # U(0, 1): every step its own point
+    seen.clear()
+    sinkhorn_rebasin(module, _state(module), _state(other), spec, x, y, steps=5, lam_range=(0.2, 0.3),
+                     generator=torch.Generator().manual_seed(0))
+    assert all(0.2 <= lam <= 0.3 for lam in seen) and len(set(seen)) == 5
