@@ -14,7 +14,7 @@ is recorded in :attr:`Outcome.kept`.
 
 **auto** (:func:`auto_align`): hold out a slice of the data, run the cheap candidates on the rest
 (``gnn``, ``wm``, ``am``, ``gnn+wm``), score each on the held-out slice, refine the best with a short
-Sinkhorn re-basin (at most 60 steps at learning rate 0.3, stopped when the time budget is spent),
+Sinkhorn re-basin (at most 120 steps at learning rate 0.3, stopped when the time budget is spent),
 and return the best of all, with every candidate's score and time.
 """
 
