@@ -19,14 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import GNNAlignError
-from .losses import has_batchnorm
 from .memory import check_aligner_memory, graph_size
 from .methods import METHODS, Method, PairContext, method_names, method_table
 from .metrics import input_batches, recompute_bn_stats
 from .models import check_state
 from .models import example_input as guess_input
 from .permute import apply_permutation
-from .refine import AUTO_BUDGET
+from .refine import AUTO_BUDGET, has_batchnorm
 from .spec import PermutationSpec
 from .testing import TOLERANCES
 from .trace import spec_from_module

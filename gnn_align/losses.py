@@ -25,11 +25,6 @@ from .tasks import task_loss
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def has_batchnorm(module: nn.Module) -> bool:
-    """Whether ``module`` holds a BatchNorm layer (of any dimension)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
 def planted_cross_entropy(scores: Tensor, mask: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     """Cross-entropy of every real row of the scores against the true partner column.
 

@@ -76,10 +76,8 @@ _SINKHORN_DATA = f"train split, {SINKHORN_STEPS} steps of batches of 256"
 
 
 #: ``auto``'s refinement: a short Sinkhorn re-basin from the best candidate (tuned on validation pairs of
-#: digits-mlp and digits-cnn: 60 steps at 0.3 beat 60 steps of STE re-basin on both; with the loss at the
-#: midpoint (be0349a), 120 steps at 0.3 against 60, 30 pairs each: digits-mlp 0.0400 -> 0.0354, digits-cnn
-#: 0.5638 -> 0.5706, digits-resnet 1.0623 -> 1.0812; docs/refine.md)
-AUTO_REFINE_STEPS, AUTO_REFINE_LR = 120, 0.3
+#: digits-mlp and digits-cnn: 60 steps at 0.3 beat 60 steps of STE re-basin on both)
+AUTO_REFINE_STEPS, AUTO_REFINE_LR = 60, 0.3
 #: from this many seconds left for it, ``auto`` refines by the full Sinkhorn re-basin of ``gnn+sinkhorn``
 #: (:data:`SINKHORN_STEPS` at :data:`SINKHORN_LR`, still stopped when the budget is spent)
 AUTO_LONG_REFINE = 3.0

@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 from .api import _checked_aligner, _Prepared, _run
 from .errors import GNNAlignError
 from .io import atomic_write, write_json
-from .losses import has_batchnorm
 from .metrics import barrier, input_batches, interpolation_curve, midpoint_disagreement
 from .permute import apply_permutation, invert_permutation
 from .provenance import weights_hash as fingerprint
+from .refine import has_batchnorm
 from .spec import PermutationSpec
 
 #: most pairs a chunk of :func:`pairwise` holds (the unit of resumption)

@@ -14,7 +14,7 @@ is recorded in :attr:`Outcome.kept`.
 
 **auto** (:func:`auto_align`): hold out a slice of the data, run the cheap candidates on the rest
 (``gnn``, ``wm``, ``am``, ``gnn+wm``), score each on the held-out slice, refine the best with a short
-Sinkhorn re-basin (at most 120 steps at learning rate 0.3, stopped when the time budget is spent),
+Sinkhorn re-basin (at most 60 steps at learning rate 0.3, stopped when the time budget is spent),
 and return the best of all, with every candidate's score and time.
 """
 
@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .losses import has_batchnorm
 from .metrics import input_batches, interpolate, recompute_bn_stats
 from .permute import apply_permutation
 from .spec import PermutationSpec
@@ -52,6 +51,11 @@ class Outcome:
     def as_dict(self) -> dict:
         return {"kept": self.kept, "scores": self.scores, "seconds": self.seconds} | (
             {"note": self.note} if self.note else {})
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` holds a BatchNorm layer (of any dimension)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 @torch.no_grad()

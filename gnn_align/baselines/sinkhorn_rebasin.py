@@ -1,17 +1,15 @@
 """Sinkhorn re-basin (Peña et al., CVPR 2023): learn soft permutations by gradient descent on the
 task loss of the interpolated network.
 
-Each group ``g`` has a logit matrix ``L_g``. A step draws ``lambda`` (:func:`default_lam_range`: the
-midpoint, or ``U(0, 1)`` for networks with BatchNorm) and a data batch and forms the soft permutation
-``S_g = sinkhorn(L_g)`` (log domain). The loss is the task loss of ``(1 - lambda) theta_A + lambda (S .
-theta_B)``, with ``S . theta_B`` computed by
+Each group ``g`` has a logit matrix ``L_g``. A step draws ``lambda ~ U(0, 1)`` and a data batch and
+forms the soft permutation ``S_g = sinkhorn(L_g)`` (log domain). The loss is the task loss of
+``(1 - lambda) theta_A + lambda (S . theta_B)``, with ``S . theta_B`` computed by
 :func:`gnn_align.permute.apply_permutation_matrix`. With ``straight_through=True`` the forward pass
 uses the hard permutation ``H_g = hungarian(L_g)`` instead, as ``H_g + S_g - stop_grad(S_g)``, so the
 gradient still flows through the soft one. The result is the Hungarian decode of the final logits.
 
-Measured on 4 digits-mlp test pairs (150 steps, ``lambda ~ U(0, 1)``, Deep-Align barrier): soft forward
-0.044 (batch 512) / 0.045 (batch 256, the default) / 0.056 (batch 128); straight-through 0.37 — hence the
-soft default.
+Measured on 4 digits-mlp test pairs (150 steps, Deep-Align barrier): soft forward 0.044 (batch 512)
+/ 0.045 (batch 256, the default) / 0.056 (batch 128); straight-through 0.37 — hence the soft default.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..losses import has_batchnorm, interpolation_task_loss
+from ..losses import interpolation_task_loss
 from ..ot import hungarian, perm_to_matrix, sinkhorn
 from ..permute import identity_permutation
 from ..spec import PermutationSpec
@@ -42,29 +40,12 @@ def _soft_permutations(logits: Mapping, n_iters: int, tau: float) -> dict:
     return mats
 
 
-#: where the interpolated loss is taken: ``lambda ~ U(lo, hi)``, drawn every step
-MIDPOINT, WHOLE_PATH = (0.5, 0.5), (0.0, 1.0)
-
-
-def default_lam_range(module: nn.Module) -> tuple:
-    """:data:`WHOLE_PATH` for a network with BatchNorm, else :data:`MIDPOINT`.
-
-    The loss of the interpolated network normalises BatchNorm layers with the batch's statistics,
-    which undo the variance a blurred (soft) permutation loses at the midpoint; only the loss near
-    ``lambda = 1``, where ``S . theta_B`` must work alone, keeps ``S`` sharp. Without BatchNorm the
-    midpoint alone is what the barrier needs. Chosen on validation pairs (``gnn+sinkhorn``, mean
-    Deep-Align barrier, U(0, 1) against 0.5): digits-mlp 0.0455 vs 0.0378 (30 pairs), digits-cnn
-    0.7427 vs 0.5655 (20), digits-resnet 0.9784 vs 1.2984 (20; plain ``sinkhorn`` 1.1918 vs 1.9574).
-    """
-    return WHOLE_PATH if has_batchnorm(module) else MIDPOINT
-
-
 def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec: PermutationSpec,
                      x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce", steps: int = 150,
                      batch_size: int = 256, lr: float = 0.1, tau: float = 1.0, n_iters: int = 20,
                      init: Mapping | None = None, init_scale: float = 1.0, straight_through: bool = False,
                      generator: torch.Generator | None = None, checkpoints: Sequence[int] = (),
-                     budget: float | None = None, lam_range: tuple | None = None) -> MatchResult:
+                     budget: float | None = None, lam_range: tuple = (0.0, 1.0)) -> MatchResult:
     """Align B to A with Sinkhorn re-basin.
 
     Args:
@@ -80,15 +61,18 @@ def sinkhorn_rebasin(module: nn.Module, state_a: Mapping, state_b: Mapping, spec
         checkpoints: step counts (0 = before the first step) after which the Hungarian decode of the
             logits is recorded in the result's ``trace``.
         budget: stop after this many seconds (checked after every step); ``None``: run all steps.
-        lam_range: ``(lo, hi)``: each step's interpolation point is drawn uniformly from it. Default
-            :func:`default_lam_range` of ``module``.
+        lam_range: ``(lo, hi)``: each step's interpolation point is drawn uniformly from it. The
+            midpoint alone (``(0.5, 0.5)``) helps some families and hurts others (validation pairs,
+            ``gnn+sinkhorn``: digits-mlp 0.0455 -> 0.0378, digits-cnn 0.7427 -> 0.5655, but
+            mnist1d-mlp 0.0220 -> 0.0294, sine-inr 0.2553 -> 0.4565, digits-resnet 0.9784 -> 1.2984;
+            docs/refine.md), so ``U(0, 1)`` stays the default.
 
     Returns:
         :class:`MatchResult` with the hard permutation of the final logits (Hungarian); ``iterations``:
         the steps taken.
     """
     t0 = time.perf_counter()
-    lo, hi = default_lam_range(module) if lam_range is None else lam_range
+    lo, hi = lam_range
     start = dict(init or identity_permutation(spec))
     dtype = next(v for v in state_a.values() if v.is_floating_point()).dtype
     logits = {g: (init_scale * perm_to_matrix(start[g], dtype=dtype)).requires_grad_()
