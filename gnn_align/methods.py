@@ -10,6 +10,7 @@ table :func:`method_table` returns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from .baselines import activation_matching, matching_objective, sinkhorn_rebasin
 from .baselines.ste import STE_BATCH, STE_STEPS
 from .metrics import input_batches
 from .permute import identity_permutation
-from .refine import AUTO_BUDGET, SCORE_LIMIT, auto_align, keep_better, midpoint_loss, split_scoring
+from .refine import AUTO_BUDGET, SCORE_LIMIT, auto_align, barrier_score, keep_better, midpoint_loss, split_scoring
 
 
 @dataclass
@@ -83,6 +84,16 @@ AUTO_REFINE_STEPS, AUTO_REFINE_LR = 60, 0.3
 AUTO_LONG_REFINE = 3.0
 
 
+#: the interpolation points at which ``auto`` scores an alignment on its held-out slice
+#: (:func:`~gnn_align.refine.barrier_score`: the loss barrier at those points; the midpoint alone ranks
+#: as the midpoint loss does. Three points, 0.25/0.5/0.75, measured no better: docs/refine.md)
+AUTO_SCORE_LAMS = (0.5,)
+#: ``auto``'s refiners, run from each start in turn: Sinkhorn re-basin with the loss's interpolation point
+#: drawn from ``U(0, 1)``, then at the midpoint alone (better on some families, worse on others:
+#: :func:`~gnn_align.baselines.sinkhorn_rebasin`'s ``lam_range``; the held-out score picks per pair)
+AUTO_REFINE_LAMS = {"sinkhorn": (0.0, 1.0), "sinkhorn-mid": (0.5, 0.5)}
+
+
 def auto_refine_schedule(seconds_left: float) -> dict:
     """Steps and learning rate of ``auto``'s Sinkhorn refinement with ``seconds_left``: the short schedule
     (:data:`AUTO_REFINE_STEPS` at :data:`AUTO_REFINE_LR`) under :data:`AUTO_LONG_REFINE` seconds, the full
@@ -93,11 +104,11 @@ def auto_refine_schedule(seconds_left: float) -> dict:
 
 
 def _sinkhorn(c: PairContext, init: dict | None = None, init_scale: float = 1.0, steps: int = SINKHORN_STEPS,
-              lr: float = SINKHORN_LR, budget: float | None = None) -> dict:
+              lr: float = SINKHORN_LR, budget: float | None = None, lam_range: tuple = (0.0, 1.0)) -> dict:
     c.need("sinkhorn", targets=True)
     return sinkhorn_rebasin(c.module, c.state_a, c.state_b, c.spec, c.x_train, c.y_train, loss=c.loss,
                             steps=steps, lr=lr, init=init, init_scale=init_scale, generator=c.generator,
-                            budget=budget).perm
+                            budget=budget, lam_range=lam_range).perm
 
 
 _STE_DATA = f"train split, {STE_STEPS} steps of batches of {STE_BATCH}"
@@ -143,6 +154,11 @@ def _wm_accepts(c: PairContext) -> Callable:
                                   >= matching_objective(c.state_a, c.state_b, before, c.spec))
 
 
+def _auto_refine(c: PairContext, init: dict, left: float, lam_range: tuple) -> dict:
+    return _sinkhorn(c, init=init, init_scale=WARM_START_SCALE, budget=left, lam_range=lam_range,
+                     **auto_refine_schedule(left))
+
+
 def auto_method(gnn: Callable | None) -> Callable:
     """``auto``: with inputs and targets, the best of gnn (when ``gnn`` is given), wm, am and gnn+wm by
     the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by a
@@ -161,9 +177,8 @@ def auto_method(gnn: Callable | None) -> Callable:
         cands |= {"wm": lambda _: _wm(fit), "am": lambda _: _am(fit)}
         if gnn is not None:
             cands["gnn+wm"] = lambda init: _wm(fit, init=init)
-        score = lambda perm: midpoint_loss(c.module, c.spec, c.state_a, c.state_b, perm, xs, ys, c.loss)
-        refine = lambda init, left: _sinkhorn(fit, init=init, init_scale=WARM_START_SCALE, budget=left,
-                                              **auto_refine_schedule(left))
+        score = barrier_score(c.module, c.spec, c.state_a, c.state_b, xs, ys, c.loss, AUTO_SCORE_LAMS)
+        refine = {name: functools.partial(_auto_refine, fit, lam_range=lams) for name, lams in AUTO_REFINE_LAMS.items()}
         perm, out = auto_align(cands, refine, score, c.budget, starts={"naive": identity_permutation(c.spec)})
         c.info.update(out.as_dict())
         if "stopped" in fit.info:  # a cap ended one of the weight matching candidates

@@ -20,6 +20,7 @@ and return the best of all, with every candidate's score and time.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,20 +60,42 @@ def has_batchnorm(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def midpoint_loss(module: nn.Module, spec: PermutationSpec, state_a: Mapping, state_b: Mapping, perm: Mapping,
-                  x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> float:
-    """Task loss on ``(x, y)`` of ``(theta_A + perm . theta_B) / 2`` in eval mode, its BatchNorm
-    statistics first recomputed on (up to 512 of) ``x`` (:func:`~gnn_align.metrics.recompute_bn_stats`)."""
-    mid = interpolate(state_a, apply_permutation(state_b, perm, spec), 0.5)
-    if has_batchnorm(module):
-        mid = recompute_bn_stats(module, mid, input_batches(x))
-    was = module.training
+def path_losses(module: nn.Module, spec: PermutationSpec, state_a: Mapping, state_b: Mapping, perm: Mapping,
+                x: torch.Tensor, y: torch.Tensor, loss: str = "ce", lams: tuple = (0.5,)) -> list:
+    """Task loss on ``(x, y)`` of ``(1 - lam) theta_A + lam (perm . theta_B)`` for each ``lam``, in eval
+    mode, BatchNorm statistics first recomputed on (up to 512 of) ``x``
+    (:func:`~gnn_align.metrics.recompute_bn_stats`)."""
+    pb, was, out = apply_permutation(state_b, perm, spec), module.training, []
     module.eval()
     try:
-        out = torch.func.functional_call(module, mid, (x,))
+        for lam in lams:
+            net = interpolate(state_a, pb, lam)
+            if has_batchnorm(module):
+                net = recompute_bn_stats(module, net, input_batches(x))
+            logits = torch.func.functional_call(module, net, (x,))
+            out.append(float(task_loss(logits[None], y[None], loss)[0]))
     finally:
         module.train(was)
-    return float(task_loss(out[None], y[None], loss)[0])
+    return out
+
+
+def midpoint_loss(module: nn.Module, spec: PermutationSpec, state_a: Mapping, state_b: Mapping, perm: Mapping,
+                  x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> float:
+    """Task loss on ``(x, y)`` of ``(theta_A + perm . theta_B) / 2`` (:func:`path_losses` at 0.5)."""
+    return path_losses(module, spec, state_a, state_b, perm, x, y, loss)[0]
+
+
+def barrier_score(module: nn.Module, spec: PermutationSpec, state_a: Mapping, state_b: Mapping,
+                  x: torch.Tensor, y: torch.Tensor, loss: str = "ce", lams: tuple = (0.5,)) -> Callable:
+    """``fn(perm) -> float``: the largest rise, over ``lams``, of the interpolated network's loss on
+    ``(x, y)`` above the straight line between the end points' losses (the loss barrier at those
+    points; the end points do not depend on ``perm`` and are evaluated once). With ``lams=(0.5,)``
+    it ranks alignments as :func:`midpoint_loss` does."""
+    ends = path_losses(module, spec, state_a, state_b, {g: torch.arange(n) for g, n in spec.group_sizes.items()},
+                       x, y, loss, (0.0, 1.0))
+    line = [(1 - t) * ends[0] + t * ends[1] for t in lams]
+    return lambda perm: max(v - c for v, c in zip(path_losses(module, spec, state_a, state_b, perm, x, y, loss, lams),
+                                                  line, strict=True))
 
 
 def split_scoring(x: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -101,7 +124,7 @@ def keep_better(base: tuple, refined: tuple, score: Callable | None, own_test: C
     return (rperm if out.kept == rname else bperm), out
 
 
-def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: float = AUTO_BUDGET,
+def auto_align(candidates: Mapping, refine: Callable | Mapping, score: Callable, budget: float = AUTO_BUDGET,
                refiner: str = "sinkhorn", starts: Mapping | None = None) -> tuple:
     """The best of ``candidates``, then refined, by ``score`` (lower is better).
 
@@ -111,7 +134,8 @@ def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: f
         refine: ``fn(init_perm, seconds_left) -> perm``; its answer from start ``S`` is named
             ``"S+REFINER"``. It runs from the best candidate when time is left, then from the next
             best ones and from ``starts`` in turn until the budget is spent, the last one cut short
-            by it (a larger budget buys more starts; a refinement cut short is still scored).
+            by it (a larger budget buys more starts; a refinement cut short is still scored). Or a
+            mapping ``REFINER -> fn``: from each start, each in turn.
         score: ``fn(perm) -> float`` on held-out data.
         budget: seconds for everything; candidates run in full, refinement gets what is left.
         starts: name -> permutation, further starting points refined after the candidates (e.g.
@@ -132,13 +156,14 @@ def auto_align(candidates: Mapping, refine: Callable, score: Callable, budget: f
         out.seconds[name] = time.perf_counter() - t
         out.scores[name] = score(perms[name])
     inits = {n: perms[n] for n in sorted(out.scores, key=out.scores.get)} | dict(starts or {})
-    for start, init in inits.items():
+    refiners = refine if isinstance(refine, Mapping) else {refiner: refine}
+    for (start, init), (rname, fn) in itertools.product(inits.items(), refiners.items()):
         left = budget - (time.perf_counter() - t0)
         if left <= 0:
             break
-        name = f"{start}+{refiner}"
+        name = f"{start}+{rname}"
         t = time.perf_counter()
-        perms[name] = refine(init, left)
+        perms[name] = fn(init, left)
         out.seconds[name] = time.perf_counter() - t
         out.scores[name] = score(perms[name])
     out.kept = min(out.scores, key=out.scores.get)

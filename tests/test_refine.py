@@ -28,7 +28,7 @@ from gnn_align.methods import (
     refined,
 )
 from gnn_align.metrics import exact_recovery, interpolate, recompute_bn_stats
-from gnn_align.refine import auto_align, keep_better, midpoint_loss, split_scoring
+from gnn_align.refine import auto_align, barrier_score, keep_better, midpoint_loss, path_losses, split_scoring
 
 from .conftest import make_family
 
@@ -225,9 +225,28 @@ def test_auto_end_to_end_returns_its_best_scoring_candidate():
     assert info["scores"][info["kept"]] == min(info["scores"].values())
     _, _, xs, ys = split_scoring(ctx.x_train, ctx.y_train)
     assert xs.shape[0] == 8  # 20% held out
-    assert midpoint_loss(net, ctx.spec, ctx.state_a, ctx.state_b, res.perm, xs, ys) == pytest.approx(
-        info["scores"][info["kept"]], abs=1e-12)
+    ends = path_losses(net, ctx.spec, ctx.state_a, ctx.state_b, res.perm, xs, ys, "ce", (0.0, 1.0))
+    rise = midpoint_loss(net, ctx.spec, ctx.state_a, ctx.state_b, res.perm, xs, ys) - (ends[0] + ends[1]) / 2
+    assert rise == pytest.approx(info["scores"][info["kept"]], abs=1e-12)  # the barrier at the midpoint
     assert res.summary()["info"] == info
+
+
+def test_barrier_score_is_the_largest_rise_above_the_line_between_the_end_points():
+    ctx = _pair()
+    net, a, b, spec, x, y = ctx.module, ctx.state_a, ctx.state_b, ctx.spec, ctx.x_train, ctx.y_train
+    perm = {g: torch.randperm(n, generator=torch.Generator().manual_seed(1)) for g, n in spec.group_sizes.items()}
+    pb = apply_permutation(b, perm, spec)
+
+    def loss_at(t):  # by hand: the interpolated network's cross-entropy
+        net_t = {k: (1 - t) * a[k] + t * pb[k] for k in a}
+        return float(torch.nn.functional.cross_entropy(torch.func.functional_call(net, net_t, (x,)), y))
+
+    lams = (0.25, 0.5, 0.75)
+    assert path_losses(net, spec, a, b, perm, x, y, "ce", lams) == pytest.approx([loss_at(t) for t in lams], abs=1e-12)
+    hand = max(loss_at(t) - (1 - t) * loss_at(0.0) - t * loss_at(1.0) for t in lams)
+    assert barrier_score(net, spec, a, b, x, y, "ce", lams)(perm) == pytest.approx(hand, abs=1e-12)
+    assert barrier_score(net, spec, a, b, x, y, "ce", (0.5,))(perm) == pytest.approx(
+        loss_at(0.5) - (loss_at(0.0) + loss_at(1.0)) / 2, abs=1e-12)
 
 
 @pytest.mark.parametrize("family", ["mlp", "resnet2d_bn"])
@@ -264,3 +283,23 @@ def test_sinkhorn_respects_its_budget():
     assert res.iterations == 1
     assert sinkhorn_rebasin(ctx.module, ctx.state_a, ctx.state_b, ctx.spec, ctx.x_train, ctx.y_train,
                             steps=3).iterations == 3
+
+
+def test_auto_runs_every_refiner_from_each_start_in_turn(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(refine_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    order = []
+
+    def refiner(tag):
+        def run(init, left):
+            order.append((tag, int(init["g"][0])))
+            clock[0] += 0.2
+            return {"g": torch.tensor([10 + len(order)])}
+        return run
+
+    cands = {"wm": lambda _: {"g": torch.tensor([1])}, "am": lambda _: {"g": torch.tensor([2])}}
+    score = lambda p: -float(p["g"][0]) if int(p["g"][0]) != 13 else -100.0  # the third refinement wins
+    perm, out = auto_align(cands, {"u": refiner("u"), "mid": refiner("mid")}, score, budget=0.7)
+    assert order == [("u", 2), ("mid", 2), ("u", 1), ("mid", 1)]  # best start (am) first; the last one cut short
+    assert out.kept == "wm+u" and int(perm["g"][0]) == 13
+    assert set(out.scores) == {"wm", "am", "am+u", "am+mid", "wm+u", "wm+mid"}
