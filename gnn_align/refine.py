@@ -13,9 +13,10 @@ when inputs and targets are given, scores no worse than X (:func:`keep_better`).
 is recorded in :attr:`Outcome.kept`.
 
 **auto** (:func:`auto_align`): hold out a slice of the data, run the cheap candidates on the rest
-(``gnn``, ``wm``, ``am``, ``gnn+wm``), score each on the held-out slice, refine the best with a short
-Sinkhorn re-basin (at most 60 steps at learning rate 0.3, stopped when the time budget is spent),
-and return the best of all, with every candidate's score and time.
+(``gnn``, ``wm``, ``am``, ``gnn+wm``), score each on the held-out slice, refine the best with short
+Sinkhorn re-basins (at most 60 steps at learning rate 0.3 each, one with the loss drawn along the whole
+path and one at the midpoint alone; then from the next starts, until the time budget is spent), and
+return the best of all, with every candidate's score and time.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ from gnn_align.studies.report import markdown_table, write_report
 
 ZOOS = ("digits-mlp", "mnist1d-mlp", "digits-cnn", "digits-resnet", "sine-inr")
 REFINERS = ("wm", "sinkhorn", "ste")
+#: methods whose runs here predate a change to them: left out of the table (docs/experiments.md keeps their
+#: numbers); ``auto@15`` ran before ``auto`` refined until its budget was spent and took a second refiner
+SUPERSEDED = ("auto@15",)
 
 
 def pairs(summary: dict) -> list:
@@ -92,8 +95,9 @@ def main() -> None:
         if res is None:
             continue
         m = {k: {f: s[f] for f in ("barrier_deepalign", "median_seconds", "data", "kept", "rerun") if f in s}
-             for k, s in res["methods"].items()}
-        zoos[zoo] = {"pairs": res["pairs"], "methods": m, "checks": checks(zoo, res["methods"]),
+             for k, s in res["methods"].items() if k not in SUPERSEDED}
+        kept = {k: s for k, s in res["methods"].items() if k not in SUPERSEDED}
+        zoos[zoo] = {"pairs": res["pairs"], "methods": m, "checks": checks(zoo, kept),
                      "run": res.get("provenance")}
     result = {"zoos": zoos, "provenance": provenance()}
     write_report(out, "summary", result, markdown(result), echo=True)
