@@ -23,7 +23,7 @@ from .baselines import activation_matching, matching_objective, sinkhorn_rebasin
 from .baselines.ste import STE_BATCH, STE_STEPS
 from .metrics import input_batches
 from .permute import identity_permutation
-from .refine import AUTO_BUDGET, SCORE_LIMIT, auto_align, barrier_score, keep_better, midpoint_loss, split_scoring
+from .refine import AUTO_BUDGET, SCORE_LIMIT, auto_align, keep_better, midpoint_loss, split_scoring
 
 
 @dataclass
@@ -84,10 +84,6 @@ AUTO_REFINE_STEPS, AUTO_REFINE_LR = 60, 0.3
 AUTO_LONG_REFINE = 3.0
 
 
-#: the interpolation points at which ``auto`` scores an alignment on its held-out slice
-#: (:func:`~gnn_align.refine.barrier_score`: the loss barrier at those points; the midpoint alone ranks
-#: as the midpoint loss does. Three points, 0.25/0.5/0.75, measured no better: docs/refine.md)
-AUTO_SCORE_LAMS = (0.5,)
 #: ``auto``'s refiners, run from each start in turn: Sinkhorn re-basin with the loss's interpolation point
 #: drawn from ``U(0, 1)``, then at the midpoint alone (better on some families, worse on others:
 #: :func:`~gnn_align.baselines.sinkhorn_rebasin`'s ``lam_range``; the held-out score picks per pair)
@@ -161,9 +157,10 @@ def _auto_refine(c: PairContext, init: dict, left: float, lam_range: tuple) -> d
 
 def auto_method(gnn: Callable | None) -> Callable:
     """``auto``: with inputs and targets, the best of gnn (when ``gnn`` is given), wm, am and gnn+wm by
-    the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by a
-    Sinkhorn re-basin within ``ctx.budget`` seconds (from the best candidate; with time enough, also from
-    the next ones and from the identity: :func:`~gnn_align.refine.auto_align`); without data, ``gnn``
+    the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by
+    Sinkhorn re-basins (:data:`AUTO_REFINE_LAMS`) within ``ctx.budget`` seconds (from the best candidate;
+    with time enough, also from the next ones and from the identity: :func:`~gnn_align.refine.auto_align`);
+    without data, ``gnn``
     (or ``wm``) with a one-line warning."""
     def method(c: PairContext) -> dict:
         if c.x_train is None or c.y_train is None:
@@ -177,7 +174,7 @@ def auto_method(gnn: Callable | None) -> Callable:
         cands |= {"wm": lambda _: _wm(fit), "am": lambda _: _am(fit)}
         if gnn is not None:
             cands["gnn+wm"] = lambda init: _wm(fit, init=init)
-        score = barrier_score(c.module, c.spec, c.state_a, c.state_b, xs, ys, c.loss, AUTO_SCORE_LAMS)
+        score = lambda perm: midpoint_loss(c.module, c.spec, c.state_a, c.state_b, perm, xs, ys, c.loss)
         refine = {name: functools.partial(_auto_refine, fit, lam_range=lams) for name, lams in AUTO_REFINE_LAMS.items()}
         perm, out = auto_align(cands, refine, score, c.budget, starts={"naive": identity_permutation(c.spec)})
         c.info.update(out.as_dict())

@@ -86,19 +86,6 @@ def midpoint_loss(module: nn.Module, spec: PermutationSpec, state_a: Mapping, st
     return path_losses(module, spec, state_a, state_b, perm, x, y, loss)[0]
 
 
-def barrier_score(module: nn.Module, spec: PermutationSpec, state_a: Mapping, state_b: Mapping,
-                  x: torch.Tensor, y: torch.Tensor, loss: str = "ce", lams: tuple = (0.5,)) -> Callable:
-    """``fn(perm) -> float``: the largest rise, over ``lams``, of the interpolated network's loss on
-    ``(x, y)`` above the straight line between the end points' losses (the loss barrier at those
-    points; the end points do not depend on ``perm`` and are evaluated once). With ``lams=(0.5,)``
-    it ranks alignments as :func:`midpoint_loss` does."""
-    ends = path_losses(module, spec, state_a, state_b, {g: torch.arange(n) for g, n in spec.group_sizes.items()},
-                       x, y, loss, (0.0, 1.0))
-    line = [(1 - t) * ends[0] + t * ends[1] for t in lams]
-    return lambda perm: max(v - c for v, c in zip(path_losses(module, spec, state_a, state_b, perm, x, y, loss, lams),
-                                                  line, strict=True))
-
-
 def split_scoring(x: torch.Tensor, y: torch.Tensor) -> tuple:
     """``(x_fit, y_fit, x_score, y_score)``: the last ``SCORE_FRACTION`` of the data (at most
     ``SCORE_LIMIT`` examples) is held out for scoring; with fewer than 10 examples both are all of it."""
