@@ -109,16 +109,27 @@ class GNNAligner(nn.Module):
         Raises:
             GNNAlignError: a group of A wider than B's, naming the pair and group.
         """
-        scores, mask, groups = self.scores(graphs_a, graphs_b)
+        with torch.inference_mode():  # no autograd bookkeeping at all (about 1 ms of a 9 ms pair)
+            scores, mask, groups = self.scores(graphs_a, graphs_b)
+            n_a, n_b = mask.any(2).sum(1).tolist(), mask.any(1).sum(1).tolist()
+        scores = scores.clone()  # a normal tensor again: what is decoded may meet autograd later
         blocks: list = [{} for _ in graphs_a]
-        for (k, name), s, m in zip(groups, scores, mask, strict=True):
-            n_a, n_b = int(m.any(1).sum()), int(m.any(0).sum())
-            if n_a > n_b:
-                raise GNNAlignError(f"pair {k}: group '{name}' of A has {n_a} neurons, wider than B's {n_b}")
-            blocks[k][name] = s[:n_a, :n_b]
+        for (k, name), s, na, nb in zip(groups, scores, n_a, n_b, strict=True):
+            if na > nb:
+                raise GNNAlignError(f"pair {k}: group '{name}' of A has {na} neurons, wider than B's {nb}")
+            blocks[k][name] = s[:na, :nb]
         views = [getattr(sp, "flat", None) for sp in specs] if specs is not None else [None] * len(blocks)
-        return [{g: hungarian(s) for g, s in b.items()} if v is None else v.decode(b)
-                for b, v in zip(blocks, views, strict=True)]
+        plain = [(k, g, s) for k, (b, v) in enumerate(zip(blocks, views, strict=True)) if v is None
+                 for g, s in b.items()]
+        by_shape: dict = {}  # one Hungarian call per block shape, over every pair
+        for item in plain:
+            by_shape.setdefault(tuple(item[2].shape), []).append(item)
+        perms: list = [{} for _ in blocks]
+        for items in by_shape.values():
+            for (k, g, _), p in zip(items, hungarian(torch.stack([s for _, _, s in items])), strict=True):
+                perms[k][g] = p
+        return [{g: perms[k][g] for g in b} if v is None else v.decode(b)
+                for k, (b, v) in enumerate(zip(blocks, views, strict=True))]
 
     def align(self, state_a: dict, state_b: dict, spec: PermutationSpec,
               spec_b: PermutationSpec | None = None) -> dict:

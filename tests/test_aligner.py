@@ -134,6 +134,19 @@ def test_align_is_equivariant_and_swap_inverts(name, probes):
     assert _same(batched[0], p) and _same(batched[1], invert_permutation(p))
 
 
+
+def test_predicted_permutations_are_ordinary_tensors_that_autograd_can_use():
+    """`predict` scores in inference mode; what it returns must still work where autograd saves it."""
+    spec, a = _setup("mlp", 0)
+    _, b = _setup("mlp", 1)
+    al = _aligner(8)
+    perm = al.align(a, b, spec)
+    assert not any(p.is_inference() for p in perm.values())
+    leaf = {k: v.clone().requires_grad_() for k, v in b.items() if v.is_floating_point()}
+    moved = apply_permutation(leaf, perm, spec)
+    sum(v.sum() for v in moved.values()).backward()  # index ops save the permutation for backward
+    assert all(torch.equal(v.grad, torch.ones_like(v)) for v in leaf.values())
+
 @pytest.mark.slow
 @pytest.mark.parametrize("conv", ["edge", "weight"])
 def test_tiny_training_run_overfits_planted_pairs(conv):
