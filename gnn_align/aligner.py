@@ -119,11 +119,10 @@ class GNNAligner(nn.Module):
                 raise GNNAlignError(f"pair {k}: group '{name}' of A has {na} neurons, wider than B's {nb}")
             blocks[k][name] = s[:na, :nb]
         views = [getattr(sp, "flat", None) for sp in specs] if specs is not None else [None] * len(blocks)
-        plain = [(k, g, s) for k, (b, v) in enumerate(zip(blocks, views, strict=True)) if v is None
-                 for g, s in b.items()]
-        by_shape: dict = {}  # one Hungarian call per block shape, over every pair
-        for item in plain:
-            by_shape.setdefault(tuple(item[2].shape), []).append(item)
+        by_shape: dict = {}  # one Hungarian call per block shape, over every pair decoded plainly
+        for k, (b, v) in enumerate(zip(blocks, views, strict=True)):
+            for g, s in b.items() if v is None else ():
+                by_shape.setdefault(tuple(s.shape), []).append((k, g, s))
         perms: list = [{} for _ in blocks]
         for items in by_shape.values():
             for (k, g, _), p in zip(items, hungarian(torch.stack([s for _, _, s in items])), strict=True):

@@ -160,8 +160,7 @@ def auto_method(gnn: Callable | None) -> Callable:
     the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by
     Sinkhorn re-basins (:data:`AUTO_REFINE_LAMS`) within ``ctx.budget`` seconds (from the best candidate;
     with time enough, also from the next ones and from the identity: :func:`~gnn_align.refine.auto_align`);
-    without data, ``gnn``
-    (or ``wm``) with a one-line warning."""
+    without data, ``gnn`` (or ``wm``) with a one-line warning."""
     def method(c: PairContext) -> dict:
         if c.x_train is None or c.y_train is None:
             fallback = "gnn" if gnn is not None else "wm"

@@ -61,29 +61,20 @@ def has_batchnorm(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def path_losses(module: nn.Module, spec: PermutationSpec, state_a: Mapping, state_b: Mapping, perm: Mapping,
-                x: torch.Tensor, y: torch.Tensor, loss: str = "ce", lams: tuple = (0.5,)) -> list:
-    """Task loss on ``(x, y)`` of ``(1 - lam) theta_A + lam (perm . theta_B)`` for each ``lam``, in eval
-    mode, BatchNorm statistics first recomputed on (up to 512 of) ``x``
-    (:func:`~gnn_align.metrics.recompute_bn_stats`)."""
-    pb, was, out = apply_permutation(state_b, perm, spec), module.training, []
-    module.eval()
-    try:
-        for lam in lams:
-            net = interpolate(state_a, pb, lam)
-            if has_batchnorm(module):
-                net = recompute_bn_stats(module, net, input_batches(x))
-            logits = torch.func.functional_call(module, net, (x,))
-            out.append(float(task_loss(logits[None], y[None], loss)[0]))
-    finally:
-        module.train(was)
-    return out
-
-
 def midpoint_loss(module: nn.Module, spec: PermutationSpec, state_a: Mapping, state_b: Mapping, perm: Mapping,
                   x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> float:
-    """Task loss on ``(x, y)`` of ``(theta_A + perm . theta_B) / 2`` (:func:`path_losses` at 0.5)."""
-    return path_losses(module, spec, state_a, state_b, perm, x, y, loss)[0]
+    """Task loss on ``(x, y)`` of ``(theta_A + perm . theta_B) / 2`` in eval mode, its BatchNorm
+    statistics first recomputed on (up to 512 of) ``x`` (:func:`~gnn_align.metrics.recompute_bn_stats`)."""
+    mid = interpolate(state_a, apply_permutation(state_b, perm, spec), 0.5)
+    if has_batchnorm(module):
+        mid = recompute_bn_stats(module, mid, input_batches(x))
+    was = module.training
+    module.eval()
+    try:
+        out = torch.func.functional_call(module, mid, (x,))
+    finally:
+        module.train(was)
+    return float(task_loss(out[None], y[None], loss)[0])
 
 
 def split_scoring(x: torch.Tensor, y: torch.Tensor) -> tuple:

@@ -56,6 +56,12 @@ def block_plan(edge_attr: Tensor, blocks: Tensor, used: Tensor | None = None) ->
     return BlockPlan(groups, used)
 
 
+def graph_plan(g) -> BlockPlan:
+    """The :func:`block_plan` of every block of the graph(s) ``g``, over its used edge feature columns."""
+    attr, used = used_columns(g)
+    return block_plan(attr, g.blocks, used)
+
+
 def push_blocks(plan: BlockPlan, h: Tensor, read: Tensor, reverse: bool = False,
                 rows: tuple | None = None) -> Tensor:
     r"""Sum, over the edge blocks, each block's weights applied to the node states of its sources.

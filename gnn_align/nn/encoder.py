@@ -11,7 +11,7 @@ from torch_geometric.utils import scatter
 from ..config import CONVS, AlignerConfig, resolve
 from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
-from .blocks import DST0, NDST, SKIP, block_plan, used_columns
+from .blocks import DST0, NDST, SKIP, graph_plan
 from .conv import NetConv
 from .probe import ProbePass
 from .weight_conv import WeightConv
@@ -128,8 +128,7 @@ class NetEncoder(nn.Module):
         probe = self.probe(g) if self.probe is not None else None
         h = self.node_in(self.node_features(g, probe))
         if self.conv == "weight" and len(self.convs):
-            attr, used = used_columns(g)
-            plan = block_plan(attr, g.blocks, used)  # once for every round
+            plan = graph_plan(g)  # once for every round
             for conv in self.convs:
                 h = conv.forward_blocks(h, g, plan)
         elif len(self.convs):

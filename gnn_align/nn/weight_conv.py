@@ -8,7 +8,7 @@ from torch_geometric.nn import MessagePassing
 
 from ..config import AlignerConfig
 from ..graph import EDGE_SKIP
-from .blocks import BlockPlan, block_plan, push_blocks, used_columns
+from .blocks import BlockPlan, graph_plan, push_blocks
 from .conv import mlp
 
 
@@ -85,9 +85,7 @@ class WeightConv(MessagePassing):
     def forward_blocks(self, h: Tensor, g, plan: BlockPlan | None = None) -> Tensor:
         """:meth:`forward` over the dense weight blocks of ``g`` (a NetGraph or a batch of them);
         ``plan``: their :func:`~gnn_align.nn.blocks.block_plan`, when several rounds share it."""
-        if plan is None:
-            attr, used = used_columns(g)
-            plan = block_plan(attr, g.blocks, used)
+        plan = graph_plan(g) if plan is None else plan
         fwd = push_blocks(plan, self.lin_fwd(h), self.read_fwd)
         bwd = push_blocks(plan, self.lin_bwd(h), self.read_bwd, reverse=True)
         return self._update(h, fwd, bwd)
