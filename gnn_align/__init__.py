@@ -14,7 +14,7 @@ import importlib.util
 _LAZY = {
     **dict.fromkeys(("AlignResult", "MergeResult", "align", "merge"), "api"),
     **dict.fromkeys(("GNNAlignError", "PermutationError", "StateDictError", "UnsupportedLayerError"), "errors"),
-    **dict.fromkeys(("NetGraph", "from_graph", "global_group", "relabel", "to_graph"), "graph"),
+    **dict.fromkeys(("NetGraph", "collate", "from_graph", "global_group", "relabel", "to_graph"), "graph"),
     **dict.fromkeys(("apply_permutation", "compose_permutations", "identity_permutation", "invert_permutation",
                      "random_permutation"), "permute"),
     **dict.fromkeys(("Axis", "NetStructure", "PermutationSpec"), "spec"),
@@ -52,6 +52,7 @@ __all__ = [
     "__version__",
     "align",
     "apply_permutation",
+    "collate",
     "compose_permutations",
     "from_graph",
     "global_group",

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch_geometric.data import Batch
 
 from .config import AlignerConfig, resolve
 from .errors import GNNAlignError
-from .graph import NetGraph, to_graph
+from .graph import NetGraph, collate, to_graph
 from .nn import MatchingHead, NetEncoder, pool_groups
 from .ot import hungarian, sinkhorn
 from .spec import PermutationSpec
@@ -65,7 +64,7 @@ class GNNAligner(nn.Module):
         for k, (a, b) in enumerate(zip(graphs_a, graphs_b, strict=True)):
             if a.group_names != b.group_names:
                 raise ValueError(f"pair {k}: A and B are not the same architecture")
-        batch = Batch.from_data_list(list(graphs_a) + list(graphs_b))
+        batch = collate(list(graphs_a) + list(graphs_b))
         dtype = next(self.parameters()).dtype
         for key in ("x", "edge_attr"):  # networks in another precision than the aligner's
             if batch[key].dtype != dtype:

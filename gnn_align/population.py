@@ -205,9 +205,7 @@ class _Embedded:
     """Every network embedded once by a learned aligner; pairs scored and decoded from the embeddings."""
 
     def __init__(self, prep: _Prepared, aligner, batch_size: int = 32, progress: bool = False):
-        from torch_geometric.data import Batch
-
-        from .graph import to_graph
+        from .graph import collate, to_graph
         from .nn import pool_groups
         from .nn.head import unit
 
@@ -215,8 +213,7 @@ class _Embedded:
         d, dtype = aligner.config.edge_dim, next(aligner.parameters()).dtype
         embs, masks = [], []
         for s in tqdm(range(0, len(prep.states), batch_size), desc="embedding", disable=not progress):
-            batch = Batch.from_data_list([to_graph(st, prep.spec, edge_dim=d, fit="pool")
-                                          for st in prep.work[s:s + batch_size]])
+            batch = collate([to_graph(st, prep.spec, edge_dim=d, fit="pool") for st in prep.work[s:s + batch_size]])
             for key in ("x", "edge_attr"):
                 batch[key] = batch[key].to(dtype)
             with torch.no_grad():

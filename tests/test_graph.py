@@ -8,6 +8,7 @@ from gnn_align import (
     NetGraph,
     StateDictError,
     apply_permutation,
+    collate,
     from_graph,
     global_group,
     random_permutation,
@@ -116,6 +117,38 @@ def test_batching_mixed_architectures_keeps_groups_and_positions():
         nodes = batch.batch == i
         expect = torch.where(g.perm_group >= 0, g.perm_group + offsets[i], g.perm_group)
         assert torch.equal(glob[nodes], expect)
+
+
+def _same(u, v) -> bool:
+    return torch.equal(u, v) if torch.is_tensor(u) else u == v
+
+
+@pytest.mark.parametrize("fit", ["exact", "pool"])
+def test_collate_is_pyg_batching_in_fewer_ops(fit):
+    graphs = [to_graph(_state(m), spec_from_module(m, x), edge_dim=9, fit=fit)
+              for m, x in (make_family(n) for n in ["mlp", "resnet2d_bn", "cnn1d_flatten", "mlp"])]
+    ours, pyg = collate(graphs), Batch.from_data_list(graphs)
+    assert type(ours) is type(pyg) and sorted(ours.keys()) == sorted(pyg.keys())
+    assert ours.extra.numel() > 0 and (fit == "exact") == ("pooled" not in ours)
+    for key in sorted(pyg.keys()):
+        assert _same(ours[key], pyg[key]), key
+        if key in pyg._slice_dict:
+            assert torch.equal(ours._slice_dict[key], pyg._slice_dict[key]), key
+            assert _same(ours._inc_dict[key], pyg._inc_dict[key]), key
+    assert ours.num_graphs == pyg.num_graphs == 4 and ours.num_nodes == pyg.num_nodes
+    for i, g in enumerate(graphs):  # unbatching gives the graphs back, as PyG's does
+        sub, theirs = ours.get_example(i), pyg.get_example(i)
+        assert sorted(sub.keys()) == sorted(g.keys()) and all(_same(sub[k], theirs[k]) for k in sorted(g.keys()))
+        assert all(_same(sub[k], g[k]) for k in sorted(g.keys()) if k != "num_groups")
+
+
+def test_collate_leaves_graphs_with_other_keys_to_pyg():
+    module, x = make_family("mlp")
+    g = to_graph(_state(module), spec_from_module(module, x))
+    tagged = g.clone()
+    tagged.note = torch.ones(3)
+    out = collate([tagged, tagged])
+    assert torch.equal(out.note, torch.ones(6)) and torch.equal(out.edge_index, Batch.from_data_list([g, g]).edge_index)
 
 
 def test_bad_state_dicts_raise_naming_the_key():

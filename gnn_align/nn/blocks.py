@@ -24,11 +24,13 @@ def used_columns(g) -> tuple:
 
 
 class BlockGroup(NamedTuple):
-    """Blocks of one shape: their source and target node rows, ``(G, n_src)`` and ``(G, n_dst)``, and
-    their dense weights, ``(G, n_dst, n_src, d)`` (``None`` for residual skips)."""
+    """Blocks of one shape (and tag): their source and target node rows, ``(G, n_src)`` and
+    ``(G, n_dst)``, their dense weights, ``(G, n_dst, n_src, d)`` (``None`` for residual skips), and
+    the tag they share (:func:`block_plan`)."""
     src: Tensor
     dst: Tensor
     weight: Tensor | None
+    tag: object = None
 
 
 class BlockPlan(NamedTuple):
@@ -38,21 +40,27 @@ class BlockPlan(NamedTuple):
     groups: list
     used: Tensor | None
 
+    def tagged(self, keep) -> BlockPlan:
+        """The plan of the groups whose tag satisfies ``keep``."""
+        return BlockPlan([gr for gr in self.groups if keep(gr.tag)], self.used)
 
-def block_plan(edge_attr: Tensor, blocks: Tensor, used: Tensor | None = None) -> BlockPlan:
+
+def block_plan(edge_attr: Tensor, blocks: Tensor, used: Tensor | None = None, tags: list | None = None) -> BlockPlan:
     """The :class:`BlockPlan` of ``blocks`` (``(B, 6)``, rows of ``NetGraph.blocks`` with node offsets
     that index the node states to push) over the edge features ``edge_attr`` (``(E, d)``, the
-    columns ``used`` of the graph's: :func:`used_columns`)."""
+    columns ``used`` of the graph's: :func:`used_columns`); with ``tags`` (one hashable per block),
+    only blocks of equal tag share a group, so that a part of the plan can be picked by tag
+    (:meth:`BlockPlan.tagged`)."""
     shapes: dict = {}
     for k, (_, _, n_src, _, n_dst, skip) in enumerate(blocks.tolist()):
-        shapes.setdefault((n_src, n_dst, skip), []).append(k)
+        shapes.setdefault((n_src, n_dst, skip, None if tags is None else tags[k]), []).append(k)
     groups = []
-    for (n_src, n_dst, skip), ks in shapes.items():
+    for (n_src, n_dst, skip, tag), ks in shapes.items():
         b = blocks[ks] if len(ks) < blocks.shape[0] else blocks
         src = b[:, SRC0, None] + torch.arange(n_src, device=b.device)
         dst = b[:, DST0, None] + torch.arange(n_dst, device=b.device)
         weight = None if skip else edge_attr[b[:, EDGE0, None] + torch.arange(n_dst * n_src, device=b.device)]
-        groups.append(BlockGroup(src, dst, None if skip else weight.view(len(ks), n_dst, n_src, -1)))
+        groups.append(BlockGroup(src, dst, None if skip else weight.view(len(ks), n_dst, n_src, -1), tag))
     return BlockPlan(groups, used)
 
 
@@ -85,7 +93,7 @@ def push_blocks(plan: BlockPlan, h: Tensor, read: Tensor, reverse: bool = False,
     r0, r1 = (0, h.shape[0]) if rows is None else rows
     read = read if plan.used is None else read[plan.used]
     out = h.new_zeros(r1 - r0, h.shape[1])
-    for src, dst, weight in plan.groups:
+    for src, dst, weight, _ in plan.groups:
         if reverse:
             src, dst = dst, src
         dst = dst.flatten() - r0

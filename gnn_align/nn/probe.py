@@ -123,22 +123,21 @@ class ProbePass(nn.Module):
         z = x.new_zeros(n, self.probes)
         z[:start[1]] = torch.where((kind[:start[1]] == NODE_INPUT)[:, None], self.in_probe(idx[:start[1]]), 0.0)
         a = z.clone()
-        to_level = level[order][blocks[:, _DST0]]
+        lv = level[order]  # one plan, its blocks tagged (target level, source level)
+        plan = block_plan(attr, blocks, used, list(zip(lv[blocks[:, _DST0]].tolist(), lv[blocks[:, _SRC0]].tolist())))
         for d in range(1, top + 1):
             r = slice(start[d], start[d + 1])
-            plan = block_plan(attr, blocks[to_level == d], used)
-            new = push_blocks(plan, a, self.read_fwd, False, (r.start, r.stop)) + x[r, _BIAS:_BIAS + 1]
+            new = push_blocks(plan.tagged(lambda t, d=d: t[0] == d), a, self.read_fwd, False, (r.start, r.stop))
+            new = new + x[r, _BIAS:_BIAS + 1]
             bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
             z[r] = new
             a[r] = ACTIVATIONS[self.activation](torch.where(has_bn[r], bn, new), self.w0)
         # backward: linear, from the output probes towards the inputs (input neurons stay zero)
         is_out = (kind == NODE_OUTPUT)[:, None]
         gb = torch.where(is_out, self.out_probe(idx), 0.0)
-        from_level = level[order][blocks[:, _SRC0]]
         for d in range(top - 1, 0, -1):
             r = slice(start[d], start[d + 1])
-            plan = block_plan(attr, blocks[from_level == d], used)
-            agg = push_blocks(plan, gb, self.read_bwd, True, (r.start, r.stop))
+            agg = push_blocks(plan.tagged(lambda t, d=d: t[1] == d), gb, self.read_bwd, True, (r.start, r.stop))
             gb[r] = torch.where(is_out[r], gb[r], agg)
         z[:start[1]] = 0.0  # no forward response at the inputs, no backward one at the outputs
         gb = torch.where(is_out, 0.0, gb)
