@@ -331,8 +331,14 @@ class Trainer:
         return record
 
 
+#: the lowest per-member ratio :func:`wm_ratio` counts: a member whose barriers sum to about 0 (or below)
+#: would otherwise outweigh every other member (one such member took a run's ratio from 0.85 to 0.38)
+WM_RATIO_FLOOR = 0.1
+
+
 def wm_ratio(members: list, barriers: list, wm: list) -> float:
-    """Geometric mean over members of (sum of ``barriers``) / (sum of ``wm``) on each member's pairs.
+    """Geometric mean over members of (sum of ``barriers``) / (sum of ``wm``) on each member's pairs,
+    each ratio floored at :data:`WM_RATIO_FLOOR`.
 
     Members whose weight-matching barriers sum to 0 are skipped (their ratio is undefined).
     """
@@ -341,7 +347,7 @@ def wm_ratio(members: list, barriers: list, wm: list) -> float:
         got = sum(b for b, k in zip(barriers, members, strict=True) if k == m)
         ref = sum(w for w, k in zip(wm, members, strict=True) if k == m)
         if ref > 0:
-            logs.append(math.log(max(got, 1e-12) / ref))
+            logs.append(math.log(max(got / ref, WM_RATIO_FLOOR)))
     return math.exp(sum(logs) / len(logs)) if logs else float("nan")
 
 

@@ -124,6 +124,10 @@ def test_wm_ratio_is_the_geometric_mean_of_per_member_ratios():
     got = train.wm_ratio([0, 0, 1, 2], [1.0, 3.0, 2.0, 5.0], [2.0, 2.0, 1.0, 0.0])
     assert got == pytest.approx(2 ** 0.5, rel=1e-12)
     assert train.wm_ratio([0], [1.0], [0.0]) != train.wm_ratio([0], [1.0], [0.0])  # NaN: nothing to compare
+    # a member whose barriers sum to about 0 or below counts as the floor, not as minus infinity
+    for tiny in (0.0, -0.5, 1e-9):
+        got = train.wm_ratio([0, 1], [tiny, 2.0], [1.0, 1.0])
+        assert got == pytest.approx((train.WM_RATIO_FLOOR * 2.0) ** 0.5, rel=1e-12)
 
 
 @pytest.mark.parametrize("field, value, message", [("select", "loss", "select must be one of"),
