@@ -64,7 +64,7 @@ class GNNAligner(nn.Module):
         for k, (a, b) in enumerate(zip(graphs_a, graphs_b, strict=True)):
             if a.group_names != b.group_names:
                 raise ValueError(f"pair {k}: A and B are not the same architecture")
-        batch = collate(list(graphs_a) + list(graphs_b))
+        batch = collate(list(graphs_a) + list(graphs_b), edges=self.encoder.reads_edges)
         dtype = next(self.parameters()).dtype
         for key in ("x", "edge_attr"):  # networks in another precision than the aligner's
             if batch[key].dtype != dtype:

@@ -213,7 +213,8 @@ class _Embedded:
         d, dtype = aligner.config.edge_dim, next(aligner.parameters()).dtype
         embs, masks = [], []
         for s in tqdm(range(0, len(prep.states), batch_size), desc="embedding", disable=not progress):
-            batch = collate([to_graph(st, prep.spec, edge_dim=d, fit="pool") for st in prep.work[s:s + batch_size]])
+            batch = collate([to_graph(st, prep.spec, edge_dim=d, fit="pool") for st in prep.work[s:s + batch_size]],
+                            edges=aligner.encoder.reads_edges)
             for key in ("x", "edge_attr"):
                 batch[key] = batch[key].to(dtype)
             with torch.no_grad():

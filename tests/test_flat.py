@@ -23,6 +23,7 @@ from gnn_align.aligner import GNNAligner
 from gnn_align.archs import Transformer
 from gnn_align.graph import relabel
 from gnn_align.losses import interpolation_task_loss, weight_distance
+from gnn_align.nn import ProbePass
 from gnn_align.ot import perm_to_matrix
 from gnn_align.testing import assert_perm_equivariant, output_change
 from gnn_align.zoo.augment import augment, rescalable_nodesets
@@ -78,6 +79,14 @@ def test_graph_round_trip_is_exact(name):
         h, d = spec.group_sizes[at.heads], at.d
         assert flat.group_sizes[at.qk] == flat.group_sizes[at.v] == h * d
         assert sum(ns.group == at.qk for ns in flat.structure.nodesets) == 2
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_probe_levels_order_every_edge_of_the_flat_view(name):
+    graph = to_graph(_get(name)[3], _get(name)[2])
+    level = ProbePass.levels(graph)
+    src, dst = graph.edge_index
+    assert bool((level[dst] > level[src]).all()) and bool((level >= graph.node_depth).all())
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -142,6 +142,21 @@ def test_collate_is_pyg_batching_in_fewer_ops(fit):
         assert all(_same(sub[k], g[k]) for k in sorted(g.keys()) if k != "num_groups")
 
 
+def test_collate_without_edges_keeps_what_dense_blocks_read():
+    graphs = [to_graph(_state(m), spec_from_module(m, x), edge_dim=9)
+              for m, x in (make_family(n) for n in ["mlp", "cnn1d_flatten", "mlp"])]
+    full, lean = collate(graphs), collate(graphs, edges=False)
+    assert "edge_index" not in lean and "edge_type" not in lean
+    cols = full.kernel_cols.any(0)
+    assert 1 < int(cols.sum()) < 9 and torch.equal(lean.edge_cols, cols[None])
+    assert torch.equal(lean.edge_attr, full.edge_attr[:, cols])
+    assert torch.equal(full.edge_attr[:, ~cols], torch.zeros_like(full.edge_attr[:, ~cols]))  # nothing lost
+    for key in ("x", "blocks", "batch", "ptr", "perm_group", "perm_pos", "num_groups", "kernel_cols"):
+        assert torch.equal(lean[key], full[key]), key
+    with pytest.raises(RuntimeError, match="Cannot reconstruct"):
+        lean.get_example(0)
+
+
 def test_collate_leaves_graphs_with_other_keys_to_pyg():
     module, x = make_family("mlp")
     g = to_graph(_state(module), spec_from_module(module, x))

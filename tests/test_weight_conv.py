@@ -7,7 +7,7 @@ import torch
 from torch_geometric.data import Batch
 
 from gnn_align import random_permutation, relabel, spec_from_module, to_graph
-from gnn_align.graph import node_sources
+from gnn_align.graph import collate, node_sources
 from gnn_align.nn import NetEncoder, WeightConv
 from gnn_align.testing import equivariance_error, output_change
 
@@ -36,6 +36,23 @@ def test_dense_blocks_equal_the_sparse_message_passing_on_a_mixed_batch():
     assert torch.allclose(dense, sparse, atol=1e-12)
     # control: the skips matter (treated as weight edges, the result differs on residual nets)
     assert not torch.allclose(conv(h, g.edge_index, g.edge_attr), sparse, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_encoder_reads_a_batch_without_edges_as_the_full_one(num_layers):
+    graphs = [to_graph(_state(name)[3], _state(name)[2], edge_dim=9) for name in FAMS]
+    torch.manual_seed(0)
+    enc = NetEncoder(hidden=8, num_layers=num_layers, edge_dim=9, probes=4)
+    with torch.no_grad():  # read-outs that are not all ones, so every kernel column counts differently
+        for name, p in enc.named_parameters():
+            if "read" in name:
+                p.normal_()
+    assert not enc.reads_edges
+    assert torch.equal(enc(collate(graphs, edges=False)), enc(collate(graphs)))
+    edge = NetEncoder(hidden=8, num_layers=1, edge_dim=9, probes=4, conv="edge")
+    assert edge.reads_edges
+    with pytest.raises(ValueError, match="reads the edges; batch the graphs with collate"):
+        edge(collate(graphs, edges=False))
 
 
 @pytest.mark.parametrize("name", FAMS)

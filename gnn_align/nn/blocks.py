@@ -10,12 +10,31 @@ from torch import Tensor
 EDGE0, SRC0, NSRC, DST0, NDST, SKIP = range(6)  #: columns of ``NetGraph.blocks``
 
 
+def nodeset_ids(g, skips: bool = False) -> Tensor:
+    """Each node's node set, as the row of the set's first node: the targets of one weight layer (with
+    ``skips``, of a residual skip too) form a set; nodes that none writes (the inputs; without
+    ``skips``, a set that only a skip writes, such as a final LayerNorm's) form sets of one.
+    Shapes: (N,) long."""
+    b = g.blocks if skips else g.blocks[g.blocks[:, SKIP] == 0]
+    set_id = torch.arange(g.num_nodes, device=b.device)
+    lens = b[:, NDST]
+    if len(b):
+        first = torch.repeat_interleave(b[:, DST0], lens)
+        offset = torch.arange(int(lens.sum()), device=b.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+        set_id[first + offset] = first
+    return set_id
+
+
 def used_columns(g) -> tuple:
     """``(edge_attr, used)``: the edge features of the graph(s) ``g`` without the columns that no layer
     writes (kernels are centre-padded to the longest one: an MLP's edges use one column of ten), and
     the bool mask of the columns kept (``None`` when every column is). :func:`push_blocks` gives the
     same result on either, in a fraction of the time. The columns come from ``g.kernel_cols`` (or, for
-    graphs without it, from the nonzero ones)."""
+    graphs without it, from the nonzero ones); a batch of :func:`~gnn_align.graph.collate` with
+    ``edges=False`` holds only those columns already (``edge_cols``)."""
+    kept = getattr(g, "edge_cols", None)
+    if kept is not None:
+        return g.edge_attr, None if bool(kept.all()) else kept[0]
     cols = getattr(g, "kernel_cols", None)
     used = g.edge_attr.ne(0).any(0) if cols is None else cols.any(0)
     if bool(used.all()):

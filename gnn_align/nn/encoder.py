@@ -11,7 +11,7 @@ from torch_geometric.utils import scatter
 from ..config import CONVS, AlignerConfig, resolve
 from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
-from .blocks import DST0, NDST, SKIP, graph_plan
+from .blocks import graph_plan, nodeset_ids
 from .conv import NetConv
 from .probe import ProbePass
 from .weight_conv import WeightConv
@@ -29,13 +29,7 @@ def nodeset_normalize(x: Tensor, g, eps: float = 1e-12) -> Tensor:
     against its weights (scaling the biases alone is no symmetry); the probe pass, which runs the
     network, still sees it. Shapes: x (N, F) -> (N, F).
     """
-    b = g.blocks[g.blocks[:, SKIP] == 0]
-    set_id = torch.arange(x.shape[0], device=x.device)
-    lens = b[:, NDST]
-    if len(b):
-        first = torch.repeat_interleave(b[:, DST0], lens)
-        offset = torch.arange(int(lens.sum()), device=x.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
-        set_id[first + offset] = first
+    set_id = nodeset_ids(g)
     ms = scatter(x * x, set_id, dim=0, dim_size=x.shape[0], reduce="mean")[set_id]
     return x / (ms + eps).sqrt()
 
@@ -118,10 +112,20 @@ class NetEncoder(nn.Module):
             torch.where(fixed, sinusoidal(g.perm_pos, self.pos_dim).to(dtype), 0.0),
         ] + ([] if probe is None else [probe]), dim=-1)
 
+    @property
+    def reads_edges(self) -> bool:
+        """Whether it reads the sparse edge tensors (``conv="edge"`` message passing); if not, a batch
+        of :func:`~gnn_align.graph.collate` with ``edges=False`` is all it needs."""
+        return self.conv == "edge" and len(self.convs) > 0
+
     def forward(self, g) -> Tensor:
-        if g.edge_attr.shape[1] != self.edge_dim:
-            raise ValueError(f"graphs have edge_dim={g.edge_attr.shape[1]}, the encoder expects "
+        kept = getattr(g, "edge_cols", None)  # collate(..., edges=False): edge_attr holds these columns only
+        width = g.edge_attr.shape[1] if kept is None else kept.shape[1]
+        if width != self.edge_dim:
+            raise ValueError(f"graphs have edge_dim={width}, the encoder expects "
                              f"{self.edge_dim}; build them with to_graph(..., edge_dim={self.edge_dim})")
+        if self.reads_edges and getattr(g, "edge_index", None) is None:
+            raise ValueError("this encoder (conv='edge') reads the edges; batch the graphs with collate(graphs)")
         dtype = self.node_in.weight.dtype
         if (self.scale_invariant or self.conv == "weight") and getattr(g, "blocks", None) is None:
             raise ValueError("the graph has no 'blocks' (made by an older gnn_align?); rebuild it with to_graph")

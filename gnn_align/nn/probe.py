@@ -9,7 +9,7 @@ from ..config import AlignerConfig as _Config  # the defaults
 from ..spec import NODE_FEATURES, NODE_HIDDEN, NODE_INPUT, NODE_OUTPUT
 from .blocks import DST0 as _DST0
 from .blocks import SRC0 as _SRC0
-from .blocks import block_plan, push_blocks, used_columns
+from .blocks import block_plan, nodeset_ids, push_blocks, used_columns
 
 _BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in (
     "bias", "norm_weight", "norm_bias", "running_mean", "running_var"))
@@ -84,13 +84,14 @@ class ProbePass(nn.Module):
 
     @staticmethod
     def levels(g) -> Tensor:
-        """Evaluation order of the nodes: ``node_depth`` raised until every edge (a residual skip
-        between node sets of equal depth included) runs from a lower to a higher level."""
-        src, dst = g.edge_index
+        """Evaluation order of the nodes: ``node_depth`` raised until every block (a residual skip
+        between node sets of equal depth included) runs from a lower to a higher level. A node set
+        shares one level, so each block is read at the first node of its source and target sets."""
+        set_id, b = nodeset_ids(g, skips=True), g.blocks
         level = g.node_depth.clone()
-        for _ in range(g.num_nodes + 1):
-            need = torch.zeros_like(level).scatter_reduce_(0, dst, level[src] + 1, "amax")
-            new = torch.maximum(level, need)
+        for _ in range(len(b) + 1):
+            need = torch.zeros_like(level).scatter_reduce_(0, b[:, _DST0], level[b[:, _SRC0]] + 1, "amax")
+            new = torch.maximum(level, need[set_id])
             if torch.equal(new, level):
                 return level
             level = new
