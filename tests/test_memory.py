@@ -87,11 +87,12 @@ def test_graph_size_is_what_to_graph_builds(name):
 
 @pytest.mark.parametrize("config", [SHIPPED, SHIPPED.replace(num_layers=2), SHIPPED.replace(probes=0, num_layers=1)])
 def test_estimate_is_monotone(config):
-    base = {"num_nodes": 1000, "num_edges": 100_000, "edge_dim": 10, "group_widths": (300, 300), "params": 100_000}
+    base = {"num_nodes": 1000, "num_edges": 100_000, "edge_dim": 10, "group_widths": (300, 300), "params": 100_000,
+            "edge_len": 1}
     ref = estimate_aligner_memory_mb(aligner_config=config, **base)
     assert ref > 0
     for key, bigger in (("num_nodes", 2000), ("num_edges", 200_000), ("edge_dim", 11), ("group_widths", (600, 300)),
-                        ("params", 900_000)):
+                        ("params", 900_000), ("edge_len", 9)):
         assert estimate_aligner_memory_mb(aligner_config=config, **(base | {key: bigger})) > ref, key
     assert estimate_aligner_memory_mb(aligner_config=config, float_bytes=8, **base) > ref
     for key in ("hidden", "probes", "num_layers"):
@@ -110,7 +111,7 @@ def test_estimate_bounds_the_measured_peak_within_3x(dtype):
     size = graph_size(spec)
     _, rec = measure_peak(aligner.align, a, b, spec)
     est = estimate_aligner_memory_mb(size.nodes, size.edges, 10, aligner.config, group_widths=size.group_widths,
-                                     float_bytes=dtype.itemsize)
+                                     float_bytes=dtype.itemsize, edge_len=size.edge_len)
     assert rec.increase_mb <= est <= 3 * rec.increase_mb, (rec.increase_mb, est)
 
 

@@ -96,7 +96,7 @@ def run_model(arch: str, args, aligner, bar) -> dict:
     size, spec, meta_module = model_size(arch)
     cfg, float_bytes = aligner.config, torch.get_default_dtype().itemsize  # the models' and the aligner's
     estimate = estimate_aligner_memory_mb(size.nodes, size.edges, cfg.edge_dim, cfg, group_widths=size.group_widths,
-                                          params=size.params, float_bytes=float_bytes)
+                                          params=size.params, float_bytes=float_bytes, edge_len=size.edge_len)
     available = available_memory_mb()
     verdict = check_aligner_memory(arch, size, cfg, available_mb=available, float_bytes=float_bytes,
                                    raise_error=False)

@@ -64,7 +64,8 @@ FIXED_MB = 8.0
 
 
 def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, aligner_config: AlignerConfig, *,
-                               group_widths: Sequence[int] = (), params: int = 0, float_bytes: int = 4) -> float:
+                               group_widths: Sequence[int] = (), params: int = 0, float_bytes: int = 4,
+                               edge_len: int | None = None) -> float:
     """Upper estimate of the peak memory (MB) of aligning one pair of networks with a
     :class:`~gnn_align.aligner.GNNAligner`: building both graphs, the encoder's forward pass, the
     matching head and the Hungarian decode.
@@ -74,10 +75,12 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     networks and the aligner in float32) and 8 bytes an index:
 
     * the graphs, held throughout: both graphs' edge features (``2 f d``), the edge index and edge
-      types that graphs of one architecture share (``24``) and the batched copy of all of it
-      (``2 (f d + 24)``): ``E (4 f d + 72)`` bytes;
+      types that graphs of one architecture share (``24``) and the batch of both: for an encoder on
+      dense blocks (:func:`~gnn_align.graph.collate` with ``edges=False``) the ``c`` edge feature
+      columns the kernels span (``c = min(d, edge_len)``: 1 for an MLP), counted twice for the
+      slices it is made of (``4 f c``); for ``conv="edge"`` a full copy (``2 (f d + 24)``);
     * the encoder's largest transient, the larger of the :class:`~gnn_align.nn.ProbePass` (per weight
-      block: the gathered edge features, their transposed copy and the gather index, ``2E (2 f d + 8)``
+      block: the gathered edge features, their transposed copy and the gather index, ``2E (2 f c + 8)``
       with every block counted at once, where the real peak holds one level's blocks) and, with
       ``num_layers > 0``, the message passing: :class:`~gnn_align.nn.WeightConv` (``conv="weight"``)
       gathers the weight blocks as the probe pass does; :class:`~gnn_align.nn.NetConv`
@@ -116,6 +119,12 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     measured 327 to 379 bytes an edge), up to 3.3x on the smallest graphs, where :data:`FIXED_MB`
     dominates.
 
+    The table predates batches that keep only the kernel columns (:func:`~gnn_align.graph.collate` with
+    ``edges=False``, 2026-11-29), which the estimate now counts (``edge_len``): ``GNNAligner.align`` alone
+    (the shipped aligner, float32) then peaked at 66, 341 and 159 MB on mlp:64,384,384,384,10,
+    mlp:64,1024,1024,1024,10 and cnn2d:3,64,128,256,512,512,10, against estimates of 121, 604 and 362 MB
+    (1.8x, 1.8x, 2.3x).
+
     With NetConv message passing (``conv="edge"``, random aligners, ``GNNAligner.align`` alone):
     ``hidden=32, num_layers=1, edge_hidden=4, probes=128``: 185 MB measured, 329 estimated
     (mlp:64,256,256,256,10) and 635 / 1141 (mlp:64,512,512,512,10); ``hidden=64, num_layers=2,
@@ -130,6 +139,7 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
         group_widths: the sizes of the network's permutation groups (score matrices); default none.
         params: values in one network's weight tensors, to count :func:`gnn_align.align`'s copies.
         float_bytes: bytes of a float of the networks and the aligner (8 for float64).
+        edge_len: the longest kernel of the network (:attr:`GraphSize.edge_len`); default ``edge_dim``.
 
     Returns:
         the estimated peak in MB (monotone in every size).
@@ -137,8 +147,10 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     cfg = aligner_config
     k, h, he, layers = int(cfg.probes), int(cfg.hidden), int(cfg.edge_hidden), int(cfg.num_layers)
     e, n, d, f, i = int(num_edges), int(num_nodes), int(edge_dim), int(float_bytes), _INDEX
-    graphs = e * (4 * f * d + 9 * i)
-    blocks = 2 * e * (2 * f * d + i)  # the gathered weight blocks of a dense pass
+    c = d if edge_len is None else max(1, min(d, int(edge_len)))  # the edge feature columns a batch keeps
+    edge_conv = cfg.conv == "edge" and layers > 0
+    graphs = e * (2 * f * d + 3 * i) + (2 * e * (f * d + 3 * i) if edge_conv else 4 * e * f * c)
+    blocks = 2 * e * (2 * f * c + i)  # the gathered weight blocks of a dense pass
     probe = blocks if k else 0
     edge_states = 2 * e * (f * (d + 2 + 8 * he + 4 * h) + 2 * i)
     conv = (blocks if cfg.conv == "weight" else edge_states) if layers else 0
@@ -178,6 +190,7 @@ def check_aligner_memory(name: str, size: GraphSize, aligner_config: AlignerConf
             is unknown (not Linux) nothing can be checked: a warning says so and the check passes.
         usable: the share of the available memory the estimate may take.
         float_bytes: bytes of a float of the networks and the aligner (8 for float64).
+        edge_len: the longest kernel of the network (:attr:`GraphSize.edge_len`); default ``edge_dim``.
         raise_error: raise instead of returning the message.
 
     Returns:
@@ -194,6 +207,7 @@ def check_aligner_memory(name: str, size: GraphSize, aligner_config: AlignerConf
                       stacklevel=2)
         return None
     need = estimate_aligner_memory_mb(size.nodes, size.edges, aligner_config.edge_dim, aligner_config,
+                                      edge_len=size.edge_len,
                                       group_widths=size.group_widths, params=size.params, float_bytes=float_bytes)
     if need <= usable * avail:
         return None
