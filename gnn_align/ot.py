@@ -9,6 +9,7 @@ opposite neuron ``i`` of A, and ``perm_to_matrix(perm)[i, perm[i]] == 1``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -82,6 +83,10 @@ def sinkhorn(log_alpha: Tensor, n_iters: int = 20, tau: float = 1.0, mask: Tenso
     return torch.where(mask, torch.exp(z), 0.0)
 
 
+#: :func:`hungarian` spreads a batch over ``torch.get_num_threads()`` threads when each gets this many problems
+HUNGARIAN_PER_WORKER = 8
+
+
 def hungarian(scores: Tensor) -> Tensor:
     """Maximum-weight assignment of every row to a distinct column (``scipy`` ``linear_sum_assignment``).
 
@@ -92,7 +97,8 @@ def hungarian(scores: Tensor) -> Tensor:
     Returns:
         LongTensor ``perm`` on ``scores.device`` with ``perm[i]`` the column assigned to row ``i``,
         maximising ``sum_i scores[i, perm[i]]``. For square input it is a permutation in the
-        direction convention of :mod:`gnn_align.permute`.
+        direction convention of :mod:`gnn_align.permute`. A batch is solved in up to
+        ``torch.get_num_threads()`` threads (at least :data:`HUNGARIAN_PER_WORKER` problems each).
 
     Shapes:
         scores: ``(n, m)`` or ``(B, n, m)`` with ``n <= m``. Returns: ``(n,)`` or ``(B, n)``.
@@ -111,9 +117,18 @@ def hungarian(scores: Tensor) -> Tensor:
         raise GNNAlignError(f"hungarian scores contain NaN or Inf (shape {shape})")
     flat = s.reshape(shape if s.dim() == 3 else (1, n, m)).numpy()
     out = np.empty((flat.shape[0], n), dtype=np.int64)
-    for b in range(flat.shape[0]):
+
+    def solve(b: int) -> None:
         rows, cols = linear_sum_assignment(flat[b], maximize=True)
         out[b, rows] = cols
+
+    workers = min(torch.get_num_threads(), flat.shape[0] // HUNGARIAN_PER_WORKER)
+    if workers > 1:  # scipy solves without the GIL: independent problems run in parallel threads
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(solve, range(flat.shape[0])))
+    else:
+        for b in range(flat.shape[0]):
+            solve(b)
     return torch.from_numpy(out).reshape(shape[:-1]).to(scores.device)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnn_align import PermutationSpec, apply_permutation
+from gnn_align import PermutationSpec, apply_permutation, ot
 from gnn_align.ot import hungarian, matrix_to_perm, perm_to_matrix, sinkhorn
 
 
@@ -166,6 +166,22 @@ def test_hungarian_batched_equals_looping_and_dtypes():
     ints = torch.randint(-1000, 1000, (5, 5), generator=_gen(11))
     assert torch.equal(hungarian(ints), hungarian(ints.double()))
     assert hungarian(torch.zeros(0, 3)).shape == (0,)
+
+
+def test_hungarian_in_threads_equals_one_thread(monkeypatch):
+    s = torch.randn(40, 9, 9, generator=_gen(12))
+    one = torch.stack([hungarian(x) for x in s])
+    calls = []
+    real = ot.ThreadPoolExecutor
+    monkeypatch.setattr(ot, "ThreadPoolExecutor", lambda n: calls.append(n) or real(n))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert torch.equal(hungarian(s), one) and calls == [3]  # 40 problems: 3 threads of at least 8
+        assert torch.equal(hungarian(s[:20]), one[:20]) and calls == [3, 2]
+        assert torch.equal(hungarian(s[:15]), one[:15]) and calls == [3, 2]  # too few to share
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_hungarian_on_sinkhorn_equals_hungarian():
