@@ -214,7 +214,8 @@ def to_graph(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec,
         k = w.shape[1]
         lens.add(k)
         attr[e0:e0 + n_out * n_in, (d - k) // 2:(d - k) // 2 + k] = w
-    attr[sk["edge_type"] == EDGE_SKIP, (d - 1) // 2] = 1
+    for e0, _, m, _, _, _ in sk["skips"]:  # a skip's identity edges: 1 in the centre column
+        attr[e0:e0 + m, (d - 1) // 2] = 1
     cols = torch.zeros(1, d, dtype=torch.bool)
     for k in lens:
         cols[0, (d - k) // 2:(d - k) // 2 + k] = True
@@ -259,7 +260,7 @@ def _skeleton(st, groups: tuple) -> dict:
             "edge_index": torch.stack([torch.cat(src), torch.cat(dst)]) if src else
             torch.empty(2, 0, dtype=torch.long),
             "edge_type": torch.cat(etype) if etype else torch.empty(0, dtype=torch.long),
-            "blocks": torch.tensor(blocks, dtype=torch.long).reshape(-1, 6)}
+            "blocks": torch.tensor(blocks, dtype=torch.long).reshape(-1, 6), "skips": [b for b in blocks if b[5]]}
 
 
 def from_graph(graph: NetGraph, spec: PermutationSpec) -> dict:
