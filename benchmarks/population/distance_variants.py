@@ -4,8 +4,9 @@ Aligns seeded *validation* pairs of a one-architecture MLP zoo with the shipped 
 several weight distances of A and aligned B against the Deep-Align barrier of the same alignment:
 the library's overall distance (``gnn_align.population.weight_distance``), its per-tensor mean,
 per-weight-matrix mean and max, the mean cosine distance of neurons' incoming weights (bias included:
-invariant to rescaling a ReLU neuron), and each weight matrix alone. Writes ``distance_variants.json``
-and ``.md`` to ``--out``.
+invariant to rescaling a ReLU neuron), each weight matrix alone, and one distance that is not of
+weights: 1 minus the mean cosine of the aligner's own embeddings of matched neurons (its scores over
+the head's scale squared). Writes ``distance_variants.json`` and ``.md`` to ``--out``.
 
     python benchmarks/population/distance_variants.py --out benchmarks/population
 """
@@ -53,6 +54,14 @@ def variants(a: dict, b: dict, spec) -> dict:
             **{f"{k} alone": per[k] for k in mats}}
 
 
+@torch.no_grad()
+def embedding_distance(al, a: dict, b: dict, spec, perm: dict) -> float:
+    """1 - the mean cosine of the aligner's embeddings of the neurons ``perm`` matches (``b`` unaligned)."""
+    scores, _, groups = al.scores([al.graph(a, spec)], [al.graph(b, spec)])
+    cos = torch.cat([s[torch.arange(len(perm[g])), perm[g]] for (_, g), s in zip(groups, scores, strict=True)])
+    return float(1 - cos.mean() / al.head.scale ** 2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", default="digits-mlp")
@@ -70,10 +79,12 @@ def main() -> None:
         m = zoo.member_of(i)
         spec, module, task = zoo.spec(m), build_arch(zoo.members[m]["arch"]).eval(), network_task(zoo, i)
         a, b = zoo.state_dict(i), zoo.state_dict(j)
-        aligned = apply_permutation(b, al.align(a, b, spec), spec)
+        perm = al.align(a, b, spec)
+        aligned = apply_permutation(b, perm, spec)
         barriers.append(evaluate_alignment(module, a, aligned, identity_permutation(spec), spec, task)[0][
             "barrier_deepalign"])
-        rows.append(variants(a, aligned, spec))
+        rows.append(variants(a, aligned, spec) | {"aligner embedding (1 - cos of matched neurons)":
+                                                  embedding_distance(al, a, b, spec, perm)})
     rho = {k: float(spearmanr([r[k] for r in rows], barriers)[0]) for k in rows[0]}
     md = (f"# Weight distances after alignment against the barrier\n\n`{provenance()['command']}`\n\n"
           f"{len(rows)} validation pairs of `{args.zoo}`, aligned by `{args.aligner}`; Spearman correlation of each "
