@@ -166,6 +166,19 @@ def test_collate_leaves_graphs_with_other_keys_to_pyg():
     assert torch.equal(out.note, torch.ones(6)) and torch.equal(out.edge_index, Batch.from_data_list([g, g]).edge_index)
 
 
+@pytest.mark.parametrize("fit", ["exact", "pool"])
+def test_nan_anywhere_in_the_graph_is_refused_naming_its_key(fit):
+    module, x = make_family("resnet2d_bn")
+    spec, state = spec_from_module(module, x), _state(module)
+    keys = [k for k, t in state.items() if t.is_floating_point()]
+    assert any("running_var" in k for k in keys) and any(k.endswith("bias") for k in keys)
+    for key in keys:
+        bad = dict(state, **{key: state[key].clone()})
+        bad[key].view(-1)[-1] = float("nan")
+        with pytest.raises(StateDictError, match=f"'{key}' contains NaN or Inf"):
+            to_graph(bad, spec, edge_dim=9, fit=fit)
+
+
 def test_bad_state_dicts_raise_naming_the_key():
     module, x = make_family("cnn2d_gap")
     spec = spec_from_module(module, x)

@@ -9,6 +9,7 @@ from torch_geometric.data import Batch
 from gnn_align import random_permutation, relabel, spec_from_module, to_graph
 from gnn_align.graph import collate, node_sources
 from gnn_align.nn import NetEncoder, WeightConv
+from gnn_align.nn.blocks import block_plan
 from gnn_align.testing import equivariance_error, output_change
 
 from .conftest import make_family
@@ -36,6 +37,27 @@ def test_dense_blocks_equal_the_sparse_message_passing_on_a_mixed_batch():
     assert torch.allclose(dense, sparse, atol=1e-12)
     # control: the skips matter (treated as weight edges, the result differs on residual nets)
     assert not torch.allclose(conv(h, g.edge_index, g.edge_attr), sparse, atol=1e-6)
+
+
+@pytest.mark.parametrize("names, view", [(["mlp"] * 3, True), (["resnet2d_bn"] * 3, False), (FAMS, False)])
+def test_block_plan_weights_are_the_blocks_edges(names, view):
+    """Evenly spaced blocks (a layer across a batch of one architecture, when no other layer has its
+    shape) are read as a strided view, the others by a gather: either way each block's weights are its
+    edges, target-major."""
+    g = collate([to_graph(_state(n)[3], _state(n)[2], edge_dim=9) for n in names])
+    plan = block_plan(g.edge_attr, g.blocks)
+    seen = 0
+    for gr in plan.groups:
+        if gr.weight is None:
+            continue
+        shared = gr.weight.untyped_storage().data_ptr() == g.edge_attr.untyped_storage().data_ptr()
+        assert shared or not view
+        for w, s, t in zip(gr.weight, gr.src, gr.dst, strict=True):
+            rows = [k for k, b in enumerate(g.blocks.tolist()) if b[1] == s[0] and b[3] == t[0] and not b[5]]
+            e0 = int(g.blocks[rows[0], 0])
+            assert torch.equal(w.reshape(-1, 9), g.edge_attr[e0:e0 + w.shape[0] * w.shape[1]])
+            seen += 1
+    assert seen == int((g.blocks[:, 5] == 0).sum())
 
 
 @pytest.mark.parametrize("num_layers", [0, 2])

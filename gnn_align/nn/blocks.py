@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -71,16 +72,28 @@ def block_plan(edge_attr: Tensor, blocks: Tensor, used: Tensor | None = None, ta
     only blocks of equal tag share a group, so that a part of the plan can be picked by tag
     (:meth:`BlockPlan.tagged`)."""
     shapes: dict = {}
-    for k, (_, _, n_src, _, n_dst, skip) in enumerate(blocks.tolist()):
+    rows = blocks.tolist()
+    for k, (_, _, n_src, _, n_dst, skip) in enumerate(rows):
         shapes.setdefault((n_src, n_dst, skip, None if tags is None else tags[k]), []).append(k)
     groups = []
     for (n_src, n_dst, skip, tag), ks in shapes.items():
         b = blocks[ks] if len(ks) < blocks.shape[0] else blocks
         src = b[:, SRC0, None] + torch.arange(n_src, device=b.device)
         dst = b[:, DST0, None] + torch.arange(n_dst, device=b.device)
-        weight = None if skip else edge_attr[b[:, EDGE0, None] + torch.arange(n_dst * n_src, device=b.device)]
+        weight = None if skip else _gather_blocks(edge_attr, [rows[k][EDGE0] for k in ks], n_dst * n_src)
         groups.append(BlockGroup(src, dst, None if skip else weight.view(len(ks), n_dst, n_src, -1), tag))
     return BlockPlan(groups, used)
+
+
+def _gather_blocks(edge_attr: Tensor, starts: list, n: int) -> Tensor:
+    """``(G, n, d)``: the ``n`` edges from each of ``starts``; a strided view, with no copy, when the
+    starts are evenly spaced (one layer of a batch of same-architecture graphs), else a gather."""
+    step = starts[1] - starts[0] if len(starts) > 1 else n
+    if edge_attr.is_contiguous() and step >= n and all(b - a == step for a, b in itertools.pairwise(starts)):
+        d = edge_attr.shape[1]
+        return edge_attr.as_strided((len(starts), n, d), (step * d, d, 1), edge_attr.storage_offset() + starts[0] * d)
+    index = torch.tensor(starts, device=edge_attr.device)[:, None] + torch.arange(n, device=edge_attr.device)
+    return edge_attr[index]
 
 
 def graph_plan(g) -> BlockPlan:
