@@ -29,18 +29,25 @@ def nodeset_ids(g, skips: bool = False) -> Tensor:
 def used_columns(g) -> tuple:
     """``(edge_attr, used)``: the edge features of the graph(s) ``g`` without the columns that no layer
     writes (kernels are centre-padded to the longest one: an MLP's edges use one column of ten), and
-    the bool mask of the columns kept (``None`` when every column is). :func:`push_blocks` gives the
-    same result on either, in a fraction of the time. The columns come from ``g.kernel_cols`` (or, for
-    graphs without it, from the nonzero ones); a batch of :func:`~gnn_align.graph.collate` with
-    ``edges=False`` holds only those columns already (``edge_cols``)."""
+    the columns kept (``None`` when every column is): a slice when they are a range (centre-padded
+    kernels always are), else a bool mask. :func:`push_blocks` gives the same result on either, in a
+    fraction of the time. The columns come from ``g.kernel_cols`` (or, for graphs without it, from the
+    nonzero ones); a batch of :func:`~gnn_align.graph.collate` with ``edges=False`` holds only those
+    columns already (``edge_cols``)."""
     kept = getattr(g, "edge_cols", None)
     if kept is not None:
-        return g.edge_attr, None if bool(kept.all()) else kept[0]
+        return g.edge_attr, _columns(kept[0])
     cols = getattr(g, "kernel_cols", None)
-    used = g.edge_attr.ne(0).any(0) if cols is None else cols.any(0)
-    if bool(used.all()):
-        return g.edge_attr, None
-    return g.edge_attr[:, used], used
+    used = _columns(g.edge_attr.ne(0).any(0) if cols is None else cols.any(0))
+    return (g.edge_attr, None) if used is None else (g.edge_attr[:, used].contiguous(), used)
+
+
+def _columns(mask: Tensor) -> slice | Tensor | None:
+    """The columns ``mask`` keeps: ``None`` for all, a slice for a range, else the mask."""
+    idx = mask.nonzero().flatten().tolist()
+    if len(idx) == len(mask):
+        return None
+    return slice(idx[0], idx[-1] + 1) if idx and idx[-1] - idx[0] + 1 == len(idx) else mask
 
 
 class BlockGroup(NamedTuple):
@@ -58,14 +65,15 @@ class BlockPlan(NamedTuple):
     passing rounds, both directions): one :class:`BlockGroup` per block shape, and the edge feature
     columns kept (:func:`used_columns`)."""
     groups: list
-    used: Tensor | None
+    used: slice | Tensor | None
 
     def tagged(self, keep) -> BlockPlan:
         """The plan of the groups whose tag satisfies ``keep``."""
         return BlockPlan([gr for gr in self.groups if keep(gr.tag)], self.used)
 
 
-def block_plan(edge_attr: Tensor, blocks: Tensor, used: Tensor | None = None, tags: list | None = None) -> BlockPlan:
+def block_plan(edge_attr: Tensor, blocks: Tensor, used: slice | Tensor | None = None,
+               tags: list | None = None) -> BlockPlan:
     """The :class:`BlockPlan` of ``blocks`` (``(B, 6)``, rows of ``NetGraph.blocks`` with node offsets
     that index the node states to push) over the edge features ``edge_attr`` (``(E, d)``, the
     columns ``used`` of the graph's: :func:`used_columns`); with ``tags`` (one hashable per block),
@@ -136,6 +144,6 @@ def push_blocks(plan: BlockPlan, h: Tensor, read: Tensor, reverse: bool = False,
         n_blocks, d = w.shape[0], w.shape[-1]
         w = w.permute(0, 3, 2, 1) if reverse else w.permute(0, 3, 1, 2)  # (G, d, rows, cols)
         y = torch.matmul(w.reshape(n_blocks, d * w.shape[2], w.shape[3]), h[src])  # (G, d * rows, K)
-        y = (y.view(n_blocks, d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
+        y = y * read[0] if d == 1 else (y.view(n_blocks, d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
         out = out.index_add(0, dst, y.reshape(-1, h.shape[1]))
     return out
