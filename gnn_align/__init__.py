@@ -14,7 +14,8 @@ import importlib.util
 _LAZY = {
     **dict.fromkeys(("AlignResult", "MergeResult", "align", "merge"), "api"),
     **dict.fromkeys(("GNNAlignError", "PermutationError", "StateDictError", "UnsupportedLayerError"), "errors"),
-    **dict.fromkeys(("NetGraph", "collate", "from_graph", "global_group", "relabel", "to_graph"), "graph"),
+    **dict.fromkeys(("NetGraph", "from_graph", "global_group", "relabel", "to_graph"), "graph"),
+    "collate": "batch",
     **dict.fromkeys(("apply_permutation", "compose_permutations", "identity_permutation", "invert_permutation",
                      "random_permutation"), "permute"),
     **dict.fromkeys(("Axis", "NetStructure", "PermutationSpec"), "spec"),

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .batch import collate
 from .config import AlignerConfig, resolve
 from .errors import GNNAlignError
-from .graph import NetGraph, collate, to_graph
+from .graph import NetGraph, to_graph
 from .nn import MatchingHead, NetEncoder, pool_groups
 from .ot import hungarian, sinkhorn
 from .spec import PermutationSpec

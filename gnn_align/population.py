@@ -205,7 +205,8 @@ class _Embedded:
     """Every network embedded once by a learned aligner; pairs scored and decoded from the embeddings."""
 
     def __init__(self, prep: _Prepared, aligner, batch_size: int = 32, progress: bool = False):
-        from .graph import collate, to_graph
+        from .batch import collate
+        from .graph import to_graph
         from .nn import pool_groups
         from .nn.head import unit
 

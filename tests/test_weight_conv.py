@@ -7,7 +7,8 @@ import torch
 from torch_geometric.data import Batch
 
 from gnn_align import random_permutation, relabel, spec_from_module, to_graph
-from gnn_align.graph import collate, node_sources
+from gnn_align.batch import collate
+from gnn_align.graph import node_sources
 from gnn_align.nn import NetEncoder, WeightConv
 from gnn_align.nn.blocks import block_plan
 from gnn_align.testing import equivariance_error, output_change

@@ -76,7 +76,7 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
 
     * the graphs, held throughout: both graphs' edge features (``2 f d``), the edge index and edge
       types that graphs of one architecture share (``24``) and the batch of both: for an encoder on
-      dense blocks (:func:`~gnn_align.graph.collate` with ``edges=False``) the ``c`` edge feature
+      dense blocks (:func:`~gnn_align.batch.collate` with ``edges=False``) the ``c`` edge feature
       columns the kernels span (``c = min(d, edge_len)``: 1 for an MLP), counted twice for the
       slices it is made of (``4 f c``); for ``conv="edge"`` a full copy (``2 (f d + 24)``);
     * the encoder's largest transient, the larger of the :class:`~gnn_align.nn.ProbePass` (per weight
@@ -119,7 +119,7 @@ def estimate_aligner_memory_mb(num_nodes: int, num_edges: int, edge_dim: int, al
     measured 327 to 379 bytes an edge), up to 3.3x on the smallest graphs, where :data:`FIXED_MB`
     dominates.
 
-    The table predates batches that keep only the kernel columns (:func:`~gnn_align.graph.collate` with
+    The table predates batches that keep only the kernel columns (:func:`~gnn_align.batch.collate` with
     ``edges=False``, 2026-11-29), which the estimate now counts (``edge_len``): ``GNNAligner.align`` alone
     (the shipped aligner, float32) then peaked at 66, 341 and 159 MB on mlp:64,384,384,384,10,
     mlp:64,1024,1024,1024,10 and cnn2d:3,64,128,256,512,512,10, against estimates of 121, 604 and 362 MB

@@ -32,7 +32,7 @@ def used_columns(g) -> tuple:
     the columns kept (``None`` when every column is): a slice when they are a range (centre-padded
     kernels always are), else a bool mask. :func:`push_blocks` gives the same result on either, in a
     fraction of the time. The columns come from ``g.kernel_cols`` (or, for graphs without it, from the
-    nonzero ones); a batch of :func:`~gnn_align.graph.collate` with ``edges=False`` holds only those
+    nonzero ones); a batch of :func:`~gnn_align.batch.collate` with ``edges=False`` holds only those
     columns already (``edge_cols``)."""
     kept = getattr(g, "edge_cols", None)
     if kept is not None:

@@ -115,7 +115,7 @@ class NetEncoder(nn.Module):
     @property
     def reads_edges(self) -> bool:
         """Whether it reads the sparse edge tensors (``conv="edge"`` message passing); if not, a batch
-        of :func:`~gnn_align.graph.collate` with ``edges=False`` is all it needs."""
+        of :func:`~gnn_align.batch.collate` with ``edges=False`` is all it needs."""
         return self.conv == "edge" and len(self.convs) > 0
 
     def forward(self, g) -> Tensor:
