@@ -65,16 +65,22 @@ class GNNAligner(nn.Module):
         for k, (a, b) in enumerate(zip(graphs_a, graphs_b, strict=True)):
             if a.group_names != b.group_names:
                 raise ValueError(f"pair {k}: A and B are not the same architecture")
-        batch = collate(list(graphs_a) + list(graphs_b), edges=self.encoder.reads_edges)
-        dtype = next(self.parameters()).dtype
-        for key in ("x", "edge_attr"):  # networks in another precision than the aligner's
-            if batch[key].dtype != dtype:
-                batch[key] = batch[key].to(dtype)
+        batch = self.batch(list(graphs_a) + list(graphs_b))
         emb, mask = pool_groups(self.encoder(batch), batch)
         half = emb.shape[0] // 2
         scores, m = self.head(emb[:half], emb[half:], mask[:half], mask[half:])
         groups = [(k, name) for k, a in enumerate(graphs_a) for name in a.group_names]
         return scores, m, groups
+
+    def batch(self, graphs: Sequence[NetGraph]):
+        """The graphs batched as the encoder reads them (:func:`~gnn_align.batch.collate`, without the sparse
+        edges unless it reads them), node and edge features in the aligner's precision."""
+        batch = collate(graphs, edges=self.encoder.reads_edges)
+        dtype = next(self.parameters()).dtype
+        for key in ("x", "edge_attr"):  # networks in another precision than the aligner's
+            if batch[key].dtype != dtype:
+                batch[key] = batch[key].to(dtype)
+        return batch
 
     def soft(self, graphs_a, graphs_b, n_iters: int = 20, tau: float = 1.0) -> tuple:
         """Differentiable soft permutations (masked Sinkhorn of the scores), for training.

@@ -205,19 +205,13 @@ class _Embedded:
     """Every network embedded once by a learned aligner; pairs scored and decoded from the embeddings."""
 
     def __init__(self, prep: _Prepared, aligner, batch_size: int = 32, progress: bool = False):
-        from .batch import collate
-        from .graph import to_graph
         from .nn import pool_groups
         from .nn.head import unit
 
         self.aligner, self.spec = aligner, prep.spec
-        d, dtype = aligner.config.edge_dim, next(aligner.parameters()).dtype
         embs, masks = [], []
         for s in tqdm(range(0, len(prep.states), batch_size), desc="embedding", disable=not progress):
-            batch = collate([to_graph(st, prep.spec, edge_dim=d, fit="pool") for st in prep.work[s:s + batch_size]],
-                            edges=aligner.encoder.reads_edges)
-            for key in ("x", "edge_attr"):
-                batch[key] = batch[key].to(dtype)
+            batch = aligner.batch([aligner.graph(st, prep.spec) for st in prep.work[s:s + batch_size]])
             with torch.no_grad():
                 emb, mask = pool_groups(aligner.encoder(batch), batch)
             g = len(prep.spec.graph_spec.group_sizes)
