@@ -39,6 +39,7 @@ from gnn_align.io import atomic_write, write_json
 from gnn_align.losses import interpolation_task_loss, pair_matrices, planted_cross_entropy, weight_distance
 from gnn_align.methods import METHODS, PairContext, aligner_methods, method_table
 from gnn_align.metrics import matching_accuracy
+from gnn_align.runtime import keep_freed_memory
 from gnn_align.studies.bench import evaluate_alignment, run_benchmark, to_markdown, write_results
 from gnn_align.tasks import network_task
 from gnn_align.training import distributed as ddp
@@ -516,4 +517,5 @@ def cli(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # the process is ours: no page faults on every large tensor (gnn_align.runtime)
     sys.exit(cli())

@@ -20,6 +20,7 @@ _LAZY = {
                      "random_permutation"), "permute"),
     **dict.fromkeys(("Axis", "NetStructure", "PermutationSpec"), "spec"),
     "spec_from_module": "trace",
+    "keep_freed_memory": "runtime",
 }
 
 
@@ -59,6 +60,7 @@ __all__ = [
     "global_group",
     "identity_permutation",
     "invert_permutation",
+    "keep_freed_memory",
     "merge",
     "random_permutation",
     "relabel",

@@ -13,7 +13,7 @@ from .batch import collate
 from .config import AlignerConfig, resolve
 from .errors import GNNAlignError
 from .graph import NetGraph, to_graph
-from .nn import MatchingHead, NetEncoder, pool_groups
+from .nn import MatchingHead, NetEncoder
 from .ot import hungarian, sinkhorn
 from .spec import PermutationSpec
 
@@ -66,7 +66,7 @@ class GNNAligner(nn.Module):
             if a.group_names != b.group_names:
                 raise ValueError(f"pair {k}: A and B are not the same architecture")
         batch = self.batch(list(graphs_a) + list(graphs_b))
-        emb, mask = pool_groups(self.encoder(batch), batch)
+        emb, mask = self.encoder.embed_groups(batch)
         half = emb.shape[0] // 2
         scores, m = self.head(emb[:half], emb[half:], mask[:half], mask[half:])
         groups = [(k, name) for k, a in enumerate(graphs_a) for name in a.group_names]

@@ -205,7 +205,6 @@ class _Embedded:
     """Every network embedded once by a learned aligner; pairs scored and decoded from the embeddings."""
 
     def __init__(self, prep: _Prepared, aligner, batch_size: int = 32, progress: bool = False):
-        from .nn import pool_groups
         from .nn.head import unit
 
         self.aligner, self.spec = aligner, prep.spec
@@ -213,7 +212,7 @@ class _Embedded:
         for s in tqdm(range(0, len(prep.states), batch_size), desc="embedding", disable=not progress):
             batch = aligner.batch([aligner.graph(st, prep.spec) for st in prep.work[s:s + batch_size]])
             with torch.no_grad():
-                emb, mask = pool_groups(aligner.encoder(batch), batch)
+                emb, mask = aligner.encoder.embed_groups(batch)
             g = len(prep.spec.graph_spec.group_sizes)
             embs.append(emb.view(-1, g, *emb.shape[1:]))
             masks.append(mask.view(-1, g, mask.shape[-1]))

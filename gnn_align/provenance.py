@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .runtime import freed_memory_kept
+
 
 def git_commit(path: str | Path = ".") -> str:
     """The commit checked out at ``path`` (with ``+dirty`` when the work tree has changes), or ``unknown``."""
@@ -49,7 +51,7 @@ def provenance(argv: list | None = None, aligner: str | None = None,
     command = ("gnn-align " + shlex.join(argv[1:]) if argv and Path(argv[0]).name == "gnn-align"
                else "python " + shlex.join(argv))
     out = {"command": command, "commit": git_commit(Path(__file__).resolve().parent),
-           "torch": torch.__version__, "threads": torch.get_num_threads()}
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "freed_memory_kept": freed_memory_kept()}
     if aligner is not None:
         out["aligner"] = aligner
     if aligner_model is not None:

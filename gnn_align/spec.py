@@ -294,8 +294,12 @@ class PermutationSpec:
                         f"key '{key}' axis {d} has size {t.shape[d]}, but group '{a.group}' has "
                         f"{self.group_sizes[a.group]} neurons" + (f" x block {a.block}" if a.block > 1 else "")
                         + f" (shape {tuple(t.shape)}, expected {want})")
-            if check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise StateDictError(f"key '{key}' contains NaN or Inf values")
+        floats = [k for k in self.axes if state_dict[k].is_floating_point()] if check_finite else []
+        if floats and not bool(torch.isfinite(torch.stack([state_dict[k].sum() for k in floats])).all()):
+            # NaN or Inf somewhere (or a sum that overflowed): find the key
+            for key in floats:
+                if not bool(torch.isfinite(state_dict[key]).all()):
+                    raise StateDictError(f"key '{key}' contains NaN or Inf values")
 
     def describe(self) -> str:
         """A readable table: group -> size and the tensors/axes it acts on; then the fixed tensors.

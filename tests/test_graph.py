@@ -179,6 +179,21 @@ def test_nan_anywhere_in_the_graph_is_refused_naming_its_key(fit):
             to_graph(bad, spec, edge_dim=9, fit=fit)
 
 
+def test_finite_values_whose_sum_overflows_are_accepted():
+    """Validate checks finiteness on each tensor's sum first; a sum that overflows (every value
+    finite) must not be taken for NaN/Inf. Control: one Inf among them is refused, named."""
+    module, x = make_family("mlp")
+    spec, state = spec_from_module(module, x), _state(module)
+    big = {k: (t.float() if t.is_floating_point() else t) for k, t in state.items()}
+    big["0.weight"] = torch.full_like(big["0.weight"], 3e38)
+    assert not torch.isfinite(big["0.weight"].sum())
+    to_graph(big, spec)
+    big["2.bias"] = big["2.bias"].clone()
+    big["2.bias"][0] = float("inf")
+    with pytest.raises(StateDictError, match="'2.bias' contains NaN or Inf"):
+        to_graph(big, spec)
+
+
 def test_bad_state_dicts_raise_naming_the_key():
     module, x = make_family("cnn2d_gap")
     spec = spec_from_module(module, x)

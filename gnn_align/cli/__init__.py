@@ -85,6 +85,10 @@ def main(argv: list | None = None) -> int:
     """Run ``gnn-align`` on ``argv`` (default ``sys.argv[1:]``); returns the exit code (2: bad input)."""
     from ..errors import GNNAlignError
 
+    if argv is None:  # run as the program: the process is ours (gnn_align.runtime); a caller's is not
+        from ..runtime import keep_freed_memory
+
+        keep_freed_memory()
     argv = sys.argv[1:] if argv is None else list(argv)
     as_json = "--json" in argv
     parser = build_parser()

@@ -2,8 +2,9 @@
 
 from .conv import NetConv
 from .encoder import NetEncoder, sinusoidal
-from .head import MatchingHead, pool_groups
+from .head import MatchingHead, group_rows, pool_groups
 from .probe import ProbePass
 from .weight_conv import WeightConv
 
-__all__ = ["MatchingHead", "NetConv", "NetEncoder", "ProbePass", "WeightConv", "pool_groups", "sinusoidal"]
+__all__ = ["MatchingHead", "NetConv", "NetEncoder", "ProbePass", "WeightConv", "group_rows", "pool_groups",
+           "sinusoidal"]

@@ -52,12 +52,31 @@ def _columns(mask: Tensor) -> slice | Tensor | None:
 
 class BlockGroup(NamedTuple):
     """Blocks of one shape (and tag): their source and target node rows, ``(G, n_src)`` and
-    ``(G, n_dst)``, their dense weights, ``(G, n_dst, n_src, d)`` (``None`` for residual skips), and
-    the tag they share (:func:`block_plan`)."""
+    ``(G, n_dst)``, their dense weights, ``(G, n_dst, n_src, d)`` (``None`` for residual skips), the
+    tag they share (:func:`block_plan`), and the source and target rows as :func:`span` s (or ``None``)."""
     src: Tensor
     dst: Tensor
     weight: Tensor | None
     tag: object = None
+    src_span: tuple | None = None
+    dst_span: tuple | None = None
+
+
+def span(starts: list, n: int) -> tuple | None:
+    """``(first, step)`` when the ranges ``starts[k] .. starts[k] + n - 1`` are evenly spaced and do
+    not overlap (one layer across a batch of same-architecture graphs), else ``None``: such rows are
+    read and written as a strided view (:func:`rows_view`) instead of by an index."""
+    step = starts[1] - starts[0] if len(starts) > 1 else n
+    return (starts[0], step) if step >= n and all(b - a == step for a, b in itertools.pairwise(starts)) else None
+
+
+def rows_view(x: Tensor, spn: tuple, count: int, n: int) -> Tensor:
+    """``(count, n, *x.shape[1:])``: the ``n`` rows from ``first + k * step`` of ``x`` for each ``k``
+    (``spn = (first, step)``, a :func:`span`), as a view: no copy (``x`` may itself be a view, such
+    as a slice of columns)."""
+    first, step = spn
+    row = x.stride(0)
+    return x.as_strided((count, n, *x.shape[1:]), (step * row, *x.stride()), x.storage_offset() + first * row)
 
 
 class BlockPlan(NamedTuple):
@@ -84,22 +103,40 @@ def block_plan(edge_attr: Tensor, blocks: Tensor, used: slice | Tensor | None = 
     for k, (_, _, n_src, _, n_dst, skip) in enumerate(rows):
         shapes.setdefault((n_src, n_dst, skip, None if tags is None else tags[k]), []).append(k)
     groups = []
-    for (n_src, n_dst, skip, tag), ks in shapes.items():
-        b = blocks[ks] if len(ks) < blocks.shape[0] else blocks
-        src = b[:, SRC0, None] + torch.arange(n_src, device=b.device)
-        dst = b[:, DST0, None] + torch.arange(n_dst, device=b.device)
-        weight = None if skip else _gather_blocks(edge_attr, [rows[k][EDGE0] for k in ks], n_dst * n_src)
-        groups.append(BlockGroup(src, dst, None if skip else weight.view(len(ks), n_dst, n_src, -1), tag))
+    for (n_src, n_dst, skip, tag), same in shapes.items():
+        for ks in _even_parts(same, rows, n_src, n_dst):
+            groups.append(_group(edge_attr, blocks, rows, ks, n_src, n_dst, skip, tag))
     return BlockPlan(groups, used)
+
+
+def _even_parts(ks: list, rows: list, n_src: int, n_dst: int, most: int = 8) -> list:
+    """``ks`` (blocks of one shape) as the fewest interleaved parts ``ks[i::r]`` (``r <= most``) whose
+    sources and targets are each evenly spaced (:func:`span`; e.g. the three hidden layers of a batch of
+    MLPs: one part per layer); ``[ks]`` when no ``r`` does it."""
+    for r in range(1, min(most, len(ks)) + 1):
+        parts = [ks[i::r] for i in range(r)]
+        if all(span([rows[k][SRC0] for k in p], n_src) and span([rows[k][DST0] for k in p], n_dst) for p in parts):
+            return parts
+    return [ks]
+
+
+def _group(edge_attr: Tensor, blocks: Tensor, rows: list, ks: list, n_src: int, n_dst: int, skip: int,
+           tag) -> BlockGroup:
+    """The :class:`BlockGroup` of the blocks ``ks`` (rows of ``blocks``, as ``rows`` lists them)."""
+    b = blocks[ks] if len(ks) < blocks.shape[0] else blocks
+    src = b[:, SRC0, None] + torch.arange(n_src, device=b.device)
+    dst = b[:, DST0, None] + torch.arange(n_dst, device=b.device)
+    weight = None if skip else _gather_blocks(edge_attr, [rows[k][EDGE0] for k in ks], n_dst * n_src)
+    return BlockGroup(src, dst, None if skip else weight.view(len(ks), n_dst, n_src, -1), tag,
+                      span([rows[k][SRC0] for k in ks], n_src), span([rows[k][DST0] for k in ks], n_dst))
 
 
 def _gather_blocks(edge_attr: Tensor, starts: list, n: int) -> Tensor:
     """``(G, n, d)``: the ``n`` edges from each of ``starts``; a strided view, with no copy, when the
     starts are evenly spaced (one layer of a batch of same-architecture graphs), else a gather."""
-    step = starts[1] - starts[0] if len(starts) > 1 else n
-    if edge_attr.is_contiguous() and step >= n and all(b - a == step for a, b in itertools.pairwise(starts)):
-        d = edge_attr.shape[1]
-        return edge_attr.as_strided((len(starts), n, d), (step * d, d, 1), edge_attr.storage_offset() + starts[0] * d)
+    spn = span(starts, n) if edge_attr.is_contiguous() else None
+    if spn is not None:
+        return rows_view(edge_attr, spn, len(starts), n)
     index = torch.tensor(starts, device=edge_attr.device)[:, None] + torch.arange(n, device=edge_attr.device)
     return edge_attr[index]
 
@@ -133,17 +170,21 @@ def push_blocks(plan: BlockPlan, h: Tensor, read: Tensor, reverse: bool = False,
     r0, r1 = (0, h.shape[0]) if rows is None else rows
     read = read if plan.used is None else read[plan.used]
     out = h.new_zeros(r1 - r0, h.shape[1])
-    for src, dst, weight, _ in plan.groups:
+    for src, dst, weight, _, src_span, dst_span in plan.groups:
         if reverse:
-            src, dst = dst, src
-        dst = dst.flatten() - r0
+            src, dst, src_span, dst_span = dst, src, dst_span, src_span
+        count, n_src, n_dst = src.shape[0], src.shape[1], dst.shape[1]
+        h_src = h[src] if src_span is None else rows_view(h, src_span, count, n_src)  # (G, sources, K)
         if weight is None:  # residual skips
-            out = out.index_add(0, dst, h[src.flatten()])
-            continue
-        w = weight.to(h.dtype)  # (G, targets, sources, d)
-        n_blocks, d = w.shape[0], w.shape[-1]
-        w = w.permute(0, 3, 2, 1) if reverse else w.permute(0, 3, 1, 2)  # (G, d, rows, cols)
-        y = torch.matmul(w.reshape(n_blocks, d * w.shape[2], w.shape[3]), h[src])  # (G, d * rows, K)
-        y = y * read[0] if d == 1 else (y.view(n_blocks, d, w.shape[2], -1) * read[None, :, None, :]).sum(1)
-        out = out.index_add(0, dst, y.reshape(-1, h.shape[1]))
+            y = h_src
+        else:
+            w = weight.to(h.dtype)  # (G, targets, sources, d)
+            d = w.shape[-1]
+            w = w.permute(0, 3, 2, 1) if reverse else w.permute(0, 3, 1, 2)  # (G, d, targets, sources)
+            y = torch.matmul(w.reshape(count, d * n_dst, n_src), h_src)  # (G, d * targets, K)
+            y = y * read[0] if d == 1 else (y.view(count, d, n_dst, -1) * read[None, :, None, :]).sum(1)
+        if dst_span is None:
+            out = out.index_add(0, dst.flatten() - r0, y.reshape(-1, h.shape[1]))
+        else:  # the targets as a view of out, added in place
+            rows_view(out, (dst_span[0] - r0, dst_span[1]), count, n_dst).add_(y.view(count, n_dst, -1))
     return out

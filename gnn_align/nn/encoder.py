@@ -13,7 +13,8 @@ from ..graph import EDGE_SKIP
 from ..spec import NODE_FEATURES, NODE_HIDDEN
 from .blocks import graph_plan, nodeset_ids
 from .conv import NetConv
-from .probe import ProbePass
+from .head import group_rows, pool_groups
+from .probe import ProbePass, ProbeResponses
 from .weight_conv import WeightConv
 
 __all__ = ["CONVS", "NetEncoder", "nodeset_normalize", "sinusoidal"]
@@ -118,7 +119,19 @@ class NetEncoder(nn.Module):
         of :func:`~gnn_align.batch.collate` with ``edges=False`` is all it needs."""
         return self.conv == "edge" and len(self.convs) > 0
 
-    def forward(self, g) -> Tensor:
+    def embed_groups(self, g) -> tuple:
+        """The embeddings of every permutation group's neurons, pooled by position
+        (:func:`~gnn_align.nn.head.pool_groups` of :meth:`forward`), computed for those neurons only.
+
+        Returns:
+            ``(emb, mask)``: (G, n_max, D) and (G, n_max), as :func:`~gnn_align.nn.head.pool_groups`.
+        """
+        rows = group_rows(g)
+        return pool_groups(self(g, rows), g, rows)
+
+    def forward(self, g, rows: Tensor | None = None) -> Tensor:
+        """The embeddings of every node, ``(N, D)``, or of the nodes ``rows`` only, ``(len(rows), D)``
+        (then the last round of message passing updates only those)."""
         kept = getattr(g, "edge_cols", None)  # collate(..., edges=False): edge_attr holds these columns only
         width = g.edge_attr.shape[1] if kept is None else kept.shape[1]
         if width != self.edge_dim:
@@ -129,17 +142,32 @@ class NetEncoder(nn.Module):
         dtype = self.node_in.weight.dtype
         if (self.scale_invariant or self.conv == "weight") and getattr(g, "blocks", None) is None:
             raise ValueError("the graph has no 'blocks' (made by an older gnn_align?); rebuild it with to_graph")
-        probe = self.probe(g) if self.probe is not None else None
-        h = self.node_in(self.node_features(g, probe))
+        probe = self.probe.responses(g) if self.probe is not None else None
+        h = self.input_states(g, probe)
         if self.conv == "weight" and len(self.convs):
             plan = graph_plan(g)  # once for every round
-            for conv in self.convs:
-                h = conv.forward_blocks(h, g, plan)
-        elif len(self.convs):
-            e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
-                (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))
-            for conv in self.convs:
-                h, e = conv(h, g.edge_index, e)
+            for k, conv in enumerate(self.convs):
+                h = conv.forward_blocks(h, g, plan, rows if k == len(self.convs) - 1 else None)
+        else:
+            if len(self.convs):
+                e = self.edge_in(torch.cat([g.edge_attr.to(dtype), nn.functional.one_hot(
+                    (g.edge_type == EDGE_SKIP).long(), 2).to(dtype)], dim=-1))
+                for conv in self.convs:
+                    h, e = conv(h, g.edge_index, e)
+            h = h if rows is None else h[rows]
         if probe is None:
             return h
-        return torch.cat([self.gains[0] * nn.functional.normalize(h, dim=-1), self.gains[1] * probe], dim=-1)
+        at = probe.pos if rows is None else probe.pos[rows]
+        out = torch.cat([self.gains[0] * nn.functional.normalize(h, dim=-1), probe.fwd[at], probe.bwd[at]], dim=-1)
+        out[:, h.shape[1]:] *= self.gains[1]  # [w_h * normalize(h), w_p * probe responses]: no extra copy
+        return out
+
+    def input_states(self, g, probe: ProbeResponses | None = None) -> Tensor:
+        """``node_in`` of :meth:`node_features` with the probe responses: the same product, with the
+        probe columns' share computed apart (:meth:`ProbeResponses.project`) instead of copied into the
+        features. Shapes: (N, hidden)."""
+        x = self.node_features(g)
+        if probe is None:
+            return self.node_in(x)
+        w = self.node_in.weight
+        return nn.functional.linear(x, w[:, :x.shape[1]], self.node_in.bias) + probe.project(w[:, x.shape[1]:])

@@ -10,23 +10,41 @@ from ..config import AlignerConfig
 from ..graph import global_group
 
 
-def pool_groups(h: Tensor, g) -> tuple:
+def group_rows(g) -> Tensor:
+    """The rows of the nodes that belong to a permutation group (the hidden neurons), ascending: the
+    only embeddings :func:`pool_groups` reads. Shapes: (M,) long."""
+    return (global_group(g) >= 0).nonzero().flatten()
+
+
+def pool_groups(h: Tensor, g, rows: Tensor | None = None) -> tuple:
     """Average node embeddings over the node sets of each permutation group, position by position.
 
     A residual stream's group spans several node sets whose neurons move together; its neuron ``i``
     is represented by the mean embedding of position ``i`` over all those node sets.
 
+    Args:
+        h: the embeddings of every node, or with ``rows`` of those nodes only.
+        g: the graph(s).
+        rows: :func:`group_rows` of ``g``, when ``h`` holds only theirs.
+
     Returns:
         ``(emb, mask)``: ``emb`` (G, n_max, H) per global group (in batch order) and position,
         ``mask`` (G, n_max) marking the real positions of each group.
     """
-    gg = global_group(g)
-    keep = gg >= 0
-    gg, pos, h = gg[keep], g.perm_pos[keep], h[keep]
+    if rows is None:
+        rows = group_rows(g)
+        h = h[rows]
+    gg, pos = global_group(g)[rows], g.perm_pos[rows]
     num = int(torch.as_tensor(g.num_groups).sum())
     sizes = scatter(pos + 1, gg, dim_size=num, reduce="max")
     n_max = int(sizes.max()) if num else 0
-    emb = scatter(h, gg * n_max + pos, dim=0, dim_size=num * n_max, reduce="mean")
+    slot = gg * n_max + pos
+    if len(slot) == num * n_max and torch.equal(slot, torch.arange(len(slot), device=slot.device)):
+        emb = h  # every group one node set of n_max neurons, in order (a batch of one MLP architecture)
+    elif len(slot) and int(torch.bincount(slot).max()) == 1:  # every group one node set (no residual stream)
+        emb = h.new_zeros(num * n_max, h.shape[1]).index_copy_(0, slot, h)
+    else:
+        emb = scatter(h, slot, dim=0, dim_size=num * n_max, reduce="mean")
     mask = torch.arange(n_max, device=h.device)[None, :] < sizes[:, None]
     return emb.view(num, n_max, -1), mask
 

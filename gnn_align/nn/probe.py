@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,26 @@ _BIAS, _NORM_W, _NORM_B, _RUN_MEAN, _RUN_VAR = (NODE_FEATURES.index(f) for f in 
 #: the activations the probe pass runs, by their names in the one table :data:`gnn_align.archs.ACTIVATIONS`
 #: (tests/test_aligner.py checks it): name -> function of (pre-activation, w0); ``sine`` is SIREN's sin(w0 z)
 ACTIVATIONS = {"relu": lambda z, w0: z.relu(), "tanh": lambda z, w0: z.tanh(), "sine": lambda z, w0: (w0 * z).sin()}
+
+
+class ProbeResponses(NamedTuple):
+    """A :class:`ProbePass`'s normalised forward and backward responses, ``(N, K)`` each, with the
+    nodes in evaluation order: node ``i``'s are row ``pos[i]``."""
+    fwd: Tensor
+    bwd: Tensor
+    pos: Tensor
+
+    def rows(self, nodes: Tensor | None = None) -> Tensor:
+        """``(len(nodes), 2K)``: the responses ``[forward, backward]`` of ``nodes`` (default: every node),
+        in that order."""
+        at = self.pos if nodes is None else self.pos[nodes]
+        return torch.cat([self.fwd[at], self.bwd[at]], dim=-1)
+
+    def project(self, weight: Tensor) -> Tensor:
+        """``rows() @ weight.T`` (``weight``: ``(H, 2K)``), in node order, without gathering the responses
+        of every node first. Shapes: (N, H)."""
+        k = self.fwd.shape[1]
+        return torch.addmm(self.fwd @ weight[:, :k].t(), self.bwd, weight[:, k:].t())[self.pos]
 
 
 class ProbePass(nn.Module):
@@ -98,6 +120,11 @@ class ProbePass(nn.Module):
         raise ValueError("the network graph has a cycle")
 
     def forward(self, g) -> Tensor:
+        return self.responses(g).rows()
+
+    def responses(self, g) -> ProbeResponses:
+        """The normalised responses in evaluation order, as :class:`ProbeResponses` (what
+        :meth:`forward` returns in node order, read without copying every node's)."""
         dtype = self.read_fwd.dtype
         if getattr(g, "blocks", None) is None:
             raise ValueError("the graph has no 'blocks' (made by an older gnn_align?); rebuild it with to_graph")
@@ -142,8 +169,7 @@ class ProbePass(nn.Module):
             gb[r] = torch.where(is_out[r], gb[r], agg)
         z[:start[1]] = 0.0  # no forward response at the inputs, no backward one at the outputs
         gb = torch.where(is_out, 0.0, gb)
-        out = torch.cat([nn.functional.normalize(z, dim=-1), nn.functional.normalize(gb, dim=-1)], dim=-1)
-        return out[pos]
+        return ProbeResponses(nn.functional.normalize(z, dim=-1), nn.functional.normalize(gb, dim=-1), pos)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(probes={self.probes}, edge_dim={self.edge_dim}, "

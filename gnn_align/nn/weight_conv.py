@@ -82,12 +82,16 @@ class WeightConv(MessagePassing):
     def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
         return weight * x_j
 
-    def forward_blocks(self, h: Tensor, g, plan: BlockPlan | None = None) -> Tensor:
+    def forward_blocks(self, h: Tensor, g, plan: BlockPlan | None = None, rows: Tensor | None = None) -> Tensor:
         """:meth:`forward` over the dense weight blocks of ``g`` (a NetGraph or a batch of them);
-        ``plan``: their :func:`~gnn_align.nn.blocks.block_plan`, when several rounds share it."""
+        ``plan``: their :func:`~gnn_align.nn.blocks.block_plan`, when several rounds share it;
+        ``rows``: update only these nodes and return their states, ``(len(rows), H)`` (a last round)."""
         plan = graph_plan(g) if plan is None else plan
-        fwd = push_blocks(plan, self.lin_fwd(h), self.read_fwd)
-        bwd = push_blocks(plan, self.lin_bwd(h), self.read_bwd, reverse=True)
+        both = nn.functional.linear(h, torch.cat([self.lin_fwd.weight, self.lin_bwd.weight]))  # one pass over h
+        fwd = push_blocks(plan, both[:, :self.hidden], self.read_fwd)
+        bwd = push_blocks(plan, both[:, self.hidden:], self.read_bwd, reverse=True)
+        if rows is not None:
+            h, fwd, bwd = h[rows], fwd[rows], bwd[rows]
         return self._update(h, fwd, bwd)
 
     def __repr__(self) -> str:
