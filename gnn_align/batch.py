@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch_geometric.data import Batch
 
+from .nn.blocks import columns
+
 #: per-node and per-edge keys of a NetGraph made by :func:`~gnn_align.graph.to_graph` (concatenated as they are)
 _NODE_KEYS = ("x", "node_type", "node_depth", "perm_group", "perm_pos")
 _EDGE_KEYS = ("edge_attr", "edge_type")
@@ -45,7 +47,8 @@ def collate(graphs, edges: bool = True) -> Batch:
         out["edge_index"] = torch.cat([g.edge_index for g in graphs], 1) + ptr["x"][:-1].repeat_interleave(edges_per)
     else:
         cols = out["kernel_cols"].any(0)
-        out["edge_attr"] = torch.cat([g.edge_attr[:, cols] for g in graphs])
+        keep = columns(cols)  # a slice when the columns are a range (a view per graph, one copy in the cat)
+        out["edge_attr"] = torch.cat([g.edge_attr if keep is None else g.edge_attr[:, keep] for g in graphs])
         out["edge_cols"] = cols[None]
     batch = Batch(_base_cls=type(graphs[0]), **out, **{k: [g[k] for g in graphs] for k in lists},
                   batch=torch.repeat_interleave(torch.arange(len(graphs)), nodes), ptr=ptr["x"],

@@ -10,7 +10,7 @@ from torch_geometric.utils import scatter
 from gnn_align import global_group, spec_from_module, to_graph
 from gnn_align.archs import MLP
 from gnn_align.batch import collate
-from gnn_align.nn import NetEncoder, group_rows, pool_groups
+from gnn_align.nn import NetEncoder, ProbePass, WeightConv, group_rows, pool_groups
 from gnn_align.nn.blocks import BlockPlan, graph_plan, push_blocks
 
 from .conftest import make_family
@@ -106,3 +106,35 @@ def test_input_states_equal_node_in_of_the_concatenated_features():
     probe = enc.probe.responses(g)
     assert torch.equal(probe.rows(), enc.probe(g))
     assert torch.allclose(enc.input_states(g, probe), enc.node_in(enc.node_features(g, enc.probe(g))), atol=1e-12)
+
+
+def test_weight_conv_update_equals_its_mlp_on_the_concatenation_with_gradients():
+    torch.manual_seed(0)
+    conv = WeightConv(8, edge_dim=9)
+    h, fwd, bwd = (torch.randn(30, 8, requires_grad=True) for _ in range(3))
+    nf, nb = (torch.nn.functional.normalize(t, dim=-1, eps=conv.eps) for t in (fwd, bwd))
+    plain = conv.norm(h + conv.node_mlp(torch.cat([h, nf, nb], dim=-1)))
+    split = conv._update(h, fwd, bwd)
+    assert torch.allclose(split, plain, atol=1e-12)
+    params = [h, fwd, bwd, *conv.parameters()]
+    used = [p for p in params if p is not conv.read_fwd and p is not conv.read_bwd
+            and p is not conv.lin_fwd.weight and p is not conv.lin_bwd.weight]
+    ga = torch.autograd.grad(split.square().sum(), used)
+    gb = torch.autograd.grad(plain.square().sum(), used)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(ga, gb, strict=True))
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet2d_bn"])
+def test_probe_pass_gradients_match_finite_differences(name):
+    """The probe pass writes some of its tensors in place (slices per level, the outputs' backward rows);
+    autograd must still give its true gradient (gradcheck, float64)."""
+    g = _graph(*make_family(name))
+    torch.manual_seed(0)
+    probe = ProbePass(probes=2, edge_dim=9)
+    names = ["in_probe.weight", "out_probe.weight", "read_fwd", "read_bwd"]
+    params = {k: v.detach().clone().requires_grad_() for k, v in probe.named_parameters()}
+
+    def run(*values):
+        return torch.func.functional_call(probe, dict(zip(names, values, strict=True)), (g,))
+
+    assert torch.autograd.gradcheck(run, tuple(params[k] for k in names), eps=1e-6, atol=1e-5)

@@ -36,14 +36,14 @@ def used_columns(g) -> tuple:
     columns already (``edge_cols``)."""
     kept = getattr(g, "edge_cols", None)
     if kept is not None:
-        return g.edge_attr, _columns(kept[0])
+        return g.edge_attr, columns(kept[0])
     cols = getattr(g, "kernel_cols", None)
-    used = _columns(g.edge_attr.ne(0).any(0) if cols is None else cols.any(0))
+    used = columns(g.edge_attr.ne(0).any(0) if cols is None else cols.any(0))
     return (g.edge_attr, None) if used is None else (g.edge_attr[:, used].contiguous(), used)
 
 
-def _columns(mask: Tensor) -> slice | Tensor | None:
-    """The columns ``mask`` keeps: ``None`` for all, a slice for a range, else the mask."""
+def columns(mask: Tensor) -> slice | Tensor | None:
+    """The columns ``mask`` (bool, ``(d,)``) keeps: ``None`` for all, a slice for a range, else the mask."""
     idx = mask.nonzero().flatten().tolist()
     if len(idx) == len(mask):
         return None

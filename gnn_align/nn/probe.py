@@ -146,6 +146,7 @@ class ProbePass(nn.Module):
         attr, used = used_columns(g)
         idx = torch.where(fixed, g.perm_pos, 0)[order]
         has_bn = (x[:, _RUN_VAR] > 0)[:, None]
+        any_bn = bool(has_bn.any())
         bn_scale = x[:, _NORM_W:_NORM_W + 1] / (x[:, _RUN_VAR:_RUN_VAR + 1] + 1e-5).sqrt()
         # forward: pre-activations z and activations a, one level at a time (level 0: the inputs)
         z = x.new_zeros(n, self.probes)
@@ -157,19 +158,22 @@ class ProbePass(nn.Module):
             r = slice(start[d], start[d + 1])
             new = push_blocks(plan.tagged(lambda t, d=d: t[0] == d), a, self.read_fwd, False, (r.start, r.stop))
             new = new + x[r, _BIAS:_BIAS + 1]
-            bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
             z[r] = new
-            a[r] = ACTIVATIONS[self.activation](torch.where(has_bn[r], bn, new), self.w0)
+            if any_bn:
+                bn = (new - x[r, _RUN_MEAN:_RUN_MEAN + 1]) * bn_scale[r] + x[r, _NORM_B:_NORM_B + 1]
+                new = torch.where(has_bn[r], bn, new)
+            a[r] = ACTIVATIONS[self.activation](new, self.w0)
         # backward: linear, from the output probes towards the inputs (input neurons stay zero)
         is_out = (kind == NODE_OUTPUT)[:, None]
-        gb = torch.where(is_out, self.out_probe(idx), 0.0)
+        out_rows = is_out.flatten().nonzero().flatten()
+        gb = x.new_zeros(n, self.probes).index_put_((out_rows,), self.out_probe(idx[out_rows]))
         for d in range(top - 1, 0, -1):
             r = slice(start[d], start[d + 1])
             agg = push_blocks(plan.tagged(lambda t, d=d: t[1] == d), gb, self.read_bwd, True, (r.start, r.stop))
             gb[r] = torch.where(is_out[r], gb[r], agg)
         z[:start[1]] = 0.0  # no forward response at the inputs, no backward one at the outputs
-        gb = torch.where(is_out, 0.0, gb)
-        return ProbeResponses(nn.functional.normalize(z, dim=-1), nn.functional.normalize(gb, dim=-1), pos)
+        bwd = nn.functional.normalize(gb, dim=-1).index_fill_(0, out_rows, 0.0)
+        return ProbeResponses(nn.functional.normalize(z, dim=-1), bwd, pos)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(probes={self.probes}, edge_dim={self.edge_dim}, "

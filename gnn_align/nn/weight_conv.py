@@ -67,7 +67,10 @@ class WeightConv(MessagePassing):
     def _update(self, h: Tensor, fwd: Tensor, bwd: Tensor) -> Tensor:
         fwd = nn.functional.normalize(fwd, dim=-1, eps=self.eps)
         bwd = nn.functional.normalize(bwd, dim=-1, eps=self.eps)
-        return self.norm(h + self.node_mlp(torch.cat([h, fwd, bwd], dim=-1)))
+        first, act, second = self.node_mlp  # phi([h, fwd, bwd]), its first layer one block of columns at a time
+        w, k = first.weight, self.hidden
+        z = torch.addmm(first.bias, h, w[:, :k].t()).addmm_(fwd, w[:, k:2 * k].t()).addmm_(bwd, w[:, 2 * k:].t())
+        return self.norm(h + second(act(z)))
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_type: Tensor | None = None) -> Tensor:
         skip = torch.zeros(edge_attr.shape[0], 1, dtype=torch.bool, device=h.device) if edge_type is None \
@@ -87,9 +90,8 @@ class WeightConv(MessagePassing):
         ``plan``: their :func:`~gnn_align.nn.blocks.block_plan`, when several rounds share it;
         ``rows``: update only these nodes and return their states, ``(len(rows), H)`` (a last round)."""
         plan = graph_plan(g) if plan is None else plan
-        both = nn.functional.linear(h, torch.cat([self.lin_fwd.weight, self.lin_bwd.weight]))  # one pass over h
-        fwd = push_blocks(plan, both[:, :self.hidden], self.read_fwd)
-        bwd = push_blocks(plan, both[:, self.hidden:], self.read_bwd, reverse=True)
+        fwd = push_blocks(plan, self.lin_fwd(h), self.read_fwd)
+        bwd = push_blocks(plan, self.lin_bwd(h), self.read_bwd, reverse=True)
         if rows is not None:
             h, fwd, bwd = h[rows], fwd[rows], bwd[rows]
         return self._update(h, fwd, bwd)
