@@ -130,11 +130,11 @@ def test_probe_pass_gradients_match_finite_differences(name):
     autograd must still give its true gradient (gradcheck, float64)."""
     g = _graph(*make_family(name))
     torch.manual_seed(0)
-    probe = ProbePass(probes=2, edge_dim=9)
+    probe = ProbePass(probes=2, edge_dim=9, max_fixed=6)
     names = ["in_probe.weight", "out_probe.weight", "read_fwd", "read_bwd"]
     params = {k: v.detach().clone().requires_grad_() for k, v in probe.named_parameters()}
 
     def run(*values):
         return torch.func.functional_call(probe, dict(zip(names, values, strict=True)), (g,))
 
-    assert torch.autograd.gradcheck(run, tuple(params[k] for k in names), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(run, tuple(params[k] for k in names), eps=1e-6, atol=1e-5, fast_mode=True)
