@@ -18,6 +18,7 @@ from gnn_align.methods import (
     AUTO_LONG_REFINE,
     AUTO_REFINE_STEPS,
     METHODS,
+    SINKHORN_LR,
     SINKHORN_STEPS,
     Method,
     PairContext,
@@ -196,7 +197,7 @@ def test_auto_skips_refinement_without_time_and_falls_back_without_data():
 def test_auto_refinement_schedule_grows_with_the_budget():
     assert auto_refine_schedule(AUTO_LONG_REFINE - 0.01)["steps"] == AUTO_REFINE_STEPS
     assert auto_refine_schedule(0.5) == auto_refine_schedule(0.0)
-    assert auto_refine_schedule(AUTO_LONG_REFINE) == {"steps": SINKHORN_STEPS, "lr": 0.1}
+    assert auto_refine_schedule(AUTO_LONG_REFINE) == {"steps": SINKHORN_STEPS, "lr": SINKHORN_LR}
 
 
 def test_lookup_gives_auto_the_budget_after_the_at_sign():
