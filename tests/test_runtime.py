@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-import gnn_align.runtime as runtime
+from gnn_align import runtime
 from gnn_align.cli import main
 
 
