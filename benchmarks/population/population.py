@@ -37,6 +37,7 @@ from gnn_align.permute import apply_permutation, identity_permutation
 from gnn_align.population import distance, distances_to, pairwise
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
+from gnn_align.runtime import keep_freed_memory
 from gnn_align.studies.report import markdown_table, write_report
 from gnn_align.tasks import network_task
 from gnn_align.trace import spec_from_module
@@ -240,4 +241,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a program of its own, as gnn-align and train.py (gnn_align.runtime)
     main()
