@@ -2,8 +2,8 @@ r"""Steps, learning rate and warm-start scale of Sinkhorn re-basin, on validatio
 
 For seeded *validation* pairs of a zoo (never the reported test pairs), runs ``gnn+sinkhorn`` (or another
 Sinkhorn-based method) once per setting, a setting being keyword arguments that override what the method
-passes to :func:`gnn_align.baselines.sinkhorn_rebasin` (``steps``, ``lr``, ``init_scale``), and reports the mean
-Deep-Align barrier (BatchNorm statistics reset) and the median seconds a pair. Writes
+passes to :func:`gnn_align.baselines.sinkhorn_rebasin` (``steps``, ``lr``, ``init_scale``, ``batch_size``), and
+reports the mean Deep-Align barrier (BatchNorm statistics reset) and the median seconds a pair. Writes
 ``OUT/sinkhorn_settings-ZOO.{json,md}`` with provenance.
 
     python benchmarks/refine/sinkhorn_settings.py --zoo digits-resnet --aligner v2 --pairs 20 \\
@@ -33,7 +33,7 @@ from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo
 from gnn_align.zoo.pairs import independent_pairs
 
-KINDS = {"steps": int, "lr": float, "init_scale": float}
+KINDS = {"steps": int, "lr": float, "init_scale": float, "batch_size": int}
 
 
 def parse_settings(text: str) -> list:
