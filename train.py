@@ -75,9 +75,12 @@ class Config:
     schedule: str = "cosine"  # learning-rate schedule over all steps: cosine (to 0) or none
     weight_decay: float = 5e-4
     clip: float = 1.0  # gradient-norm clip
+    pseudo_labels: str = ""  # JSON of permutations of training pairs to imitate (explore/pseudo_labels.py)
+    pseudo_per_step: int = 0  # pairs of pseudo_labels per step (cross-entropy towards their permutations)
     w_planted: float = 1.0
     w_l2: float = 1.0
     w_task: float = 1.0
+    w_pseudo: float = 1.0
     task_batch: int = 32  # inputs per task-loss evaluation
     sinkhorn_iters: int = 20
     tau: float = 1.0
@@ -199,6 +202,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, (lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
                                                        if cfg.schedule == "cosine" else (lambda t: 1.0))
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.pseudo = read_pseudo_labels(cfg, self.train_zoo) if cfg.pseudo_per_step else []
         self.weights = member_weights(self.train_zoo, cfg.member_weights)
         self.modules = [build_arch(m["arch"]).eval() for m in self.train_zoo.members]
         vgen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -254,8 +258,9 @@ class Trainer:
         """The global batch of one step, drawn from the run's generator (the same on every rank).
 
         Returns:
-            ``(planted, unlabelled)``: planted pairs, and ``(i, j, sel, lam)`` per independent pair
-            (zoo indices, the task-batch rows and the interpolation weight of its task loss).
+            ``(planted, unlabelled, pseudo)``: planted pairs, ``(i, j, sel, lam)`` per independent pair
+            (zoo indices, the task-batch rows and the interpolation weight of its task loss), and
+            ``(i, j, permutation)`` per pseudo-labelled pair (``pseudo_per_step``).
         """
         cfg, zoo, gen = self.cfg, self.train_zoo, self.gen
         planted = [planted_pair(zoo, i, gen) for i in sample_networks(zoo, cfg.planted_per_step, gen, self.weights)]
@@ -266,19 +271,27 @@ class Trainer:
             n = network_task(zoo, i).x_train.shape[0]
             sel = torch.randint(0, n, (cfg.task_batch,), generator=gen)
             unlabelled.append((i, j, sel, float(torch.rand((), generator=gen))))
-        return planted, unlabelled
+        pseudo = []
+        if cfg.pseudo_per_step:  # drawn last, so that runs without pseudo-labels draw what they drew before
+            picks = torch.randint(0, len(self.pseudo), (cfg.pseudo_per_step,), generator=gen).tolist()
+            pseudo = [self.pseudo[k] for k in picks]
+        return planted, unlabelled, pseudo
 
     def step(self) -> dict:
         """One optimiser step on the global batch; returns its losses (summed over ranks)."""
         cfg, zoo = self.cfg, self.train_zoo
-        planted, unlabelled = self.draw()
-        mine = ddp.shard([("planted", p) for p in planted] + [("pair", u) for u in unlabelled], self.info)
+        planted, unlabelled, pseudo = self.draw()
+        mine = ddp.shard([("planted", p) for p in planted] + [("pair", u) for u in unlabelled]
+                         + [("pseudo", u) for u in pseudo], self.info)
         planted = [p for kind, p in mine if kind == "planted"]
         # (A, B, member, task of A, rows, lam): B fits the same data (same member; in INR zoos the same signal)
         states = [(zoo.state_dict(i), zoo.state_dict(j), zoo.member_of(i), network_task(zoo, i), sel, lam)
                   for i, j, sel, lam in (u for kind, u in mine if kind == "pair")]
+        pseudo = [u for kind, u in mine if kind == "pseudo"]  # (i, j, target permutation)
         ga = [self.graph(p.a, zoo, p.member) for p in planted] + [self.graph(s[0], zoo, s[2]) for s in states]
         gb = [self.graph(p.b, zoo, p.member) for p in planted] + [self.graph(s[1], zoo, s[2]) for s in states]
+        ga += [self.graph(zoo.state_dict(i), zoo, zoo.member_of(i)) for i, _, _ in pseudo]
+        gb += [self.graph(zoo.state_dict(j), zoo, zoo.member_of(i)) for i, j, _ in pseudo]
         soft, scores, mask, groups = self.model(ga, gb, cfg.sinkhorn_iters, cfg.tau)
         # losses normalised by the global batch: planted rows counted over all ranks, pairs drawn
         losses, zero = {}, scores.new_zeros(())
@@ -293,8 +306,20 @@ class Trainer:
                     target = planted[k].graph_target[g]
                     targets[t, :len(target)] = target
                 losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
+        if cfg.pseudo_per_step:  # cross-entropy towards the optimiser's permutations, per neuron
+            first = len(planted) + len(states)
+            rows = [r for r, (k, _) in enumerate(groups) if k >= first]
+            n_rows = ddp.all_reduce_sum(torch.tensor(float(mask[rows].any(-1).sum()) if rows else 0.0), self.info)
+            losses["pseudo"] = zero
+            if rows:
+                targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
+                for t, r in enumerate(rows):
+                    k, g = groups[r]
+                    target = pseudo[k - first][2][g]
+                    targets[t, :len(target)] = target
+                losses["pseudo"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
         if unlabelled:
-            mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):]
+            mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):len(planted) + len(states)]
             l2, task = zero, zero
             for (a, b, member, t, sel, lam), m in zip(states, mats, strict=True):
                 spec = zoo.spec(member)
@@ -335,6 +360,23 @@ class Trainer:
 #: the lowest per-member ratio :func:`wm_ratio` counts: a member whose barriers sum to about 0 (or below)
 #: would otherwise outweigh every other member (one such member took a run's ratio from 0.85 to 0.38)
 WM_RATIO_FLOOR = 0.1
+
+
+def read_pseudo_labels(cfg: Config, zoo: ModelZoo) -> list:
+    """``[(i, j, {group: LongTensor})]``: the permutations of ``cfg.pseudo_labels`` (made by
+    ``benchmarks/aligner-v2/explore/pseudo_labels.py`` on the training split of the run's zoo)."""
+    try:
+        info = json.loads(Path(cfg.pseudo_labels).read_text())
+        pairs = [(int(i), int(j), {g: torch.tensor(v) for g, v in perm.items()}) for i, j, perm, *_ in info["pairs"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GNNAlignError(f"{cfg.pseudo_labels}: not a pseudo-label file ({type(e).__name__}: {e})") from None
+    if info.get("zoo") != cfg.zoo or info.get("split") != "train" or not pairs:
+        raise GNNAlignError(f"{cfg.pseudo_labels}: pseudo-labels of {info.get('zoo')}/{info.get('split')} "
+                            f"({len(pairs)} pairs); the run needs some of {cfg.zoo}/train")
+    for i, j, perm in pairs:
+        if max(i, j) >= len(zoo) or set(perm) != set(zoo.spec(zoo.member_of(i)).group_sizes):
+            raise GNNAlignError(f"{cfg.pseudo_labels}: pair ({i}, {j}) does not fit the zoo's training split")
+    return pairs
 
 
 def wm_ratio(members: list, barriers: list, wm: list) -> float:

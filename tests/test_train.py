@@ -257,3 +257,34 @@ def test_run_killed_with_sigkill_resumes_to_the_same_weights(zoo_root, tmp_path)
     assert torch.equal(a["rng"], b["rng"])
     assert [json.loads(s)["epoch"] for s in (cut / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (cut / "aligner.safetensors").read_bytes() == (tmp_path / "full" / "aligner.safetensors").read_bytes()
+
+
+def test_pseudo_labels_add_a_cross_entropy_towards_their_permutations(zoo_root, tmp_path, monkeypatch):
+    """Pseudo-label a pair whose B is A permuted: the right permutation costs less than a wrong one (the
+    untrained probe pass already matches a permuted copy). A file of another zoo is refused in one line."""
+    from gnn_align import apply_permutation, invert_permutation, random_permutation
+    from gnn_align.errors import GNNAlignError
+
+    cfg = _cfg(zoo_root, tmp_path / "run", planted_per_step=1, unlabelled_per_step=0, pseudo_per_step=1)
+    zoo = train.Trainer(dataclasses.replace(cfg, pseudo_per_step=0)).train_zoo
+    assert zoo.member_of(1) == zoo.member_of(0)
+    spec = zoo.spec(zoo.member_of(0))
+    perm = random_permutation(spec, torch.Generator().manual_seed(3))  # aligns B (network "1") to A (0)
+    a = zoo.state_dict(0)
+    b = apply_permutation(a, invert_permutation(perm, spec), spec)
+    assert torch.equal(apply_permutation(b, perm, spec)["0.weight"], a["0.weight"])
+    losses = {}
+    for name, label in [("right", perm), ("wrong", {g: v.roll(1) for g, v in perm.items()})]:
+        path = tmp_path / f"{name}.json"
+        pairs = [[0, 1, {g: v.tolist() for g, v in label.items()}, 0]]
+        path.write_text(json.dumps({"zoo": cfg.zoo, "split": "train", "pairs": pairs}))
+        trainer = train.Trainer(dataclasses.replace(cfg, pseudo_labels=str(path)))
+        assert len(trainer.pseudo) == 1
+        real = trainer.train_zoo.state_dict
+        monkeypatch.setattr(trainer.train_zoo, "state_dict", lambda i, real=real: b if i == 1 else real(i))
+        losses[name] = trainer.step()["pseudo"]
+    assert losses["right"] < 0.01 * losses["wrong"]  # found at once against a loss of about 20
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"zoo": "other", "split": "train", "pairs": [[0, 1, {}, 0]]}))
+    with pytest.raises(GNNAlignError, match="bad.json: pseudo-labels of other/train"):
+        train.Trainer(dataclasses.replace(cfg, pseudo_labels=str(bad)))
