@@ -296,28 +296,12 @@ class Trainer:
         # losses normalised by the global batch: planted rows counted over all ranks, pairs drawn
         losses, zero = {}, scores.new_zeros(())
         if cfg.planted_per_step:
-            rows = [r for r, (k, _) in enumerate(groups) if k < len(planted)]
-            n_rows = ddp.all_reduce_sum(torch.tensor(float(mask[rows].any(-1).sum()) if rows else 0.0), self.info)
-            losses["planted"] = zero
-            if rows:
-                targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
-                for t, r in enumerate(rows):
-                    k, g = groups[r]
-                    target = planted[k].graph_target[g]
-                    targets[t, :len(target)] = target
-                losses["planted"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
-        if cfg.pseudo_per_step:  # cross-entropy towards the optimiser's permutations, per neuron
+            losses["planted"] = self.cross_entropy(scores, mask, groups, range(len(planted)),
+                                                   lambda k, g: planted[k].graph_target[g])
+        if cfg.pseudo_per_step:  # towards the optimiser's permutations, per neuron, as the planted pairs'
             first = len(planted) + len(states)
-            rows = [r for r, (k, _) in enumerate(groups) if k >= first]
-            n_rows = ddp.all_reduce_sum(torch.tensor(float(mask[rows].any(-1).sum()) if rows else 0.0), self.info)
-            losses["pseudo"] = zero
-            if rows:
-                targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
-                for t, r in enumerate(rows):
-                    k, g = groups[r]
-                    target = pseudo[k - first][2][g]
-                    targets[t, :len(target)] = target
-                losses["pseudo"] = planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
+            losses["pseudo"] = self.cross_entropy(scores, mask, groups, range(first, len(ga)),
+                                                  lambda k, g: pseudo[k - first][2][g])
         if unlabelled:
             mats = pair_matrices(soft, mask, groups, len(ga))[len(planted):len(planted) + len(states)]
             l2, task = zero, zero
@@ -337,6 +321,19 @@ class Trainer:
             self.update_ema()
         summed = ddp.all_reduce_sum(torch.stack([v.detach() for v in losses.values()]), self.info)
         return dict(zip(losses, summed.tolist(), strict=True))
+
+    def cross_entropy(self, scores, mask, groups, pairs: range, target_of) -> torch.Tensor:
+        """:func:`~gnn_align.losses.planted_cross_entropy` of the groups of the pairs ``pairs`` (positions in
+        this rank's batch) towards ``target_of(pair, group)``, normalised by their rows over all ranks."""
+        rows = [r for r, (k, _) in enumerate(groups) if k in pairs]
+        n_rows = ddp.all_reduce_sum(torch.tensor(float(mask[rows].any(-1).sum()) if rows else 0.0), self.info)
+        if not rows:
+            return scores.new_zeros(())
+        targets = torch.zeros(len(rows), mask.shape[1], dtype=torch.long)
+        for t, r in enumerate(rows):
+            target = target_of(*groups[r])
+            targets[t, :len(target)] = target
+        return planted_cross_entropy(scores[rows], mask[rows], targets, "sum") / n_rows
 
     @torch.no_grad()
     def validate(self) -> dict:
