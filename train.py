@@ -361,7 +361,8 @@ WM_RATIO_FLOOR = 0.1
 
 def read_pseudo_labels(cfg: Config, zoo: ModelZoo) -> list:
     """``[(i, j, {group: LongTensor})]``: the permutations of ``cfg.pseudo_labels`` (made by
-    ``benchmarks/aligner-v2/explore/pseudo_labels.py`` on the training split of the run's zoo)."""
+    ``benchmarks/aligner-v2/explore/pseudo_labels.py`` on the training split of the run's zoo), on the groups
+    of the pairs' graphs (a network with attention: its flat view's, as :attr:`PlantedPair.graph_target`)."""
     try:
         info = json.loads(Path(cfg.pseudo_labels).read_text())
         pairs = [(int(i), int(j), {g: torch.tensor(v) for g, v in perm.items()}) for i, j, perm, *_ in info["pairs"]]
@@ -370,10 +371,13 @@ def read_pseudo_labels(cfg: Config, zoo: ModelZoo) -> list:
     if info.get("zoo") != cfg.zoo or info.get("split") != "train" or not pairs:
         raise GNNAlignError(f"{cfg.pseudo_labels}: pseudo-labels of {info.get('zoo')}/{info.get('split')} "
                             f"({len(pairs)} pairs); the run needs some of {cfg.zoo}/train")
+    out = []
     for i, j, perm in pairs:
-        if max(i, j) >= len(zoo) or set(perm) != set(zoo.spec(zoo.member_of(i)).group_sizes):
+        spec = zoo.spec(zoo.member_of(i)) if max(i, j) < len(zoo) else None
+        if spec is None or set(perm) != set(spec.group_sizes):
             raise GNNAlignError(f"{cfg.pseudo_labels}: pair ({i}, {j}) does not fit the zoo's training split")
-    return pairs
+        out.append((i, j, perm if spec.flat is None else spec.flat.flat_perm(perm)))
+    return out
 
 
 def wm_ratio(members: list, barriers: list, wm: list) -> float:
