@@ -111,6 +111,10 @@ _V2 = {"zoo": "mixed-recipes", "out": "runs/v2", "hidden": 64, "num_layers": 2, 
        "unlabelled_per_step": 4, "member_weights": _MIXED_WEIGHTS, "ema": 0.995, "select": "wm_ratio",
        "val_pairs": 64, "bench_pairs": 0}
 
+_TRANSFORMER = {"zoo": "digits-transformer", "out": "runs/transformer", "hidden": 64, "num_layers": 2,
+                "epochs": 25, "steps_per_epoch": 200, "planted_per_step": 4, "unlabelled_per_step": 8, "w_l2": 0.0,
+                "task_batch": 128, "ema": 0.995, "select": "wm_ratio", "val_pairs": 48, "bench_pairs": 0}
+
 #: named sets of Config defaults (``--preset NAME``; flags given on the command line still win)
 PRESETS = {
     # one aligner for every architecture family of the mixed zoo (MLPs of many widths and depths,
@@ -128,10 +132,9 @@ PRESETS = {
     # transformers (zoo digits-transformer, read as their flat view: gnn_align/flat.py): two rounds of
     # message passing after the probe pass; the task loss of the interpolated network on batches of 128
     # inputs and no weight-distance loss (the loss issue 16's sweep found best): the shipped `transformer`
-    "transformer": {"zoo": "digits-transformer", "out": "runs/transformer", "hidden": 64, "num_layers": 2,
-                    "epochs": 25, "steps_per_epoch": 200, "planted_per_step": 4, "unlabelled_per_step": 8,
-                    "w_l2": 0.0, "task_batch": 128, "ema": 0.995, "select": "wm_ratio", "val_pairs": 48,
-                    "bench_pairs": 0},
+    "transformer": _TRANSFORMER,
+    # the same on the `transformers` zoo (d_model 32-64, 2-4 heads, 1-3 blocks, pre- and post-LN)
+    "transformers": _TRANSFORMER | {"zoo": "transformers", "out": "runs/transformers"},
 }
 
 

@@ -44,6 +44,18 @@ TRANSFORMER_RECIPES = [
     ("adam-const-b2", 2, 300, {"optimizer": "adam", "lr": 2e-3, "schedule": "constant", "epochs": 20,
                                "batch_size": 64}),
 ]
+#: members of the ``transformers`` zoo, spanning d_model 32-64, 2-4 heads and 1-3 blocks (MLP 2 x d_model):
+#: (d_model, heads, blocks, pre-LN, recipe name, train)
+WIDE_TRANSFORMER_RECIPES = [
+    (32, 2, 1, True, "adamw-cos-wd", TRANSFORMER_RECIPES[0][3]),
+    (32, 4, 3, True, "sgd-cos-wd", TRANSFORMER_RECIPES[1][3]),
+    (48, 3, 1, True, "adam-const", TRANSFORMER_RECIPES[2][3]),
+    (48, 2, 2, True, "adamw-step-ls", {"optimizer": "adamw", "lr": 3e-3, "schedule": "step", "weight_decay": 1e-2,
+                                       "label_smoothing": 0.1, "epochs": 20, "batch_size": 64}),
+    (64, 4, 1, True, "sgd-cos-wd", TRANSFORMER_RECIPES[1][3]),
+    (64, 4, 2, False, "adam-const", {"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "epochs": 20,
+                                     "batch_size": 64}),
+]
 SIREN = {"family": "siren", "in_features": 1, "hidden": [32, 32], "out_features": 1, "w0": 3.0}
 SIREN_TRAIN = {"epochs": 400, "lr": 3e-3, "batch_size": 128}
 
@@ -124,6 +136,15 @@ def _transformer_members(scale: float = 1.0) -> list:
                     round(count * scale), train, recipe=name) for name, blocks, count, train in TRANSFORMER_RECIPES]
 
 
+def _wide_transformer_members() -> list:
+    m = []
+    for d, h, b, pre, rname, train in WIDE_TRANSFORMER_RECIPES:
+        arch = dict(DIGITS_TRANSFORMER, d_model=d, heads=h, blocks=b, mlp=2 * d, norm_first=pre)
+        m.append(_member(f"digits-transformer-d{d}-h{h}-b{b}{'' if pre else '-post'}-{rname}", arch, "digits-rows",
+                         170, train, recipe=rname))
+    return m
+
+
 def _residual_members() -> list:
     m = []
     for w, b in [(16, 2), (32, 2), (64, 2), (48, 3)]:
@@ -162,6 +183,9 @@ RECIPES = {
     # small pre-LN transformers (d_model 32, 2 heads, 1 or 2 blocks) on the digits as 8 row tokens, by
     # three training recipes (AdamW / SGD / Adam, with and without weight decay)
     "digits-transformer": {"version": 1, "members": _transformer_members()},
+    # transformers across issue 21's range (d_model 32-64, 2-4 heads, 1-3 blocks, one post-LN member), six
+    # recipes; shards of 85, so two build slices (`--shard 0/2`, `1/2`) hold one shard of every member each
+    "transformers": {"version": 1, "shard_size": 85, "members": _wide_transformer_members()},
     # the aligner's training zoo with transformers: every member of `mixed-recipes` and of
     # `digits-transformer` (0.4 of its networks), other seeds than theirs
     "mixed-transformer": {"version": 1, "members": _mixed_members() + _recipe_members() + _transformer_members(0.4)},

@@ -44,7 +44,7 @@ def test_union_recipes_are_exactly_their_parts():
 
 
 #: the recipes of many architectures take seconds even tiny: the slow set builds them
-MANY_ARCHITECTURES = {"mixed", "recipes", "residual"}
+MANY_ARCHITECTURES = {"mixed", "recipes", "residual", "transformers"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in MANY_ARCHITECTURES else n

@@ -75,13 +75,13 @@ def main() -> None:
     p.add_argument("--results", default="benchmarks/transformer/results.json")
     p.add_argument("--zoo", default="digits-transformer")
     p.add_argument("--root", default=DEFAULT_ZOO_ROOT)
-    p.add_argument("--networks", type=int, default=16, help="fresh networks per setting (pairs: half of it)")
+    p.add_argument("--networks", type=int, default=16, help="fresh networks per setting (pairs: half of it; 0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/transformer")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     zoo = by_member(Path(args.results), Path(args.root) / args.zoo)
-    new = {name: fresh(name, d, h, m, t, args.networks) for name, d, h, m, t in FRESH}
+    new = {name: fresh(name, d, h, m, t, args.networks) for name, d, h, m, t in FRESH} if args.networks else {}
     methods = [k for k in next(iter(zoo.values())) if k != "pairs"]
     ratio = lambda v, n: f"{v:.3f} ({v / n:.2f}×)"
     zoo_rows = [[m, str(d["pairs"])] + [ratio(d[k], d["naive"]) for k in methods] for m, d in zoo.items()]
@@ -89,10 +89,11 @@ def main() -> None:
     md = [f"# Weight matching on transformers by recipe and width\n\n`{provenance()['command']}`\n",
           (f"Test pairs of `{args.zoo}` ({args.results}) by member; each barrier (Deep-Align) and its ratio "
            "to the naive barrier of the same pairs:\n"),
-          markdown_table(["member", "pairs"] + methods, zoo_rows),
-          (f"\nFreshly trained transformers (1 block, pre-LN; seeds 1000..; {args.networks // 2} disjoint pairs "
-          "each):\n"),
-          markdown_table(["setting", "pairs", "naive", "wm"], new_rows)]
+          markdown_table(["member", "pairs"] + methods, zoo_rows)]
+    if new:
+        md += [(f"\nFreshly trained transformers (1 block, pre-LN; seeds 1000..; {args.networks // 2} disjoint "
+                "pairs each):\n"),
+               markdown_table(["setting", "pairs", "naive", "wm"], new_rows)]
     write_report(args.out, "recipes", {"provenance": provenance(), "zoo": zoo, "fresh": new}, "\n".join(md) + "\n")
     print("\n".join(md))
 
