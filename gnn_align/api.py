@@ -219,7 +219,7 @@ def _wm_limits(max_sweeps: int | None, time_limit: float | None) -> dict:
 
 
 def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol: float | None,
-         budget: float = AUTO_BUDGET, wm_limits: dict | None = None) -> AlignResult:
+         budget: float | None = AUTO_BUDGET, wm_limits: dict | None = None) -> AlignResult:
     if method not in ALIGN_METHODS and method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(ALIGN_METHODS)}")
     table, note = METHODS, ""
@@ -250,7 +250,7 @@ def _run(prep: _Prepared, a: int, b: int, method: str, aligner, loss: str, atol:
 
 def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, module: nn.Module | None = None,
           example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
-          atol: float | None = None, budget: float = AUTO_BUDGET, max_sweeps: int | None = None,
+          atol: float | None = None, budget: float | None = AUTO_BUDGET, max_sweeps: int | None = None,
           time_limit: float | None = None) -> AlignResult:
     """Align B to A: find the permutation of B's hidden neurons that best matches A.
 
@@ -262,7 +262,7 @@ def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, mo
             re-basin; need inputs and targets), ``gnn+wm``, ``gnn+sinkhorn`` or ``gnn+ste`` (the
             learned prediction refined by the optimiser, kept when the refinement does worse), or
             ``auto`` (with inputs and targets, the best of gnn, wm, am and gnn+wm on held-out data,
-            refined within ``budget``; without data, gnn: see :mod:`gnn_align.refine`).
+            refined; without data, gnn: see :mod:`gnn_align.refine`).
         aligner: a :class:`~gnn_align.aligner.GNNAligner` for the ``gnn`` methods; default the
             pretrained one shipped in the package (which warns on models unlike its training zoo).
         data: training inputs ``x``, or ``(x, y)``: used by ``am`` and ``sinkhorn``, and as example inputs.
@@ -273,7 +273,9 @@ def align(model_a, model_b, method: str = "auto", aligner=None, data=None, *, mo
         seed: seed of the methods' random choices.
         atol: tolerance of the function check (default by the dtype the check runs in, the
             architecture's: 1e-9 in float64, 1e-4 in float32, 1e-2 in 16 bits, times max(1, max |B(x)|)).
-        budget: seconds ``auto`` may spend (its candidates always run; refinement gets what is left).
+        budget: seconds ``auto`` may spend (its candidates always run; refinement gets what is left);
+            ``None`` (default): its fixed plan, the best candidate refined once by each refiner, whose
+            answer does not depend on the machine's speed.
         max_sweeps, time_limit: caps of weight matching (``wm``, the refinement of ``gnn+wm``,
             ``auto``'s candidates): at most this many sweeps, no new assignment started after this
             many seconds (default: 100 sweeps, no time limit). ``info["stopped"]`` says
@@ -371,7 +373,7 @@ def _checked(prep: _Prepared, k: int, perm: dict, method: str, seconds: float, i
     return AlignResult(perm, state, seconds, delta, method, prep.spec, prep.module, info)
 
 
-def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budget: float, progress: bool,
+def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budget: float | None, progress: bool,
               limits: dict) -> list:
     """One :class:`AlignResult` per model, moving it into a frame shared by all (no reference):
     MergeMany from ``method``'s alignments to model 0, or the synchronisation of all pairwise ones."""
@@ -407,7 +409,7 @@ def _to_frame(prep: _Prepared, method: str, many: str, aligner, loss: str, budge
 def merge(models: Sequence, weights: Sequence[float] | None = None, method: str = "auto", data=None, *,
           aligner=None, module: nn.Module | None = None, reference: int = 0, many: str = "reference",
           example_input: torch.Tensor | None = None, loss: str = "ce", seed: int = 0,
-          progress: bool = False, budget: float = AUTO_BUDGET, max_sweeps: int | None = None,
+          progress: bool = False, budget: float | None = AUTO_BUDGET, max_sweeps: int | None = None,
           time_limit: float | None = None) -> MergeResult:
     """Align every model to ``models[reference]`` with ``method`` (see :func:`align`), then average.
 

@@ -40,7 +40,7 @@ class PairContext:
     y_train: torch.Tensor | None
     loss: str
     generator: torch.Generator
-    budget: float = AUTO_BUDGET  # seconds ``auto`` may spend
+    budget: float | None = AUTO_BUDGET  # seconds ``auto`` may spend; None: its fixed plan
     info: dict = field(default_factory=dict)  # what a refining or choosing method did (Outcome.as_dict())
     #: caps of weight matching wherever it runs (``wm``, ``gnn+wm``, ``auto``'s candidates): ``max_sweeps``,
     #: ``time_limit`` (seconds), passed to :func:`~gnn_align.baselines.weight_matching`
@@ -92,11 +92,12 @@ AUTO_LONG_REFINE = 3.0
 AUTO_REFINE_LAMS = {"sinkhorn": (0.0, 1.0), "sinkhorn-mid": (0.5, 0.5)}
 
 
-def auto_refine_schedule(seconds_left: float) -> dict:
+def auto_refine_schedule(seconds_left: float | None) -> dict:
     """Steps and learning rate of ``auto``'s Sinkhorn refinement with ``seconds_left``: the short schedule
-    (:data:`AUTO_REFINE_STEPS` at :data:`AUTO_REFINE_LR`) under :data:`AUTO_LONG_REFINE` seconds, the full
-    one of ``gnn+sinkhorn`` from there (a larger ``budget`` buys what the slowest refinement reaches)."""
-    if seconds_left < AUTO_LONG_REFINE:
+    (:data:`AUTO_REFINE_STEPS` at :data:`AUTO_REFINE_LR`) without a clock (``None``) or under
+    :data:`AUTO_LONG_REFINE` seconds, the full one of ``gnn+sinkhorn`` from there (a larger ``budget`` buys
+    what the slowest refinement reaches)."""
+    if seconds_left is None or seconds_left < AUTO_LONG_REFINE:
         return {"steps": AUTO_REFINE_STEPS, "lr": AUTO_REFINE_LR}
     return {"steps": SINKHORN_STEPS, "lr": SINKHORN_LR}
 
@@ -152,7 +153,7 @@ def _wm_accepts(c: PairContext) -> Callable:
                                   >= matching_objective(c.state_a, c.state_b, before, c.spec))
 
 
-def _auto_refine(c: PairContext, init: dict, left: float, lam_range: tuple) -> dict:
+def _auto_refine(c: PairContext, init: dict, left: float | None, lam_range: tuple) -> dict:
     return _sinkhorn(c, init=init, init_scale=WARM_START_SCALE, budget=left, lam_range=lam_range,
                      **auto_refine_schedule(left))
 
@@ -160,8 +161,8 @@ def _auto_refine(c: PairContext, init: dict, left: float, lam_range: tuple) -> d
 def auto_method(gnn: Callable | None) -> Callable:
     """``auto``: with inputs and targets, the best of gnn (when ``gnn`` is given), wm, am and gnn+wm by
     the midpoint loss on a held-out slice (:func:`~gnn_align.refine.split_scoring`), refined by
-    Sinkhorn re-basins (:data:`AUTO_REFINE_LAMS`) within ``ctx.budget`` seconds (from the best candidate;
-    with time enough, also from the next ones and from the identity: :func:`~gnn_align.refine.auto_align`);
+    Sinkhorn re-basins (:data:`AUTO_REFINE_LAMS`) from the best candidate (with ``ctx.budget`` seconds, until
+    they are spent, also from the next ones and from the identity: :func:`~gnn_align.refine.auto_align`);
     without data, ``gnn`` (or ``wm``) with a one-line warning."""
     def method(c: PairContext) -> dict:
         if c.x_train is None or c.y_train is None:

@@ -14,9 +14,10 @@ is recorded in :attr:`Outcome.kept`.
 
 **auto** (:func:`auto_align`): hold out a slice of the data, run the cheap candidates on the rest
 (``gnn``, ``wm``, ``am``, ``gnn+wm``), score each on the held-out slice, refine the best with short
-Sinkhorn re-basins (at most 60 steps at learning rate 0.3 each, one with the loss drawn along the whole
-path and one at the midpoint alone; then from the next starts, until the time budget is spent), and
-return the best of all, with every candidate's score and time.
+Sinkhorn re-basins (60 steps at learning rate 0.3 each, one with the loss drawn along the whole path and
+one at the midpoint alone), and return the best of all, with every candidate's score and time. By default
+that is the whole plan, and its answer does not depend on the machine's speed or load; given a time
+``budget``, ``auto`` instead refines until the budget is spent, from the next starts too.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from .tasks import task_loss
 
 #: the largest held-out slice ``auto`` scores on, and the fraction of the data it takes
 SCORE_LIMIT, SCORE_FRACTION = 1024, 0.2
-#: default time budget of ``auto`` in seconds (candidates and refinement together)
-AUTO_BUDGET = 0.8
+#: default budget of ``auto``: ``None``, the fixed plan (the best candidate refined once by each refiner, no
+#: clock), or seconds for candidates and refinement together
+AUTO_BUDGET: float | None = None
 
 
 @dataclass
@@ -103,7 +105,7 @@ def keep_better(base: tuple, refined: tuple, score: Callable | None, own_test: C
     return (rperm if out.kept == rname else bperm), out
 
 
-def auto_align(candidates: Mapping, refine: Callable | Mapping, score: Callable, budget: float = AUTO_BUDGET,
+def auto_align(candidates: Mapping, refine: Callable | Mapping, score: Callable, budget: float | None = AUTO_BUDGET,
                refiner: str = "sinkhorn", starts: Mapping | None = None) -> tuple:
     """The best of ``candidates``, then refined, by ``score`` (lower is better).
 
@@ -111,12 +113,14 @@ def auto_align(candidates: Mapping, refine: Callable | Mapping, score: Callable,
         candidates: name -> ``fn(init or None) -> perm``, run in order; a candidate whose name is
             ``"X+Y"`` gets X's answer as ``init`` (skipped when X failed or was not run).
         refine: ``fn(init_perm, seconds_left) -> perm``; its answer from start ``S`` is named
-            ``"S+REFINER"``. It runs from the best candidate when time is left, then from the next
-            best ones and from ``starts`` in turn until the budget is spent, the last one cut short
-            by it (a larger budget buys more starts; a refinement cut short is still scored). Or a
-            mapping ``REFINER -> fn``: from each start, each in turn.
+            ``"S+REFINER"``. Without a budget it runs from the best candidate only, with ``seconds_left``
+            ``None``. With one, from the best candidate when time is left, then from the next best ones
+            and from ``starts`` in turn until the budget is spent, the last one cut short by it (a
+            larger budget buys more starts; a refinement cut short is still scored). Or a mapping
+            ``REFINER -> fn``: from each start, each in turn.
         score: ``fn(perm) -> float`` on held-out data.
-        budget: seconds for everything; candidates run in full, refinement gets what is left.
+        budget: ``None`` (the fixed plan above) or seconds for everything; candidates run in full,
+            refinement gets what is left.
         starts: name -> permutation, further starting points refined after the candidates (e.g.
             the identity, from which plain Sinkhorn re-basin starts); not themselves answers.
 
@@ -135,10 +139,12 @@ def auto_align(candidates: Mapping, refine: Callable | Mapping, score: Callable,
         out.seconds[name] = time.perf_counter() - t
         out.scores[name] = score(perms[name])
     inits = {n: perms[n] for n in sorted(out.scores, key=out.scores.get)} | dict(starts or {})
+    if budget is None:
+        inits = dict(itertools.islice(inits.items(), 1))
     refiners = refine if isinstance(refine, Mapping) else {refiner: refine}
     for (start, init), (rname, fn) in itertools.product(inits.items(), refiners.items()):
-        left = budget - (time.perf_counter() - t0)
-        if left <= 0:
+        left = None if budget is None else budget - (time.perf_counter() - t0)
+        if left is not None and left <= 0:
             break
         name = f"{start}+{rname}"
         t = time.perf_counter()

@@ -184,6 +184,36 @@ def test_auto_refines_until_the_budget_is_spent(monkeypatch):
     assert set(out.scores) == set(answers) | {"gnn+sinkhorn", "wm+sinkhorn", "am+sinkhorn"}
 
 
+def test_auto_without_a_budget_refines_the_best_candidate_once_by_each_refiner_whatever_the_clock(monkeypatch):
+    """The default plan: the best candidate refined by every refiner, told no time (``None``), and nothing
+    more; a clock that jumps by an hour at every reading changes nothing."""
+    clock = [0.0]
+
+    def jumping():
+        clock[0] += 3600.0
+        return clock[0]
+
+    monkeypatch.setattr(refine_module, "time", SimpleNamespace(perf_counter=jumping))
+    cands, refine, score, answers, seen = _auto_case("refine")
+    lefts = []
+    two = {name: (lambda init, left: lefts.append(left) or refine(init, left)) for name in ("u", "mid")}
+    perm, out = auto_align(cands, two, score, starts={"naive": {"g": torch.tensor([7])}})
+    assert seen["refine"] == [answers["gnn"], answers["gnn"]] and lefts == [None, None]
+    assert out.kept == "gnn+u" and perm["g"].item() == 9
+    assert set(out.scores) == set(answers) | {"gnn+u", "gnn+mid"}
+
+
+def test_auto_by_default_gives_the_same_answer_twice():
+    ctx = _pair()
+    runs = [ga.align(ctx.state_a, ctx.state_b, "auto", data=(ctx.x_train, ctx.y_train), module=ctx.module)
+            for _ in range(2)]
+    assert runs[0].info["scores"] == runs[1].info["scores"] and runs[0].info["kept"] == runs[1].info["kept"]
+    assert all(torch.equal(runs[0].perm[g], runs[1].perm[g]) for g in ctx.spec.group_sizes)
+    scores = runs[0].info["scores"]
+    best = min(("gnn", "wm", "am", "gnn+wm"), key=scores.get)
+    assert set(scores) == {"gnn", "wm", "am", "gnn+wm", f"{best}+sinkhorn", f"{best}+sinkhorn-mid"}
+
+
 def test_auto_skips_refinement_without_time_and_falls_back_without_data():
     _, out = auto_align({"wm": lambda _: {"g": torch.tensor([0])}}, lambda i, t: pytest.fail("no time left"),
                            lambda p: 1.0, budget=0.0)

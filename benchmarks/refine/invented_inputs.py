@@ -6,7 +6,7 @@ of the two networks (the argmax of their mean softmax): standard normal inputs a
 (the digits' range), against the same refinement on the training split's real inputs and labels. Reports the
 mean Deep-Align barrier on the test inputs. Writes ``OUT/invented_inputs-ZOO.{json,md}`` with provenance.
 
-    python benchmarks/refine/invented_inputs.py --zoo digits-mlp --pairs 20 --out benchmarks/refine/sinkhorn-settings
+    python benchmarks/refine/invented_inputs.py --zoo digits-mlp --pairs 20 --out benchmarks/refine/invented-inputs
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--inputs", type=int, default=4096, help="invented inputs per pair")
-    p.add_argument("--out", default="benchmarks/refine/sinkhorn-settings")
+    p.add_argument("--out", default="benchmarks/refine/invented-inputs")
     args = p.parse_args()
     torch.set_num_threads(1)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="val", log=False)

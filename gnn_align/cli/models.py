@@ -20,7 +20,7 @@ from .jsonout import dumps_json, strict
 
 # torch and the library are imported inside the commands: `gnn-align --help` and argument errors must not
 # wait for them. The default of --budget is the library's (gnn_align.refine.AUTO_BUDGET; a test checks it).
-AUTO_BUDGET = 0.8
+AUTO_BUDGET = None
 MODEL_HELP = ("architecture: mlp:IN,H1,..,OUT | mlp-ln:... | resmlp:IN,WIDTH,BLOCKS,OUT | "
               "cnn1d/cnn2d:CIN,C1,..,CLASSES | resnet1d/resnet2d:CIN,STEM,C1,..,CLASSES | a JSON object "
               "{\"family\": ...} | package.module:factory")
@@ -279,10 +279,11 @@ def _common(p: argparse.ArgumentParser, methods: bool = True, output: bool = Fal
     p.add_argument("--model", required=True, help=MODEL_HELP)
     if methods:
         p.add_argument("--method", default="auto", help="auto (default: with --data, the best of gnn, wm, am and "
-                       "gnn+wm on held-out data, refined within --budget; without, gnn), gnn (the pretrained aligner), "
+                       "gnn+wm on held-out data, refined; without, gnn), gnn (the pretrained aligner), "
                        "wm, am, sinkhorn, ste, gnn+wm, gnn+sinkhorn, gnn+ste (am, sinkhorn and ste need --data)")
-        p.add_argument("--budget", type=float, default=None, help=f"seconds auto may spend per pair "
-                       f"(default {AUTO_BUDGET})")
+        p.add_argument("--budget", type=float, default=AUTO_BUDGET, help="seconds auto may spend per pair, "
+                       "refining from further starts until they are spent (default: the fixed plan, the best "
+                       "candidate refined once by each refiner: the same answer on any machine)")
         p.add_argument("--aligner", default=None, help="a train.py run folder or the name of a shipped aligner "
                        "(default: the shipped one)")
         p.add_argument("--max-sweeps", type=int, default=None, metavar="N", help="weight matching (wm, gnn+wm, "
