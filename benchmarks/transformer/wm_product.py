@@ -3,9 +3,9 @@
 Within a head, query and key dimension ``r`` act on the function only through the outer product
 ``q_r k_r^T`` (value and output projection likewise through ``v_r o_r^T``). Weight matching scores matching
 dimension ``r`` of A to ``s`` of B by the sum ``<q_A,r, q_B,s> + <k_A,r, k_B,s>``; the inner product of the
-outer products is the product ``<q_A,r, q_B,s> <k_A,r, k_B,s>``. This script replaces the head step of weight
-matching (:func:`gnn_align.baselines.weight_matching._head_step`; every other group's step unchanged) with
-one that scores each within-head pair by the product of the two sides' inner products, each clipped at 0
+outer products is the product ``<q_A,r, q_B,s> <k_A,r, k_B,s>``. This script gives the head step of weight
+matching (:func:`gnn_align.baselines.weight_matching._head_step`; every other group's step unchanged) a
+``combine`` that scores each within-head pair by the product of the two sides' inner products, each clipped at 0
 (a pair that is anti-aligned on one side would cancel when interpolated; also unclipped), and the heads by
 the sum of their best within-head products. On seeded *validation* pairs (never the reported test pairs) it
 reports the mean Deep-Align barrier against naive and plain weight matching. Writes ``OUT/wm_product.{json,md}``.
@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
 from gnn_align.io import DEFAULT_ZOO_ROOT
-from gnn_align.ot import hungarian_heads
-from gnn_align.permute import identity_permutation, permute_tensor
+from gnn_align.permute import identity_permutation
 from gnn_align.provenance import provenance
 from gnn_align.studies.bench import evaluate_alignment
 from gnn_align.studies.report import markdown_table, write_report
@@ -40,37 +39,13 @@ wm_module = importlib.import_module("gnn_align.baselines.weight_matching")  # th
 _PLAIN = wm_module._head_step
 
 
-def product_head_step(state_a, state_b, spec, head, perm, learn, clip: bool = True) -> tuple:
-    """:func:`_head_step` with each family's within-head score the clipped product of its two modules'."""
-    fams = spec.heads[head]
-    n, d = spec.group_sizes[head], [spec.group_sizes[fam[0]] for fam in fams]
-    own = {head, *(g for fam in fams for g in fam)}
-    rest = {g: p for g, p in perm.items() if g not in own}
-    sides = [{} for _ in d]  # [fam][module]: (n, n, d, d)
-    for k, ax, a in spec.pieces(head):
-        if k not in learn:
-            continue
-        f = next(f for f, fam in enumerate(fams)
-                 if any(p.start == a.start for _, _, p in [t for t in spec.pieces(fam[0]) if t[:2] == (k, ax)]))
-        fa = wm_module._flat(state_a[k], ax, n * d[f], a._replace(block=1)).reshape(n, d[f], -1)
-        fb = wm_module._flat(permute_tensor(state_b[k], spec.axes[k], rest), ax, n * d[f],
-                             a._replace(block=1)).reshape(n, d[f], -1)
-        mod = k.rsplit(".", 1)[0]
-        sides[f][mod] = sides[f].get(mod, 0) + torch.einsum("irx,jsx->ijrs", fa, fb)
-    pair = []
-    for s in sides:
-        parts = list(s.values())
-        if len(parts) != 2:
-            pair.append(sum(parts))
-        else:
-            pair.append(parts[0].clamp_min(0) * parts[1].clamp_min(0) if clip else parts[0] * parts[1])
-    new, inner, best = hungarian_heads(pair)
-    now = sum(float(pair[f][i, int(perm[head][i])][torch.arange(d[f]), perm[fam[i]]].sum())
-              for f, fam in enumerate(fams) for i in range(n))
-    out = {head: new}
-    for f, fam in enumerate(fams):
-        out.update({g: inner[f][i] for i, g in enumerate(fam)})
-    return float(best[torch.arange(n), new].sum()) - now, out
+def products(parts: dict, clip: bool = True) -> torch.Tensor:
+    """A within-head family's scores: the product of its two modules' inner products (each clipped at 0
+    with ``clip``); a family of another number of modules keeps weight matching's sum."""
+    if len(parts) != 2:
+        return sum(parts.values())
+    x, y = parts.values()
+    return x.clamp_min(0) * y.clamp_min(0) if clip else x * y
 
 
 def main() -> None:
@@ -88,8 +63,9 @@ def main() -> None:
         task, spec, a, b = network_task(zoo, i), zoo.spec(m), zoo.state_dict(i), zoo.state_dict(j)
         module = build_arch(zoo.members[m]["arch"]).eval()
         perms = {"naive": identity_permutation(spec)}
-        for name, step in (("wm", _PLAIN), ("wm, products in attention", product_head_step),
-                           ("wm, products in attention, unclipped", functools.partial(product_head_step, clip=False))):
+        for name, step in (("wm", _PLAIN), ("wm, products in attention", functools.partial(_PLAIN, combine=products)),
+                           ("wm, products in attention, unclipped",
+                            functools.partial(_PLAIN, combine=functools.partial(products, clip=False)))):
             wm_module._head_step = step
             perms[name] = weight_matching(a, b, spec, max_sweeps=100, generator=torch.Generator().manual_seed(n)).perm
         wm_module._head_step = _PLAIN

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -64,15 +64,21 @@ def _groups_of(axes: tuple) -> set:
     return {a.group for entry in axes for a in axis_pieces(entry)}
 
 
+def _sum_modules(parts: Mapping) -> torch.Tensor:
+    """Weight matching's score of a within-head family: the sum of its modules' inner products."""
+    return sum(parts.values())
+
+
 def _head_step(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, head: str, perm: dict,
-               learn: set) -> tuple:
+               learn: set, combine: Callable = _sum_modules) -> tuple:
     """The best head assignment and within-head permutations of ``head``, every other group held:
-    ``(gain, {group: permutation})`` with ``gain`` the objective's increase (0: nothing better)."""
+    ``(gain, {group: permutation})`` with ``gain`` the objective's increase (0: nothing better).
+    ``combine`` makes a family's (n, n, d, d) scores from its modules' (``{module name: scores}``)."""
     fams = spec.heads[head]
     n, d = spec.group_sizes[head], [spec.group_sizes[fam[0]] for fam in fams]
     own = {head, *(g for fam in fams for g in fam)}
     rest = {g: p for g, p in perm.items() if g not in own}
-    pair = [torch.zeros(n, n, di, di, dtype=torch.float64) for di in d]  # [fam][i, j]: A head i x B head j
+    parts = [{} for _ in d]  # [fam][module][i, j, r, s]: A head i x B head j, dimension r x s
     for k, ax, a in spec.pieces(head):
         if k not in learn:
             continue
@@ -83,7 +89,9 @@ def _head_step(state_a: Mapping, state_b: Mapping, spec: PermutationSpec, head: 
         fa = _flat(state_a[k], ax, n * d[f], a._replace(block=1)).reshape(n, d[f], -1)
         moved_b = permute_tensor(state_b[k], spec.axes[k], rest)
         fb = _flat(moved_b, ax, n * d[f], a._replace(block=1)).reshape(n, d[f], -1)
-        pair[f] += torch.einsum("irx,jsx->ijrs", fa, fb)
+        mod = k.rsplit(".", 1)[0]
+        parts[f][mod] = parts[f].get(mod, 0) + torch.einsum("irx,jsx->ijrs", fa, fb)
+    pair = [combine(p) if p else torch.zeros(n, n, di, di, dtype=torch.float64) for p, di in zip(parts, d, strict=True)]
     new, inner, best = hungarian_heads(pair)
     now = sum(float(pair[f][i, int(perm[head][i])][torch.arange(d[f]), perm[fam[i]]].sum())
               for f, fam in enumerate(fams) for i in range(n))
