@@ -77,3 +77,22 @@ def test_benchmark_of_one_member_and_unknown_member(tiny_mlp_test_zoo):
     assert res["member"] == "digits-mlp" and res["pairs"] == 2 and "/ digits-mlp" in to_markdown(res)
     with pytest.raises(ZooError, match="no member 'nope'.*digits-mlp"):
         run_benchmark(tiny_mlp_test_zoo, ["naive"], num_pairs=2, progress=False, member="nope")
+
+
+def test_zoo_pairs_are_the_seeded_pairs_with_what_evaluating_them_needs(tiny_mlp_test_zoo):
+    import torch
+
+    from gnn_align.studies.bench import zoo_pairs
+    from gnn_align.zoo import ModelZoo
+    from gnn_align.zoo.pairs import independent_pairs
+
+    zoo = ModelZoo(str(tiny_mlp_test_zoo), split="test", log=False)
+    got = list(zoo_pairs(zoo, 3, seed=4))
+    assert [(p.i, p.j) for p in got] == list(independent_pairs(zoo, 3, torch.Generator().manual_seed(4)))
+    assert [(p.i, p.j) for p in got] != [(p.i, p.j) for p in zoo_pairs(zoo, 3, seed=5)]
+    for p in got:
+        assert p.member == zoo.member_of(p.i) == zoo.member_of(p.j) and p.module is got[0].module
+        assert all(torch.equal(p.a[k], v) for k, v in zoo.state_dict(p.i).items())
+        assert all(torch.equal(p.b[k], v) for k, v in zoo.state_dict(p.j).items())
+        p.spec.validate(p.b)
+        assert p.task.x_test.shape[0] > 0 and not p.module.training

@@ -17,19 +17,15 @@ from pathlib import Path
 
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from gnn_align.aligner import load_aligner
-from gnn_align.archs import build_arch
 from gnn_align.baselines import sinkhorn_rebasin
 from gnn_align.io import DEFAULT_ZOO_ROOT
 from gnn_align.methods import SINKHORN_LR, WARM_START_SCALE
 from gnn_align.provenance import provenance
-from gnn_align.studies.bench import evaluate_alignment
+from gnn_align.studies.bench import evaluate_alignment, zoo_pairs
 from gnn_align.studies.report import markdown_table, write_report
-from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.pairs import independent_pairs
 
 #: invented inputs: name -> fn(n, shape, generator)
 INVENTED = {"normal": lambda n, shape, g: torch.randn(n, *shape, generator=g),
@@ -49,11 +45,9 @@ def main() -> None:
     torch.set_num_threads(1)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="val", log=False)
     al = load_aligner(args.aligner)
-    rows, pairs = [], independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(0))
-    for n, (i, j) in enumerate(tqdm(pairs, desc="pairs")):
-        m = zoo.member_of(i)
-        task, spec, a, b = network_task(zoo, i), zoo.spec(m), zoo.state_dict(i), zoo.state_dict(j)
-        module = build_arch(zoo.members[m]["arch"]).eval()
+    rows = []
+    for n, p in enumerate(zoo_pairs(zoo, args.pairs, progress=True)):
+        task, spec, a, b, module = p.task, p.spec, p.a, p.b, p.module
         start = al.align(a, b, spec)
         gen = torch.Generator().manual_seed(1000 + n)
         data = {"real (training split)": (task.x_train, task.y_train)}

@@ -14,17 +14,13 @@ import statistics
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from gnn_align.aligner import load_aligner
-from gnn_align.archs import build_arch
 from gnn_align.io import DEFAULT_ZOO_ROOT
 from gnn_align.provenance import provenance, weights_hash
-from gnn_align.studies.bench import evaluate_alignment
+from gnn_align.studies.bench import evaluate_alignment, zoo_pairs
 from gnn_align.studies.report import markdown_table, write_report
-from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.pairs import independent_pairs
 
 
 def main() -> None:
@@ -39,10 +35,8 @@ def main() -> None:
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="val", log=False)
     als = {n: load_aligner(n) for n in args.aligners.split(",")}
     rows = []
-    for i, j in tqdm(independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(0)), desc="pairs"):
-        m = zoo.member_of(i)
-        task, spec, a, b = network_task(zoo, i), zoo.spec(m), zoo.state_dict(i), zoo.state_dict(j)
-        module = build_arch(zoo.members[m]["arch"]).eval()
+    for p in zoo_pairs(zoo, args.pairs, progress=True):
+        task, spec, a, b, module = p.task, p.spec, p.a, p.b, p.module
         rows.append({n: evaluate_alignment(module, a, b, al.align(a, b, spec), spec, task)[0]["barrier_deepalign"]
                      for n, al in als.items()})
     mean = {n: statistics.fmean(r[n] for r in rows) for n in als}

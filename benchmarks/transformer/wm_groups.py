@@ -17,18 +17,14 @@ import statistics
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from gnn_align import methods
-from gnn_align.archs import build_arch
 from gnn_align.io import DEFAULT_ZOO_ROOT
 from gnn_align.permute import identity_permutation
 from gnn_align.provenance import provenance
-from gnn_align.studies.bench import evaluate_alignment, pair_generator
+from gnn_align.studies.bench import evaluate_alignment, pair_generator, zoo_pairs
 from gnn_align.studies.report import markdown_table, write_report
-from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.pairs import independent_pairs
 
 #: the kinds of group, by the last part of a group's name
 KINDS = {"residual": ("embed",), "attention": ("heads", "qk", "v"), "mlp": ("fc1",)}
@@ -49,10 +45,8 @@ def main() -> None:
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="val", log=False)
     table = methods.method_table(None)
     rows = []
-    for i, j in tqdm(independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(0)), desc="pairs"):
-        m = zoo.member_of(i)
-        task, spec, a, b = network_task(zoo, i), zoo.spec(m), zoo.state_dict(i), zoo.state_dict(j)
-        module = build_arch(zoo.members[m]["arch"]).eval()
+    for p in zoo_pairs(zoo, args.pairs, progress=True):
+        i, j, m, task, spec, a, b, module = p.i, p.j, p.member, p.task, p.spec, p.a, p.b, p.module
         ctx = methods.PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(0, i, j))
         found = {name: methods.lookup(table, name)(ctx) for name in ("wm", "am")}
         perms = {"naive": identity_permutation(spec), "wm": found["wm"], "am": found["am"]}

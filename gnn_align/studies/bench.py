@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +48,34 @@ def evaluate_alignment(module: torch.nn.Module, state_a: dict, state_b: dict, pe
     return curve_metrics(curve), curve
 
 
+@dataclass
+class ZooPair:
+    """One seeded pair of a zoo with what evaluating it needs: zoo-local indices ``i``, ``j``, the member
+    index, the architecture (eval mode, shared by the member's pairs), its spec, A's task and both states."""
+
+    i: int
+    j: int
+    member: int
+    module: torch.nn.Module
+    spec: object
+    task: object
+    a: dict
+    b: dict
+
+
+def zoo_pairs(zoo: ModelZoo, num_pairs: int, seed: int = 0, member: int | None = None,
+              progress: bool = False, desc: str = "pairs") -> Iterator[ZooPair]:
+    """The seeded pairs of :func:`~gnn_align.zoo.pairs.independent_pairs` (``torch.Generator`` seeded
+    with ``seed``; of one member when ``member`` is given), each as a :class:`ZooPair`."""
+    modules: dict = {}
+    pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed), member=member)
+    for i, j in tqdm(pairs, desc=desc, disable=not progress):
+        m = zoo.member_of(i)
+        if m not in modules:
+            modules[m] = build_arch(zoo.members[m]["arch"]).eval()
+        yield ZooPair(i, j, m, modules[m], zoo.spec(m), network_task(zoo, i), zoo.state_dict(i), zoo.state_dict(j))
+
+
 def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed: int = 0,
                   num_lambdas: int = 25, reset_bn: bool = False, progress: bool = True, split: str = "test",
                   member: str | None = None, table=METHODS) -> dict:
@@ -62,18 +92,14 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
     if unsupported:
         raise ZooError(f"{zoo_dir}: the benchmark does not support task(s) {unsupported}; "
                        f"supported: {list(NETWORK_TASKS)}")
-    pairs = independent_pairs(zoo, num_pairs, torch.Generator().manual_seed(seed),
-                              member=None if member is None else zoo.member_index(member))
     rows = {m: [] for m in methods}
     run = {m: lookup(table, m) for m in methods}
-    modules, losses = {}, set()
-    for i, j in tqdm(pairs, desc="benchmark pairs", disable=not progress):
-        m = zoo.member_of(i)
-        if m not in modules:
-            modules[m] = build_arch(zoo.members[m]["arch"]).eval()
-        task, module, spec = network_task(zoo, i), modules[m], zoo.spec(m)  # j: same task
+    losses, count = set(), 0
+    for p in zoo_pairs(zoo, num_pairs, seed, None if member is None else zoo.member_index(member), progress,
+                       "benchmark pairs"):
+        i, j, task, module, spec, a, b = p.i, p.j, p.task, p.module, p.spec, p.a, p.b  # j: A's task
         losses.add(task.loss)
-        a, b = zoo.state_dict(i), zoo.state_dict(j)
+        count += 1
         bn = input_batches(task.x_train) if reset_bn else None
         for name in methods:
             ctx = PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss, pair_generator(seed, i, j))
@@ -85,7 +111,7 @@ def run_benchmark(zoo_dir: str | Path, methods: list, num_pairs: int = 100, seed
             rows[name].append(dict(metrics, seconds=seconds, pair=[zoo.network_ids[i],
                                    zoo.network_ids[j]], curve=curve["loss"], **kept))
     return {"zoo": zoo.manifest["name"], "zoo_version": zoo.manifest["version"], "split": split, "member": member,
-            "pairs": len(pairs), "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
+            "pairs": count, "seed": seed, "num_lambdas": num_lambdas, "bn_reset": reset_bn,
             "loss": "+".join(sorted(losses)),
             "torch_threads": torch.get_num_threads(), "methods": {m: _summary(rows[m], run[m].needs)
                                                                    for m in methods}}
