@@ -24,19 +24,16 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch.func import functional_call
 from torch.nn.functional import cosine_similarity
-from tqdm import tqdm
 
-from gnn_align.archs import build_arch
 from gnn_align.io import DEFAULT_ZOO_ROOT
 from gnn_align.metrics import _Line, barrier, interpolation_curve, midpoint_disagreement
 from gnn_align.permute import apply_permutation, identity_permutation
 from gnn_align.population import weight_distance
 from gnn_align.pretrained import load_pretrained
 from gnn_align.provenance import provenance
-from gnn_align.studies.bench import evaluate_alignment
+from gnn_align.studies.bench import evaluate_alignment, zoo_pairs
 from gnn_align.studies.report import markdown_table, write_report
-from gnn_align.tasks import network_task
-from gnn_align.zoo import ModelZoo, independent_pairs
+from gnn_align.zoo import ModelZoo
 
 
 def _rel(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -105,10 +102,8 @@ def main() -> None:
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="val", log=False)
     al = load_pretrained(args.aligner)
     rows, barriers, halves = [], [], []
-    for i, j in tqdm(independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(args.seed)), desc="pairs"):
-        m = zoo.member_of(i)
-        spec, module, task = zoo.spec(m), build_arch(zoo.members[m]["arch"]).eval(), network_task(zoo, i)
-        a, b = zoo.state_dict(i), zoo.state_dict(j)
+    for p in zoo_pairs(zoo, args.pairs, args.seed, progress=True):
+        spec, module, task, a, b = p.spec, p.module, p.task, p.a, p.b
         perm = al.align(a, b, spec)
         aligned = apply_permutation(b, perm, spec)
         barriers.append(evaluate_alignment(module, a, aligned, identity_permutation(spec), spec, task)[0][

@@ -18,20 +18,16 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from gnn_align import methods
 from gnn_align.aligner import load_aligner
-from gnn_align.archs import build_arch
 from gnn_align.baselines import sinkhorn_rebasin
 from gnn_align.io import DEFAULT_ZOO_ROOT
 from gnn_align.metrics import input_batches
 from gnn_align.provenance import provenance
-from gnn_align.studies.bench import evaluate_alignment, pair_generator
+from gnn_align.studies.bench import evaluate_alignment, pair_generator, zoo_pairs
 from gnn_align.studies.report import markdown_table, write_report
-from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.pairs import independent_pairs
 
 KINDS = {"steps": int, "lr": float, "init_scale": float, "batch_size": int}
 
@@ -70,10 +66,8 @@ def main() -> None:
     aligner = load_aligner(args.aligner)
     table = methods.method_table(aligner)
     rows = []
-    for i, j in tqdm(independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(0)), desc="pairs"):
-        m = zoo.member_of(i)
-        task, spec, a, b = network_task(zoo, i), zoo.spec(m), zoo.state_dict(i), zoo.state_dict(j)
-        module = build_arch(zoo.members[m]["arch"]).eval()
+    for p in zoo_pairs(zoo, args.pairs, progress=True):
+        i, j, task, spec, a, b, module = p.i, p.j, p.task, p.spec, p.a, p.b, p.module
         row = {"pair": [int(i), int(j)]}
         for setting in settings:  # the method table calls methods.sinkhorn_rebasin: override its arguments
             methods.sinkhorn_rebasin = lambda *a, s=setting, **k: sinkhorn_rebasin(*a, **(k | s))

@@ -17,18 +17,14 @@ import argparse
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from gnn_align.archs import build_arch
 from gnn_align.baselines import weight_matching
 from gnn_align.io import DEFAULT_ZOO_ROOT
 from gnn_align.permute import identity_permutation
 from gnn_align.provenance import provenance
-from gnn_align.studies.bench import evaluate_alignment
+from gnn_align.studies.bench import evaluate_alignment, zoo_pairs
 from gnn_align.studies.report import markdown_table, write_report
-from gnn_align.tasks import network_task
 from gnn_align.zoo import ModelZoo
-from gnn_align.zoo.pairs import independent_pairs
 
 
 def _scaled(state: dict, keys: set, by) -> dict:
@@ -54,11 +50,9 @@ def main() -> None:
     torch.set_num_threads(1)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="val", log=False)
     rows = []
-    pairs = independent_pairs(zoo, args.pairs, torch.Generator().manual_seed(0))
-    for n, (i, j) in enumerate(tqdm(pairs, desc="pairs")):
-        m = zoo.member_of(i)
-        task, spec, a, b = network_task(zoo, i), zoo.spec(m), zoo.state_dict(i), zoo.state_dict(j)
-        module, keys = build_arch(zoo.members[m]["arch"]).eval(), set(spec.learnable_keys())
+    for n, p in enumerate(zoo_pairs(zoo, args.pairs, progress=True)):
+        task, spec, a, b, module = p.task, p.spec, p.a, p.b, p.module
+        keys = set(spec.learnable_keys())
         perms = {"naive": identity_permutation(spec)} | {
             name: weight_matching(f(a, keys), f(b, keys), spec, generator=torch.Generator().manual_seed(n)).perm
             for name, f in VARIANTS.items()}
