@@ -50,6 +50,31 @@ def label(setting: dict) -> str:
     return ",".join(f"{k}={v:g}" for k, v in setting.items()) or "default"
 
 
+def run_settings(zoo: ModelZoo, aligner, method: str, settings: list, num_pairs: int, name=label) -> list:
+    """For each of ``num_pairs`` seeded pairs of ``zoo``, ``method`` once per setting (keyword arguments that
+    override what it passes to :func:`sinkhorn_rebasin`): ``{"pair", "family", name(setting): barrier,
+    "seconds " + name(setting): seconds}`` per pair, BatchNorm statistics reset for the barrier."""
+    table = methods.method_table(aligner)
+    rows = []
+    try:
+        for p in zoo_pairs(zoo, num_pairs, progress=True):
+            task, spec, a, b, module = p.task, p.spec, p.a, p.b, p.module
+            row = {"pair": [int(p.i), int(p.j)], "family": zoo.members[p.member]["arch"]["family"]}
+            for setting in settings:  # the method table calls methods.sinkhorn_rebasin: override its arguments
+                methods.sinkhorn_rebasin = lambda *a, s=setting, **k: sinkhorn_rebasin(*a, **(k | s))
+                ctx = methods.PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss,
+                                          pair_generator(0, p.i, p.j))
+                t0 = time.perf_counter()
+                perm = methods.lookup(table, method)(ctx)
+                row[f"seconds {name(setting)}"] = time.perf_counter() - t0
+                metrics, _ = evaluate_alignment(module, a, b, perm, spec, task, reset_bn=input_batches(task.x_train))
+                row[name(setting)] = metrics["barrier_deepalign"]
+            rows.append(row)
+    finally:
+        methods.sinkhorn_rebasin = sinkhorn_rebasin
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True)
@@ -64,22 +89,8 @@ def main() -> None:
     settings = parse_settings(args.settings)
     zoo = ModelZoo(str(Path(args.root) / args.zoo), split="val", log=False)
     aligner = load_aligner(args.aligner)
-    table = methods.method_table(aligner)
-    rows = []
-    for p in zoo_pairs(zoo, args.pairs, progress=True):
-        i, j, task, spec, a, b, module = p.i, p.j, p.task, p.spec, p.a, p.b, p.module
-        row = {"pair": [int(i), int(j)]}
-        for setting in settings:  # the method table calls methods.sinkhorn_rebasin: override its arguments
-            methods.sinkhorn_rebasin = lambda *a, s=setting, **k: sinkhorn_rebasin(*a, **(k | s))
-            ctx = methods.PairContext(module, spec, a, b, task.x_train, task.y_train, task.loss,
-                                      pair_generator(0, i, j))
-            t0 = time.perf_counter()
-            perm = methods.lookup(table, args.method)(ctx)
-            row[f"seconds {label(setting)}"] = time.perf_counter() - t0
-            metrics, _ = evaluate_alignment(module, a, b, perm, spec, task, reset_bn=input_batches(task.x_train))
-            row[label(setting)] = metrics["barrier_deepalign"]
-        rows.append(row)
-    methods.sinkhorn_rebasin = sinkhorn_rebasin
+    rows = [{k: v for k, v in r.items() if k != "family"}
+            for r in run_settings(zoo, aligner, args.method, settings, args.pairs)]
     summary = {label(s): {"barrier": statistics.fmean(r[label(s)] for r in rows),
                           "median_seconds": statistics.median(r[f"seconds {label(s)}"] for r in rows)}
                for s in settings}
